@@ -1,0 +1,177 @@
+"""The Hamiltonian core contract (DESIGN §1) and its float64 reference implementation.
+
+Everything that runs HRU dynamics — this float core, the fixed-point emulator, a board behind the
+runtime — implements `HamiltonianCore`: load the oscillator bank's parameters, run a forward pass over a
+forcing stream, and run the two nudged echoes RHEL needs. The forcing is the bank's input
+``f = B u`` (the digital input map B stays on the host), one value per oscillator and time step.
+
+Per-oscillator potential shared by both HRU kinds (``m`` is a position, ``f`` the forcing)::
+
+    linear:    V(m) = a m²/2 − m f
+    nonlinear: V(m) = a m²/2 + c log cosh(w m + f + b) / w
+
+The integrator is the drift-kick-drift leapfrog with the kick at the mid position; the echo and
+estimators follow PAPER.md §2 (nudge added to the momentum after each full step, observables at the
+half step, overall factor −δ/2ε; the step size through H_δ = δ(π²/2 + V)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from . import kernels
+
+KINDS = ("linear", "nonlinear")
+PARAM_NAMES = ("a", "delta", "w", "b", "c")
+
+
+@dataclass(frozen=True)
+class OscillatorParams:
+    """Parameters of one oscillator bank, each a float64 array of shape (P,).
+
+    ``a`` is the stiffness (A of the linear HRU, the shared α broadcast per oscillator for the
+    nonlinear one); ``w``, ``b``, ``c`` are only used by the nonlinear HRU.
+    """
+
+    kind: str
+    a: np.ndarray
+    delta: np.ndarray
+    w: np.ndarray = field(default=None)
+    b: np.ndarray = field(default=None)
+    c: np.ndarray = field(default=None)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown oscillator kind {self.kind!r}; expected one of {KINDS}")
+        size = np.shape(self.a)[0]
+        defaults = {"w": 1.0, "b": 0.0, "c": 0.0}
+        for name in PARAM_NAMES:
+            value = getattr(self, name)
+            value = np.full(size, defaults[name]) if value is None else value
+            object.__setattr__(self, name, np.ascontiguousarray(value, dtype=np.float64))
+            if getattr(self, name).shape != (size,):
+                raise ValueError(f"parameter {name} has shape {getattr(self, name).shape}, expected ({size},)")
+
+    @property
+    def size(self) -> int:
+        return self.a.shape[0]
+
+    @classmethod
+    def from_table(cls, kind: str, table) -> "OscillatorParams":
+        """Build from a (5, P) table in PARAM_NAMES order."""
+        return cls(kind, **dict(zip(PARAM_NAMES, np.asarray(table, dtype=np.float64))))
+
+    def table(self) -> np.ndarray:
+        """(5, P) array in PARAM_NAMES order, the layout the compiled kernels take."""
+        return np.stack([getattr(self, name) for name in PARAM_NAMES])
+
+
+@dataclass
+class EchoResult:
+    """What the two echoes return: gradients, and the echoes' final states (for the retrace check).
+
+    ``grad_forcing`` has shape (B, L, P) at forward time indices; ``grad_params`` maps each name of
+    PARAM_NAMES to a (B, P) array (summed over time, not over the batch); ``final_state`` is a pair
+    (phi, pi) of arrays (2, B, P), index 0 the +ε echo and 1 the −ε echo.
+    """
+
+    grad_forcing: np.ndarray
+    grad_params: dict[str, np.ndarray]
+    final_state: tuple[np.ndarray, np.ndarray]
+
+
+class HamiltonianCore(Protocol):
+    """The contract every executor of HRU dynamics implements."""
+
+    def load(self, params: OscillatorParams) -> None:
+        """Set the oscillator bank's parameters."""
+
+    def forward(self, forcing: np.ndarray, phi: np.ndarray, pi: np.ndarray):
+        """Integrate from (phi, pi) (each (B, P)) over forcing (B, L, P).
+
+        Returns (positions (B, L, P) — the position after consuming each input — , final phi, final pi).
+        """
+
+    def echo(self, forcing: np.ndarray, phi: np.ndarray, pi: np.ndarray,
+             nudges: np.ndarray, epsilon: float) -> EchoResult:
+        """Run the ±ε echoes from the forward pass's final state (phi, pi).
+
+        ``nudges`` (B, L, P) is ∂L/∂positions at forward time indices.
+        """
+
+
+def _kind_code(kind: str) -> int:
+    return kernels.LINEAR if kind == "linear" else kernels.NONLINEAR
+
+
+def _f64(array) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=np.float64)
+
+
+class FloatCore:
+    """The float64 reference core: compiled leapfrog, echoes and (for BPTT) the discrete adjoint.
+
+    float64 whatever the model's dtype: rounding is what breaks reversibility, and in float32 an
+    ε-sized nudge vanishes below a momentum's last bit at long lengths (DESIGN §2, "Precision").
+    """
+
+    def __init__(self, params: OscillatorParams | None = None):
+        self.params = params
+
+    def load(self, params: OscillatorParams) -> None:
+        self.params = params
+
+    def _args(self):
+        if self.params is None:
+            raise RuntimeError("no parameters loaded into the core; call load() first")
+        return _kind_code(self.params.kind), self.params.table()
+
+    def forward(self, forcing, phi, pi):
+        kind, table = self._args()
+        forcing = _f64(forcing)
+        positions = np.empty_like(forcing)
+        phi, pi = kernels.forward(kind, table, forcing, _f64(phi), _f64(pi), positions,
+                                  np.empty((0, 0, 0)), False)
+        return positions, phi, pi
+
+    def echo(self, forcing, phi, pi, nudges, epsilon) -> EchoResult:
+        if not epsilon > 0:
+            raise ValueError(f"epsilon must be positive, got {epsilon}")
+        kind, table = self._args()
+        forcing = _f64(forcing)
+        grad_forcing = np.empty_like(forcing)
+        grad_params = np.empty((len(PARAM_NAMES),) + forcing.shape[::2])
+        final = kernels.echo(kind, table, forcing, _f64(phi), _f64(pi), _f64(nudges),
+                             float(epsilon), grad_forcing, grad_params)
+        return EchoResult(grad_forcing, dict(zip(PARAM_NAMES, grad_params)), final)
+
+    def trajectory(self, forcing, phi, pi):
+        """Forward pass that keeps (positions, momenta) for every step: what BPTT stores."""
+        kind, table = self._args()
+        forcing = _f64(forcing)
+        positions = np.empty_like(forcing)
+        momenta = np.empty_like(forcing)
+        kernels.forward(kind, table, forcing, _f64(phi), _f64(pi), positions, momenta, True)
+        return positions, momenta
+
+    def adjoint(self, forcing, phi0, pi0, positions, momenta, grad_positions):
+        """BPTT gradients over a stored trajectory: (grad_forcing, {name: (B, P)})."""
+        kind, table = self._args()
+        forcing = _f64(forcing)
+        grad_forcing = np.empty_like(forcing)
+        grad_params = np.empty((len(PARAM_NAMES),) + forcing.shape[::2])
+        kernels.adjoint(kind, table, forcing, _f64(phi0), _f64(pi0), positions, momenta,
+                        _f64(grad_positions), grad_forcing, grad_params)
+        return grad_forcing, dict(zip(PARAM_NAMES, grad_params))
+
+
+def retrace(core: HamiltonianCore, forcing, phi, pi):
+    """Un-nudged echo: from the flipped final state, replay the forcing backwards.
+
+    Returns the state the echo ends in; on a reversible integrator it is the flipped initial state.
+    """
+    _, phi_back, pi_back = core.forward(np.ascontiguousarray(forcing[:, ::-1]), phi, -pi)
+    return phi_back, -pi_back

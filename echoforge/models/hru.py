@@ -1,0 +1,246 @@
+"""Hamiltonian recurrent units (HRUs) as torch modules, trained by BPTT or by RHEL.
+
+An HRU is input map B → oscillator bank → readout C, plus a skip D⊙u (DESIGN §2). The oscillator bank
+runs in the float64 core (core.FloatCore); its backward is either BPTT (stored trajectory, discrete
+adjoint) or RHEL (final state only, two nudged echoes). B, C and D are ordinary torch layers around
+the bank: RHEL returns ∂L/∂(Bu), and B, u get their gradients through Bu by autograd — the same
+numbers as RHEL's ∇_B H estimator, since H is linear in Bu.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from .core import PARAM_NAMES, FloatCore, OscillatorParams, retrace
+
+LEARNING_RULES = ("bptt", "rhel")
+# Relative distance between the echoes' mean end state and the start state above which the echo did
+# not retrace the forward path (chaotic dynamics at this step size): RHEL's gradient is then unreliable.
+RETRACE_WARN = 1e-3
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().to("cpu", torch.float64).numpy()
+
+
+def _core(kind: str, table: torch.Tensor) -> FloatCore:
+    return FloatCore(OscillatorParams.from_table(kind, _numpy(table)))
+
+
+def _zero_state(forcing: torch.Tensor) -> np.ndarray:
+    return np.zeros((forcing.shape[0], forcing.shape[2]))
+
+
+def _grad_table(grad_params: dict, like: torch.Tensor) -> torch.Tensor:
+    """Sum the per-sample parameter gradients over the batch, in the table layout."""
+    return torch.from_numpy(np.stack([grad_params[n].sum(axis=0) for n in PARAM_NAMES])).to(like)
+
+
+class EchoMonitor:
+    """Records how well the last RHEL echoes retraced the forward path."""
+
+    def __init__(self):
+        self.retrace_error = float("nan")
+
+    def record(self, final_state, phi_end, pi_end) -> None:
+        phis, pis = final_state
+        drift = max(np.abs(phis.mean(axis=0)).max(), np.abs(pis.mean(axis=0)).max())
+        scale = max(np.abs(phi_end).max(), np.abs(pi_end).max(), 1e-300)
+        self.retrace_error = float(drift / scale)
+        if self.retrace_error > RETRACE_WARN:
+            warnings.warn(
+                f"RHEL echo did not retrace the forward path (relative error {self.retrace_error:.2e}): "
+                "the dynamics are chaotic at this step size, so the gradient is unreliable; "
+                "reduce the step size or train this layer with learning='bptt'",
+                RuntimeWarning, stacklevel=2)
+
+
+class RHELOscillators(torch.autograd.Function):
+    """Oscillator bank whose backward is RHEL: keeps the forcing and final state, runs ±ε echoes."""
+
+    @staticmethod
+    def forward(ctx, forcing, table, kind, epsilon, monitor):
+        positions, phi, pi = _core(kind, table).forward(_numpy(forcing), _zero_state(forcing),
+                                                        _zero_state(forcing))
+        ctx.save_for_backward(forcing, table, torch.from_numpy(phi), torch.from_numpy(pi))
+        ctx.kind, ctx.epsilon, ctx.monitor = kind, epsilon, monitor
+        return torch.from_numpy(positions).to(forcing)
+
+    @staticmethod
+    def backward(ctx, grad_positions):
+        forcing, table, phi, pi = ctx.saved_tensors
+        echo = _core(ctx.kind, table).echo(_numpy(forcing), phi.numpy(), pi.numpy(),
+                                           _numpy(grad_positions), ctx.epsilon)
+        ctx.monitor.record(echo.final_state, phi.numpy(), pi.numpy())
+        grad_forcing = torch.from_numpy(echo.grad_forcing).to(forcing)
+        return grad_forcing, _grad_table(echo.grad_params, table), None, None, None
+
+
+class BPTTOscillators(torch.autograd.Function):
+    """Oscillator bank whose backward is BPTT: stores the trajectory, runs the discrete adjoint."""
+
+    @staticmethod
+    def forward(ctx, forcing, table, kind):
+        core = _core(kind, table)
+        zeros = _zero_state(forcing)
+        positions, momenta = core.trajectory(_numpy(forcing), zeros, zeros)
+        ctx.save_for_backward(forcing, table, torch.from_numpy(positions), torch.from_numpy(momenta))
+        ctx.kind = kind
+        return torch.from_numpy(positions).to(forcing)
+
+    @staticmethod
+    def backward(ctx, grad_positions):
+        forcing, table, positions, momenta = ctx.saved_tensors
+        zeros = _zero_state(forcing)
+        grad_forcing, grad_params = _core(ctx.kind, table).adjoint(
+            _numpy(forcing), zeros, zeros, positions.numpy(), momenta.numpy(), _numpy(grad_positions))
+        return torch.from_numpy(grad_forcing).to(forcing), _grad_table(grad_params, table), None
+
+
+class HRU(nn.Module):
+    """Shared machinery of the two HRU kinds: learning rule, oscillator bank call, skip D."""
+
+    kind: str
+
+    def __init__(self, input_size: int, state_size: int, learning: str, epsilon: float):
+        super().__init__()
+        self.input_size, self.state_size = input_size, state_size
+        self.learning = learning
+        self.epsilon = epsilon
+        self.monitor = EchoMonitor()
+        self.D = nn.Parameter(torch.randn(input_size))
+
+    @property
+    def learning(self) -> str:
+        return self._learning
+
+    @learning.setter
+    def learning(self, rule: str) -> None:
+        if rule not in LEARNING_RULES:
+            raise ValueError(f"learning must be one of {LEARNING_RULES}, got {rule!r}")
+        self._learning = rule
+
+    def oscillator_table(self) -> torch.Tensor:
+        """(5, lanes) parameters of the oscillator bank, in core.PARAM_NAMES order."""
+        raise NotImplementedError
+
+    def forcing(self, u: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def readout(self, positions: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def oscillate(self, forcing: torch.Tensor) -> torch.Tensor:
+        """Positions of the oscillator bank driven by `forcing` (batch, length, lanes)."""
+        table = self.oscillator_table()
+        if self.learning == "rhel":
+            return RHELOscillators.apply(forcing, table, self.kind, self.epsilon, self.monitor)
+        return BPTTOscillators.apply(forcing, table, self.kind)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        if u.dim() != 3 or u.shape[-1] != self.input_size:
+            raise ValueError(f"{type(self).__name__} expects (batch, length, {self.input_size}), "
+                             f"got {tuple(u.shape)}")
+        return self.readout(self.oscillate(self.forcing(u))) + self.D * u
+
+    def core_params(self) -> OscillatorParams:
+        """The oscillator bank's current parameters, for another core (emulator, device)."""
+        return OscillatorParams.from_table(self.kind, _numpy(self.oscillator_table()))
+
+    @torch.no_grad()
+    def retrace_error(self, u: torch.Tensor) -> float:
+        """Run forward then the un-nudged echo; relative distance of its end from the start (zero).
+
+        Near 1e-16·steps on a regular trajectory; O(1) where the dynamics are chaotic and no float
+        integrator retraces them.
+        """
+        forcing = _numpy(self.forcing(u))
+        core = FloatCore(self.core_params())
+        zeros = np.zeros((forcing.shape[0], forcing.shape[2]))
+        positions, phi, pi = core.forward(forcing, zeros, zeros)
+        phi0, pi0 = retrace(core, forcing, phi, pi)
+        scale = max(np.abs(positions).max(), np.abs(pi).max(), 1e-300)
+        return float(max(np.abs(phi0).max(), np.abs(pi0).max()) / scale)
+
+
+def _uniform(shape, bound: float) -> nn.Parameter:
+    return nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
+
+
+class LinHRU(HRU):
+    """Linear HRU (LinOSS-like): V = ½ϕᵀAϕ − ϕᵀBu, A = relu(raw) ≥ 0, δ = sigmoid(raw) per oscillator.
+
+    With complex_state, B and C are complex and A, δ real: the real and imaginary parts of the state are
+    then two independent real banks driven by Re(Bu) and Im(Bu), and the output is Re(Cϕ) + D⊙u.
+    """
+
+    kind = "linear"
+
+    def __init__(self, input_size: int, state_size: int, *, learning: str = "rhel",
+                 epsilon: float = 0.1, complex_state: bool = False, train_step: bool = True):
+        super().__init__(input_size, state_size, learning, epsilon)
+        self.complex_state = complex_state
+        parts = 2 if complex_state else 1
+        self.A_raw = nn.Parameter(torch.rand(state_size))
+        step_raw = torch.rand(state_size)
+        if train_step:
+            self.step_raw = nn.Parameter(step_raw)
+        else:
+            self.register_buffer("step_raw", step_raw)
+        self.B = _uniform((parts, state_size, input_size), 1 / math.sqrt(input_size))
+        self.C = _uniform((parts, input_size, state_size), 1 / math.sqrt(state_size))
+
+    def oscillator_table(self) -> torch.Tensor:
+        a = torch.relu(self.A_raw)
+        table = torch.stack([a, torch.sigmoid(self.step_raw), torch.ones_like(a),
+                             torch.zeros_like(a), torch.zeros_like(a)])
+        return table.repeat(1, self.B.shape[0])
+
+    def forcing(self, u):
+        return torch.cat([u @ b.T for b in self.B], dim=-1)
+
+    def readout(self, positions):
+        parts = positions.split(self.state_size, dim=-1)
+        out = parts[0] @ self.C[0].T
+        if self.complex_state:
+            out = out - parts[1] @ self.C[1].T
+        return out
+
+
+class NonlinHRU(HRU):
+    """Nonlinear HRU: V = (α/2)‖ϕ‖² + Σᵢ cᵢ log cosh(Wᵢϕᵢ + (Bu)ᵢ + bᵢ)/Wᵢ, c = sigmoid(raw).
+
+    The paper's step size δ = 1e-4 is the default; with train_step it is learned as exp(log δ).
+    """
+
+    kind = "nonlinear"
+
+    def __init__(self, input_size: int, state_size: int, *, learning: str = "rhel",
+                 epsilon: float = 0.1, step: float = 1e-4, train_step: bool = False):
+        super().__init__(input_size, state_size, learning, epsilon)
+        self.W = nn.Parameter(torch.empty(state_size).uniform_(0.5, 1.0))
+        self.b = nn.Parameter(torch.zeros(state_size))
+        self.c_raw = _uniform(state_size, 1.0)
+        self.alpha = nn.Parameter(torch.empty(()).uniform_(0.1, 1.0))
+        log_step = torch.full((state_size,), math.log(step))
+        if train_step:
+            self.log_step = nn.Parameter(log_step)
+        else:
+            self.register_buffer("log_step", log_step)
+        self.B = _uniform((state_size, input_size), 1 / math.sqrt(input_size))
+        self.C = _uniform((input_size, state_size), 1 / math.sqrt(state_size))
+
+    def oscillator_table(self) -> torch.Tensor:
+        return torch.stack([self.alpha.expand(self.state_size), torch.exp(self.log_step), self.W,
+                            self.b, torch.sigmoid(self.c_raw)])
+
+    def forcing(self, u):
+        return u @ self.B.T
+
+    def readout(self, positions):
+        return positions @ self.C.T

@@ -1,0 +1,260 @@
+"""The exactness properties of DESIGN §2 for HRUs and HSSMs (issue: foundation and models)."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from echoforge.models import HSSM, FloatCore, LinHRU, NonlinHRU, OscillatorParams
+from echoforge.models.core import PARAM_NAMES, retrace
+from echoforge.models.hru import BPTTOscillators, EchoMonitor, RHELOscillators
+from reference import leapfrog_positions
+
+torch.set_num_threads(1)
+
+
+def relative_error(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def cosine(a, b):
+    return float((a.flatten() @ b.flatten()) / (a.norm() * b.norm()))
+
+
+def random_bank(kind, size, step, seed=0):
+    rng = np.random.default_rng(seed)
+    return OscillatorParams(kind, a=rng.uniform(0.2, 1.0, size), delta=np.full(size, step),
+                            w=rng.uniform(0.5, 1.0, size), b=rng.normal(0, 0.1, size),
+                            c=rng.uniform(0.2, 0.8, size))
+
+
+def bank_gradients(function, forcing, table, target):
+    """∂L/∂(forcing, table) for L = mean squared distance of the positions to a target."""
+    loss = ((function(forcing, table) - target) ** 2).mean()
+    return torch.autograd.grad(loss, [forcing, table])
+
+
+def bank_problem(kind, step, length=300, batch=4, size=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    forcing = torch.randn(batch, length, size, dtype=torch.float64, generator=generator)
+    table = torch.from_numpy(random_bank(kind, size, step, seed).table()).requires_grad_()
+    target = torch.randn(batch, length, size, dtype=torch.float64, generator=generator)
+    return forcing.requires_grad_(), table, target
+
+
+def rhel(kind, epsilon, monitor=None):
+    return lambda f, t: RHELOscillators.apply(f, t, kind, epsilon, monitor or EchoMonitor())
+
+
+def bptt(kind):
+    return lambda f, t: BPTTOscillators.apply(f, t, kind)
+
+
+# 1. The un-nudged echo retraces the forward path.
+
+@pytest.mark.parametrize("kind,step", [("linear", 0.5), ("nonlinear", 1e-4)])
+def test_echo_retraces_forward_path_over_10000_steps(kind, step):
+    rng = np.random.default_rng(1)
+    core = FloatCore(random_bank(kind, 16, step))
+    forcing = rng.normal(size=(4, 10_000, 16))
+    zeros = np.zeros((4, 16))
+    positions, phi, pi = core.forward(forcing, zeros, zeros)
+    phi0, pi0 = retrace(core, forcing, phi, pi)
+    scale = max(np.abs(positions).max(), np.abs(pi).max())
+    assert max(np.abs(phi0).max(), np.abs(pi0).max()) / scale <= 1e-12
+
+
+def test_echo_retraces_every_intermediate_state():
+    rng = np.random.default_rng(2)
+    core = FloatCore(random_bank("nonlinear", 4, 0.1))
+    forcing = rng.normal(size=(2, 500, 4))
+    zeros = np.zeros((2, 4))
+    positions, phi, pi = core.forward(forcing, zeros, zeros)
+    back, _, _ = core.forward(np.ascontiguousarray(forcing[:, ::-1]), phi, -pi)
+    # After j echo steps the echo sits at the forward state K − j.
+    np.testing.assert_allclose(back[:, :-1], positions[:, -2::-1], rtol=0, atol=1e-12)
+
+
+def test_chaotic_regime_is_detected_and_reported():
+    torch.manual_seed(0)
+    hru = NonlinHRU(6, 16, step=1.5).double()
+    u = 3 * torch.randn(2, 2000, 6, dtype=torch.float64)
+    assert hru.retrace_error(u) > 1e-3
+    regular = NonlinHRU(6, 16).double()
+    assert regular.retrace_error(u) < 1e-12
+    with pytest.warns(RuntimeWarning, match="did not retrace"):
+        hru(u).pow(2).mean().backward()
+    assert hru.monitor.retrace_error > 1e-3
+
+
+def test_energy_stays_bounded_without_input():
+    params = random_bank("linear", 8, 0.6)
+    core = FloatCore(params)
+    rng = np.random.default_rng(3)
+    phi, pi = rng.normal(size=(1, 8)), rng.normal(size=(1, 8))
+    positions, _, _ = core.forward(np.zeros((1, 20_000, 8)), phi, pi)
+    amplitude = np.abs(positions).reshape(10, 2000, 8).max(axis=1)
+    assert np.all(amplitude[-1] < 1.2 * amplitude[0])
+
+
+# 2. Linear HRU: RHEL is exact at any ε.
+
+@pytest.mark.parametrize("kind", ["linear", "nonlinear"])
+def test_bptt_equals_torch_autograd_through_unrolled_leapfrog(kind):
+    forcing, table, target = bank_problem(kind, 0.1, length=120)
+    reference = bank_gradients(lambda f, t: leapfrog_positions(kind, t, f), forcing, table, target)
+    ours = bank_gradients(bptt(kind), forcing, table, target)
+    for r, o in zip(reference, ours):
+        assert relative_error(o, r) < 1e-12
+
+
+@pytest.mark.parametrize("epsilon", [1.0, 0.1, 0.001])
+@pytest.mark.parametrize("complex_state", [False, True])
+def test_linear_hru_rhel_equals_bptt(epsilon, complex_state):
+    torch.manual_seed(0)
+    hru = LinHRU(5, 8, complex_state=complex_state, epsilon=epsilon).double()
+    u = torch.randn(3, 400, 5, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(3, 400, 5, dtype=torch.float64)
+    grads = {}
+    for rule in ("bptt", "rhel"):
+        hru.learning = rule
+        loss = ((hru(u) - target) ** 2).mean()
+        grads[rule] = torch.autograd.grad(loss, [u, *hru.parameters()])
+    names = ["u"] + [n for n, _ in hru.named_parameters()]
+    assert "step_raw" in names and "A_raw" in names
+    for name, b, r in zip(names, grads["bptt"], grads["rhel"]):
+        assert relative_error(r, b) <= 1e-10, name
+
+
+# 3. Nonlinear HRU: the finite-ε bias falls as ε².
+
+def test_nonlinear_rhel_error_falls_as_epsilon_squared():
+    forcing, table, target = bank_problem("nonlinear", 0.1, length=300)
+    reference = bank_gradients(bptt("nonlinear"), forcing, table, target)
+    with torch.no_grad():
+        loss = float(((BPTTOscillators.apply(forcing, table, "nonlinear") - target) ** 2).mean())
+    assert 0.3 < loss < 3  # a loss of order one
+    errors = []
+    for epsilon in (1.0, 0.1, 0.01):
+        grads = bank_gradients(rhel("nonlinear", epsilon), forcing, table, target)
+        errors.append(max(relative_error(g, r) for g, r in zip(grads, reference)))
+    assert errors[0] > 1e-6  # the dynamics move: there is a bias to shrink
+    for coarse, fine in zip(errors, errors[1:]):
+        assert 60 < coarse / fine < 160
+    grads = bank_gradients(rhel("nonlinear", 1e-4), forcing, table, target)
+    for g, r in zip(grads, reference):
+        assert relative_error(g, r) <= 1e-6
+
+
+def test_nonlinear_step_size_gradient_is_exact_in_the_limit():
+    forcing, table, target = bank_problem("nonlinear", 0.1, length=200)
+    reference = bank_gradients(bptt("nonlinear"), forcing, table, target)[1]
+    grads = bank_gradients(rhel("nonlinear", 1e-3), forcing, table, target)[1]
+    for row, name in enumerate(PARAM_NAMES):
+        assert relative_error(grads[row], reference[row]) < 1e-7, name
+
+
+# 4. Whole HSSMs: RHEL chains through the stack.
+
+def stack_gradients(model, x, y, rule):
+    model.set_learning(rule)
+    model.zero_grad()
+    torch.manual_seed(123)  # identical dropout masks for both rules
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("kind,tolerance", [("linear", 1e-4), ("nonlinear", 1e-3)])
+def test_hssm_rhel_gradients_match_bptt(kind, tolerance):
+    torch.manual_seed(0)
+    options = {"step": 0.05} if kind == "nonlinear" else {}
+    model = HSSM(6, 4, hidden_size=16, state_size=16, num_blocks=3, hru=kind, **options).double()
+    x = torch.randn(8, 200, 6, dtype=torch.float64)
+    y = torch.randint(0, 4, (8,))
+    bptt_grads = stack_gradients(model, x, y, "bptt")
+    rhel_grads = stack_gradients(model, x, y, "rhel")
+    for name, reference in bptt_grads.items():
+        grad = rhel_grads[name]
+        assert cosine(grad, reference) >= 0.99999, name
+        assert abs(grad.norm() / reference.norm() - 1) <= tolerance, name
+
+
+def test_set_learning_switches_every_hru_and_rejects_unknown_rules():
+    model = HSSM(3, 2, hidden_size=8, state_size=4, num_blocks=3)
+    model.set_learning("bptt")
+    assert [h.learning for h in model.hrus()] == ["bptt"] * 3
+    with pytest.raises(ValueError, match="learning must be one of"):
+        model.set_learning("adjoint")
+
+
+def test_regression_head_subsamples_steps():
+    model = HSSM(2, 1, hidden_size=8, state_size=4, num_blocks=1, task="regression", output_step=50)
+    assert model(torch.randn(3, 200, 2)).shape == (3, 4, 1)
+
+
+@pytest.mark.parametrize("hru_class", [LinHRU, NonlinHRU])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hru_shapes_and_dtypes(hru_class, dtype):
+    hru = hru_class(5, 7).to(dtype)
+    u = torch.randn(2, 30, 5, dtype=dtype, requires_grad=True)
+    out = hru(u)
+    assert out.shape == u.shape and out.dtype == dtype
+    out.sum().backward()
+    assert u.grad.dtype == dtype and all(p.grad is not None for p in hru.parameters())
+
+
+# 5. The RHEL backward keeps no trajectory.
+
+def test_rhel_saves_only_inputs_and_final_state():
+    batch, length, size = 2, 5000, 8
+    hru = LinHRU(4, size)
+    u = torch.randn(batch, length, 4)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        forcing = hru.forcing(u)
+        saved.clear()
+        hru.oscillate(forcing)
+    trajectory_sized = [t for t in saved if t.numel() >= length * size]
+    assert len(trajectory_sized) == 1 and trajectory_sized[0] is forcing
+    assert sum(t.numel() for t in saved) <= forcing.numel() + 4 * 5 * size + 2 * batch * size
+    hru.learning = "bptt"
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        hru.oscillate(forcing)
+    assert sum(t.numel() >= length * size for t in saved) == 3  # BPTT keeps positions and momenta
+
+
+# 6. Long sequences in float32 models.
+
+@pytest.mark.parametrize("hru_class,options", [(LinHRU, {}), (NonlinHRU, {})])
+def test_rhel_at_50k_steps_in_float32_matches_float64_bptt(hru_class, options):
+    torch.manual_seed(0)
+    hru = hru_class(6, 16, **options)
+    u = torch.randn(2, 50_000, 6)
+    target = torch.randn(2, 50_000, 6)
+
+    def grads(module, rule, dtype):
+        module.learning = rule
+        loss = ((module(u.to(dtype)) - target.to(dtype)) ** 2).mean()
+        return torch.autograd.grad(loss, list(module.parameters()))
+
+    rhel32 = grads(hru, "rhel", torch.float32)
+    reference = grads(hru.double(), "bptt", torch.float64)
+    for (name, _), g, r in zip(hru.named_parameters(), rhel32, reference):
+        assert g.dtype == torch.float32
+        assert cosine(g.double(), r) >= 0.9999, name
+
+
+def test_hru_rejects_wrong_input_shape():
+    with pytest.raises(ValueError, match=r"expects \(batch, length, 5\)"):
+        LinHRU(5, 4)(torch.randn(2, 10, 3))
+
+
+def test_no_warning_on_regular_dynamics():
+    hru = LinHRU(3, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hru(torch.randn(2, 100, 3)).sum().backward()
+    assert hru.monitor.retrace_error < 1e-10
