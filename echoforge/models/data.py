@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import importlib.util
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -159,7 +160,7 @@ def _apply_tag(header: _Header, tag: str, words: list[str], where: str) -> None:
         case "timestamps" if flag != "false":
             raise _error(where, "timestamped series are not supported", "write the series as plain values")
         case "equallength" if flag != "true":
-            raise _error(where, "unequal-length series are not supported", "pad or resample them to one length")
+            raise _error(where, "unequal-length series are not supported", "pad or resample to one length")
         case "timestamps" | "equallength":
             pass
         case "univariate":
@@ -176,7 +177,7 @@ def _apply_tag(header: _Header, tag: str, words: list[str], where: str) -> None:
         case "classlabel":
             header.labels = words[1:]
         case _:
-            raise _error(where, f"unsupported header tag @{tag}", "remove it; only classification .ts files are read")
+            raise _error(where, f"unsupported header tag @{tag}", "remove it; only classification is read")
 
 
 def _positive_int(words: list[str], tag: str, where: str) -> int:
@@ -194,10 +195,11 @@ def _parse_series(
     """
     body, colon, label = line.rpartition(":")
     label = label.strip()
+    known = " ".join(labels)
     if not colon or "," in label:
-        raise _error(where, "series has no class label", f"end the line with ':LABEL', one of {' '.join(labels)}")
+        raise _error(where, "series has no class label", f"end the line with ':LABEL', one of {known}")
     if label not in labels:
-        raise _error(where, f"unknown class label {label!r}", f"use one of {' '.join(labels)} or add it to @classLabel")
+        raise _error(where, f"unknown class label {label!r}", f"use one of {known} or add it to @classLabel")
     dimensions = body.split(":")
     expected_dims, expected_length = shape
     if expected_dims is not None and len(dimensions) != expected_dims:
@@ -218,7 +220,7 @@ def _parse_series(
     try:
         values = np.array(body.replace(":", ",").replace("?", "nan").split(","), dtype=np.float64)
     except ValueError as err:
-        raise _error(where, f"non-numeric value ({err})", "fix it, or write '?' for a missing value") from None
+        raise _error(where, f"non-numeric value ({err})", "fix it, or write '?' if it is missing") from None
     return values.reshape(len(dimensions), expected_length), label
 
 
@@ -248,11 +250,11 @@ def _ts_pair(path: Path) -> tuple[str, Path, Path]:
     if path.is_dir():
         trains = sorted(path.glob("*_TRAIN.ts"))
         if len(trains) != 1:
-            raise _error(path, f"folder holds {len(trains)} *_TRAIN.ts files", "point at the one NAME_TRAIN.ts to use")
+            raise _error(path, f"folder holds {len(trains)} *_TRAIN.ts files", "name the file to use")
         path = trains[0]
     name = path.name.removesuffix("_TRAIN.ts").removesuffix("_TEST.ts")
     if name == path.name:
-        raise _error(path, "a .ts dataset must be named NAME_TRAIN.ts or NAME_TEST.ts", "rename it and its sibling")
+        raise _error(path, "a .ts dataset must be named NAME_TRAIN.ts or NAME_TEST.ts", "rename the pair")
     train, test = path.with_name(f"{name}_TRAIN.ts"), path.with_name(f"{name}_TEST.ts")
     for part in (train, test):
         if not part.is_file():
@@ -265,7 +267,8 @@ def _load_ts_pair(train: Path, test: Path) -> tuple[np.ndarray, np.ndarray, list
     x_train, y_train, classes = _parse_ts(train)
     x_test, y_test, test_classes = _parse_ts(test)
     if test_classes != classes:
-        raise _error(test, f"class labels {test_classes} differ from {train.name}'s {classes}", "make the headers agree")
+        reason = f"class labels {test_classes} differ from {train.name}'s {classes}"
+        raise _error(test, reason, "make the @classLabel tags agree")
     if x_test.shape[1:] != x_train.shape[1:]:
         raise _error(
             test,
@@ -291,23 +294,24 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], str]:
         raise _error(path, f"has no array {'x' if 'x' not in arrays else 'y'}", fix)
     x, y = arrays["x"], arrays["y"]
     if x.ndim != 3 or x.dtype.kind not in "iuf":
-        raise _error(path, f"x is {x.dtype} {x.shape}", "x must be real numbers shaped (series, length, channels)")
-    if len(y) != len(x):
-        raise _error(path, f"y has {len(y)} entries for {len(x)} series", "give one label or target per series")
+        raise _error(path, f"x is {x.dtype} {x.shape}", "x must be real, shaped (series, length, channels)")
+    if y.shape[:1] != x.shape[:1]:
+        raise _error(path, f"y has shape {y.shape} for {len(x)} series", "give one target per series")
     if y.dtype.kind == "f" and y.ndim in (1, 2):
         return x.astype(np.float64), y.reshape(len(y), -1).astype(np.float32), [], REGRESSION
     if y.dtype.kind in "iubUS" and y.ndim == 1:
         classes, indices = np.unique(y, return_inverse=True)
         return x.astype(np.float64), indices.astype(np.int64), classes.astype(str).tolist(), CLASSIFICATION
-    raise _error(
-        path, f"y is {y.dtype} {y.shape}", "y must be class labels (n,) as ints or strings, or float targets (n,) / (n, k)"
-    )
+    fix = "y must be int or string class labels (n,), or float targets (n,) or (n, k)"
+    raise _error(path, f"y is {y.dtype} {y.shape}", fix)
 
 
 # ---------------------------------------------------------------------------------------- synthetic
 
 
-def adding_problem(length: int = 1000, size: int = 2000, *, seed: int | np.random.SeedSequence):
+def adding_problem(
+    length: int = 1000, size: int = 2000, *, seed: int | np.random.SeedSequence
+) -> tuple[np.ndarray, np.ndarray]:
     """The adding problem (Hochreiter & Schmidhuber 1997; Arjovsky et al. 2016).
 
     x float32 (size, length, 2): channel 0 uniform values in [0, 1), channel 1 a marker with exactly
@@ -326,7 +330,9 @@ def adding_problem(length: int = 1000, size: int = 2000, *, seed: int | np.rando
     return x, y
 
 
-def copy_memory(length: int = 1000, size: int = 2000, *, seed: int | np.random.SeedSequence, n_copy: int = 10):
+def copy_memory(
+    length: int = 1000, size: int = 2000, *, seed: int | np.random.SeedSequence, n_copy: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
     """The copy-memory task (Arjovsky et al. 2016), as classification at each of the last ``n_copy`` steps.
 
     x float32 (size, length, 10), one-hot per step over 8 symbols, blank, delimiter: the first
@@ -335,7 +341,7 @@ def copy_memory(length: int = 1000, size: int = 2000, *, seed: int | np.random.S
     ``n_copy`` steps. Guessing scores cross-entropy log 8 per step.
     """
     if n_copy < 1 or length < 2 * n_copy + 1:
-        raise ValueError(f"copy memory needs n_copy >= 1 and length >= 2*n_copy + 1, got {length=}, {n_copy=}")
+        raise ValueError(f"copy memory needs 1 <= n_copy, 2*n_copy < length; got {length=}, {n_copy=}")
     rng = np.random.default_rng(seed)
     y = rng.integers(0, COPY_SYMBOLS, (size, n_copy), dtype=np.int64)
     x = np.zeros((size, length, COPY_SYMBOLS + 2), dtype=np.float32)
@@ -400,17 +406,15 @@ def _load_source(name_or_path: str | Path) -> tuple[str, np.ndarray, np.ndarray,
         return (train.parent.name, *_load_ts_pair(train, test), CLASSIFICATION)
     path = Path(name_or_path)
     if not path.exists():
-        raise _error(
-            path,
-            "no such dataset name or file",
-            f"use one of {', '.join(sorted(_ALIASES | _SYNTHETIC))}, a NAME_TRAIN.ts/NAME_TEST.ts file, its folder, or an .npz",
-        )
+        names = ", ".join(sorted(_ALIASES | _SYNTHETIC))
+        fix = f"use one of {names}, a NAME_TRAIN.ts or NAME_TEST.ts file, their folder, or an .npz"
+        raise _error(path, "no such dataset name or file", fix)
     if path.suffix == ".npz":
         return (path.stem, *_load_npz(path))
     if path.is_dir() or path.suffix == ".ts":
         name, train, test = _ts_pair(path)
         return (name, *_load_ts_pair(train, test), CLASSIFICATION)
-    raise _error(path, f"unsupported file type {path.suffix!r}", "give a .ts or .npz file, or a folder of .ts files")
+    raise _error(path, f"unsupported file type {path.suffix!r}", "give a .ts or .npz file, or a .ts folder")
 
 
 def drop_duplicates(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -421,13 +425,15 @@ def drop_duplicates(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return x[keep], y[keep]
 
 
-def split_indices(n: int, fractions: tuple[float, float, float], rng: np.random.Generator) -> list[np.ndarray]:
+def split_indices(
+    n: int, fractions: tuple[float, float, float], rng: np.random.Generator
+) -> list[np.ndarray]:
     """A random partition of range(n) into train/val/test index arrays with the given fractions."""
     if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
         raise ValueError(f"split must be three non-negative fractions summing to 1, got {fractions}")
     bounds = np.round(np.cumsum(fractions)[:2] * n).astype(int)
     if bounds[0] == 0:
-        raise DatasetError(f"only {n} distinct series: split {fractions} leaves no training data — use more data")
+        raise DatasetError(f"only {n} distinct series: split {fractions} leaves no training set — add data")
     return np.split(rng.permutation(n), bounds)
 
 

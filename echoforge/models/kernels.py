@@ -15,7 +15,13 @@ from numba import njit
 LINEAR, NONLINEAR = 0, 1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
+def _logcosh(z):
+    x = abs(z)
+    return x + math.log1p(math.exp(-2.0 * x)) - math.log(2.0)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
 def _force(kind, a, w, b, c, m, f):
     """∂V/∂ϕ at position m under forcing f."""
     if kind == LINEAR:
@@ -23,7 +29,7 @@ def _force(kind, a, w, b, c, m, f):
     return a * m + c * math.tanh(w * m + f + b)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _step(kind, a, d, w, b, c, phi, pi, f):
     """One drift-kick-drift leapfrog step, the kick at the mid position; returns (phi', pi')."""
     m = phi + 0.5 * d * pi
@@ -31,7 +37,7 @@ def _step(kind, a, d, w, b, c, phi, pi, f):
     return m + 0.5 * d * pin, pin
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _force_pair(kind, a, w, b, c, mc, md, f):
     """Centre and half-difference of ∂V/∂ϕ at positions mc ± md, without cancellation.
 
@@ -41,14 +47,21 @@ def _force_pair(kind, a, w, b, c, mc, md, f):
         return a * mc - f, a * md, 0.0, 0.0, 0.0
     zc = w * mc + f + b
     e = w * md
-    tp = math.tanh(zc + e)
-    tm = math.tanh(zc - e)
-    t_diff = math.tanh(2.0 * e) * (1.0 - tp * tm)  # tanh a − tanh b = tanh(a − b)(1 − tanh a tanh b)
-    lc_diff = 2.0 * math.atanh(math.tanh(zc) * math.tanh(e))  # log(cosh(z+e)/cosh(z−e))
-    return a * mc + 0.5 * c * (tp + tm), a * md + 0.5 * c * t_diff, tp + tm, t_diff, lc_diff
+    if abs(e) > 0.5:  # far apart: the direct differences are well conditioned
+        tp, tm = math.tanh(zc + e), math.tanh(zc - e)
+        t_sum, t_diff, lc_diff = tp + tm, tp - tm, _logcosh(zc + e) - _logcosh(zc - e)
+    else:
+        # u = tanh zc, v = tanh e: tanh(zc ± e) = (u ± v)/(1 ± uv) and log(cosh z⁺/cosh z⁻) =
+        # 2 atanh(uv) give sum and difference without cancellation, from three transcendental calls.
+        u, v = math.tanh(zc), math.tanh(e)
+        denominator = 1.0 - (u * v) * (u * v)
+        t_sum = 2.0 * u * (1.0 - v * v) / denominator
+        t_diff = 2.0 * v * (1.0 - u * u) / denominator
+        lc_diff = 2.0 * math.atanh(u * v)
+    return a * mc + 0.5 * c * t_sum, a * md + 0.5 * c * t_diff, t_sum, t_diff, lc_diff
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _pair_observables(kind, a, w, c, mc, md, f, qc0, qd0, qc1, qd1, t_sum, t_diff, lc_diff):
     """Differences (echo⁺ − echo⁻) of the half-step observables ∂V/∂(a, w, b, c, f) and ∂H_½/∂δ.
 
@@ -64,7 +77,7 @@ def _pair_observables(kind, a, w, c, mc, md, f, qc0, qd0, qc1, qd1, t_sum, t_dif
     return da, dw, dz, dc, dz, 2.0 * a * mc * md + c * dc + kinetic
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def forward(kind, params, forcing, phi0, pi0, positions, momenta, keep_momenta):
     """Integrate every lane; positions[b, k] is ϕ after consuming forcing[b, k].
 
@@ -87,7 +100,7 @@ def forward(kind, params, forcing, phi0, pi0, positions, momenta, keep_momenta):
     return phi, pi
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def echo(kind, params, forcing, phi_end, pi_end, nudges, eps, grad_forcing, grad_params):
     """The ±ε echoes of RHEL (PAPER.md §2, Alg. 1), carried as centre and half-difference.
 
@@ -102,42 +115,37 @@ def echo(kind, params, forcing, phi_end, pi_end, nudges, eps, grad_forcing, grad
     nb, nt, npos = forcing.shape
     phis = np.empty((2, nb, npos))
     pis = np.empty((2, nb, npos))
+    a, d, w, b, c = params[0], params[1], params[2], params[3], params[4]
     for bi in range(nb):
-        for p in range(npos):
-            a, d, w, b, c = params[0, p], params[1, p], params[2, p], params[3, p], params[4, p]
-            h = 0.5 * d
-            pc, pd = phi_end[bi, p], 0.0
-            qc, qd = -pi_end[bi, p], eps * nudges[bi, nt - 1, p]
-            acc_a = acc_w = acc_b = acc_c = acc_d = 0.0
-            for k in range(nt - 1, -1, -1):
+        pc, pd = phi_end[bi].copy(), np.zeros(npos)
+        qc, qd = -pi_end[bi], eps * nudges[bi, nt - 1]
+        acc = np.zeros((5, npos))
+        for k in range(nt - 1, -1, -1):
+            for p in range(npos):
                 f = forcing[bi, k, p]
-                mc, md = pc + h * qc, pd + h * qd
-                fc, fd, t_sum, t_diff, lc_diff = _force_pair(kind, a, w, b, c, mc, md, f)
-                qc1, qd1 = qc - d * fc, qd - d * fd
-                oa, ow, ob, oc, of, od = _pair_observables(kind, a, w, c, mc, md, f, qc, qd, qc1, qd1,
-                                                           t_sum, t_diff, lc_diff)
-                acc_a += oa
-                acc_w += ow
-                acc_b += ob
-                acc_c += oc
-                acc_d += od
-                grad_forcing[bi, k, p] = -d / (2.0 * eps) * of
-                pc, pd = mc + h * qc1, md + h * qd1
-                qc, qd = qc1, qd1
-                if k > 0:
-                    qd += eps * nudges[bi, k - 1, p]
-            scale = -d / (2.0 * eps)
-            grad_params[0, bi, p] = scale * acc_a
-            grad_params[1, bi, p] = -acc_d / (2.0 * eps)
-            grad_params[2, bi, p] = scale * acc_w
-            grad_params[3, bi, p] = scale * acc_b
-            grad_params[4, bi, p] = scale * acc_c
-            phis[0, bi, p], phis[1, bi, p] = pc + pd, pc - pd
-            pis[0, bi, p], pis[1, bi, p] = qc + qd, qc - qd
+                mc, md = pc[p] + 0.5 * d[p] * qc[p], pd[p] + 0.5 * d[p] * qd[p]
+                fc, fd, t_sum, t_diff, lc_diff = _force_pair(kind, a[p], w[p], b[p], c[p], mc, md, f)
+                qc1, qd1 = qc[p] - d[p] * fc, qd[p] - d[p] * fd
+                oa, ow, ob, oc, of, od = _pair_observables(kind, a[p], w[p], c[p], mc, md, f, qc[p],
+                                                           qd[p], qc1, qd1, t_sum, t_diff, lc_diff)
+                acc[0, p] += oa
+                acc[1, p] += od
+                acc[2, p] += ow
+                acc[3, p] += ob
+                acc[4, p] += oc
+                grad_forcing[bi, k, p] = -d[p] / (2.0 * eps) * of
+                pc[p], pd[p] = mc + 0.5 * d[p] * qc1, md + 0.5 * d[p] * qd1
+                qc[p] = qc1
+                qd[p] = qd1 + eps * nudges[bi, k - 1, p] if k > 0 else qd1
+        grad_params[:, bi] = -acc / (2.0 * eps)
+        for row in (0, 2, 3, 4):
+            grad_params[row, bi] *= d
+        phis[0, bi], phis[1, bi] = pc + pd, pc - pd
+        pis[0, bi], pis[1, bi] = qc + qd, qc - qd
     return phis, pis
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def adjoint(kind, params, forcing, phi0, pi0, positions, momenta, grad_positions,
             grad_forcing, grad_params):
     """BPTT: reverse-mode differentiation of the stored leapfrog trajectory, step by step.
@@ -146,46 +154,42 @@ def adjoint(kind, params, forcing, phi0, pi0, positions, momenta, grad_positions
     torch autograd), compiled. Writes grad_forcing (B, L, P) and grad_params (5, B, P).
     """
     nb, nt, npos = forcing.shape
+    a, d, w, b, c = params[0], params[1], params[2], params[3], params[4]
     for bi in range(nb):
-        for p in range(npos):
-            a, d, w, b, c = params[0, p], params[1, p], params[2, p], params[3, p], params[4, p]
-            h = 0.5 * d
-            l_phi = 0.0
-            l_pi = 0.0
-            g_a = g_d = g_w = g_b = g_c = 0.0
-            for k in range(nt - 1, -1, -1):
+        l_phi = np.zeros(npos)
+        l_pi = np.zeros(npos)
+        grads = np.zeros((5, npos))
+        for k in range(nt - 1, -1, -1):
+            for p in range(npos):
+                h = 0.5 * d[p]
                 phi = positions[bi, k - 1, p] if k > 0 else phi0[bi, p]
                 pi = momenta[bi, k - 1, p] if k > 0 else pi0[bi, p]
                 f = forcing[bi, k, p]
                 m = phi + h * pi
-                force = _force(kind, a, w, b, c, m, f)
-                pin = pi - d * force
-                l_phi1 = l_phi + grad_positions[bi, k, p]
+                force = _force(kind, a[p], w[p], b[p], c[p], m, f)
+                pin = pi - d[p] * force
+                l_phi1 = l_phi[p] + grad_positions[bi, k, p]
                 # ϕ' = m + h π'
-                l_pin = l_pi + h * l_phi1
+                l_pin = l_pi[p] + h * l_phi1
                 l_m = l_phi1
-                g_d += 0.5 * pin * l_phi1
+                g_d = 0.5 * pin * l_phi1 - force * l_pin
                 # π' = π − δ F(m, f)
                 if kind == LINEAR:
-                    df_dm, df_df, df_dw, df_db, df_dc = a, -1.0, 0.0, 0.0, 0.0
+                    df_dm, df_df, df_dw, df_db, df_dc = a[p], -1.0, 0.0, 0.0, 0.0
                 else:
-                    t = math.tanh(w * m + f + b)
+                    t = math.tanh(w[p] * m + f + b[p])
                     s = 1.0 - t * t
-                    df_dm, df_df, df_dw, df_db, df_dc = a + c * w * s, c * s, c * s * m, c * s, t
-                kick = -d * l_pin
+                    df_dm, df_df = a[p] + c[p] * w[p] * s, c[p] * s
+                    df_dw, df_db, df_dc = c[p] * s * m, c[p] * s, t
+                kick = -d[p] * l_pin
                 l_m += kick * df_dm
                 grad_forcing[bi, k, p] = kick * df_df
-                g_a += kick * m
-                g_w += kick * df_dw
-                g_b += kick * df_db
-                g_c += kick * df_dc
-                g_d -= force * l_pin
+                grads[0, p] += kick * m
+                grads[2, p] += kick * df_dw
+                grads[3, p] += kick * df_db
+                grads[4, p] += kick * df_dc
                 # m = ϕ + h π
-                g_d += 0.5 * pi * l_m
-                l_phi = l_m
-                l_pi = l_pin + h * l_m
-            grad_params[0, bi, p] = g_a
-            grad_params[1, bi, p] = g_d
-            grad_params[2, bi, p] = g_w
-            grad_params[3, bi, p] = g_b
-            grad_params[4, bi, p] = g_c
+                grads[1, p] += g_d + 0.5 * pi * l_m
+                l_phi[p] = l_m
+                l_pi[p] = l_pin + h * l_m
+        grad_params[:, bi] = grads
