@@ -111,11 +111,19 @@ def _f64(array) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float64)
 
 
+def _stream(array) -> np.ndarray:
+    """A (B, L, P) stream as given if float32/float64 (the kernels widen per element), no copy."""
+    array = np.ascontiguousarray(array)
+    return array if array.dtype in (np.float32, np.float64) else array.astype(np.float64)
+
+
 class FloatCore:
     """The float64 reference core: compiled leapfrog, echoes and (for BPTT) the discrete adjoint.
 
     float64 whatever the model's dtype: rounding is what breaks reversibility, and in float32 an
     ε-sized nudge vanishes below a momentum's last bit at long lengths (DESIGN §2, "Precision").
+    Streams (forcing, positions, nudges, gradients) stay in the caller's dtype; the state and every
+    step's arithmetic are float64.
     """
 
     def __init__(self, params: OscillatorParams | None = None):
@@ -131,7 +139,7 @@ class FloatCore:
 
     def forward(self, forcing, phi, pi):
         kind, table = self._args()
-        forcing = _f64(forcing)
+        forcing = _stream(forcing)
         positions = np.empty_like(forcing)
         phi, pi = kernels.forward(kind, table, forcing, _f64(phi), _f64(pi), positions,
                                   np.empty((0, 0, 0)), False)
@@ -141,17 +149,17 @@ class FloatCore:
         if not epsilon > 0:
             raise ValueError(f"epsilon must be positive, got {epsilon}")
         kind, table = self._args()
-        forcing = _f64(forcing)
+        forcing = _stream(forcing)
         grad_forcing = np.empty_like(forcing)
         grad_params = np.empty((len(PARAM_NAMES),) + forcing.shape[::2])
-        final = kernels.echo(kind, table, forcing, _f64(phi), _f64(pi), _f64(nudges),
+        final = kernels.echo(kind, table, forcing, _f64(phi), _f64(pi), _stream(nudges),
                              float(epsilon), grad_forcing, grad_params)
         return EchoResult(grad_forcing, dict(zip(PARAM_NAMES, grad_params)), final)
 
     def trajectory(self, forcing, phi, pi):
         """Forward pass that keeps (positions, momenta) for every step: what BPTT stores."""
         kind, table = self._args()
-        forcing = _f64(forcing)
+        forcing = _stream(forcing)
         positions = np.empty_like(forcing)
         momenta = np.empty_like(forcing)
         kernels.forward(kind, table, forcing, _f64(phi), _f64(pi), positions, momenta, True)
@@ -160,11 +168,11 @@ class FloatCore:
     def adjoint(self, forcing, phi0, pi0, positions, momenta, grad_positions):
         """BPTT gradients over a stored trajectory: (grad_forcing, {name: (B, P)})."""
         kind, table = self._args()
-        forcing = _f64(forcing)
+        forcing = _stream(forcing)
         grad_forcing = np.empty_like(forcing)
         grad_params = np.empty((len(PARAM_NAMES),) + forcing.shape[::2])
         kernels.adjoint(kind, table, forcing, _f64(phi0), _f64(pi0), positions, momenta,
-                        _f64(grad_positions), grad_forcing, grad_params)
+                        _stream(grad_positions), grad_forcing, grad_params)
         return grad_forcing, dict(zip(PARAM_NAMES, grad_params))
 
 

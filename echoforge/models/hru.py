@@ -20,12 +20,14 @@ from .core import PARAM_NAMES, FloatCore, OscillatorParams, retrace
 
 LEARNING_RULES = ("bptt", "rhel")
 # Relative distance between the echoes' mean end state and the start state above which the echo did
-# not retrace the forward path (chaotic dynamics at this step size): RHEL's gradient is then unreliable.
+# not retrace the forward path (chaotic dynamics, or an ε² bias from an outsized nudge): RHEL's
+# gradient is then unreliable.
 RETRACE_WARN = 1e-3
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().to("cpu", torch.float64).numpy()
+    """A numpy view of a float32/float64 tensor (the core widens streams itself)."""
+    return tensor.detach().cpu().numpy()
 
 
 def _core(kind: str, table: torch.Tensor) -> FloatCore:
@@ -55,8 +57,9 @@ class EchoMonitor:
         if self.retrace_error > RETRACE_WARN:
             warnings.warn(
                 f"RHEL echo did not retrace the forward path (relative error {self.retrace_error:.2e}): "
-                "the dynamics are chaotic at this step size, so the gradient is unreliable; "
-                "reduce the step size or train this layer with learning='bptt'",
+                "either the dynamics are chaotic at this step size or the nudge ε·∂L/∂y dwarfs the "
+                "state, and the gradient is unreliable; reduce the step size or ε, or train this "
+                "layer with learning='bptt'",
                 RuntimeWarning, stacklevel=2)
 
 

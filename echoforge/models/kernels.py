@@ -118,7 +118,7 @@ def echo(kind, params, forcing, phi_end, pi_end, nudges, eps, grad_forcing, grad
     a, d, w, b, c = params[0], params[1], params[2], params[3], params[4]
     for bi in range(nb):
         pc, pd = phi_end[bi].copy(), np.zeros(npos)
-        qc, qd = -pi_end[bi], eps * nudges[bi, nt - 1]
+        qc, qd = -pi_end[bi], eps * nudges[bi, nt - 1].astype(np.float64)
         acc = np.zeros((5, npos))
         for k in range(nt - 1, -1, -1):
             for p in range(npos):

@@ -1,0 +1,173 @@
+"""Time and memory of a gradient step, BPTT vs RHEL, linear vs nonlinear HRU, over sequence length.
+
+Config (issue "Foundation and models"): 2 blocks, hidden 16, state 16, batch 8, 6 inputs, 4 classes,
+float32 models. Each configuration runs in its own process so peak memory is its own; the table puts
+RHEL and BPTT side by side from one run.
+
+    python benchmarks/bench_hru.py [--lengths 1000 4000 16000 50000] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# The public JAX reference code on this machine class, float32, as measured for the issue:
+# seconds per RHEL step and peak memory (GB).
+JAX_RHEL_SECONDS = {("linear", 16000): 1.25, ("nonlinear", 16000): 0.75,
+                    ("linear", 50000): 4.8, ("nonlinear", 50000): 2.4}
+JAX_PEAK_GB = {("linear", 50000): 3.2, ("nonlinear", 50000): 1.2}
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    """Reset VmHWM (peak resident memory) to the current RSS (Linux clear_refs, value 5)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def worker(kind: str, rule: str, length: int, repeats: int) -> dict:
+    import torch
+
+    from echoforge.models import HSSM
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = HSSM(6, 4, hidden_size=16, state_size=16, num_blocks=2, hru=kind, learning=rule)
+    x, y = torch.randn(8, length, 6), torch.randint(0, 4, (8,))
+
+    def step():
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+
+    step()  # compile / warm up
+    _reset_peak()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return {"seconds": statistics.median(times), "peak_bytes": _status_kb("VmHWM") * 1024}
+
+
+def layer_backward_extra(kind: str, rule: str, length: int) -> int:
+    """Memory the HRU layer's backward adds beyond its inputs and outputs (one layer alone).
+
+    Peak during backward minus the memory held before it, minus the gradient streams the backward
+    must return (∂L/∂forcing, same size and dtype as the forcing).
+    """
+    import torch
+
+    from echoforge.models import LinHRU, NonlinHRU
+    import ctypes
+
+    torch.set_num_threads(1)
+    hru = (LinHRU if kind == "linear" else NonlinHRU)(16, 16, learning=rule)
+    hru.oscillate(torch.randn(8, 100, 16, requires_grad=True)).sum().backward()  # compile
+    forcing = torch.randn(8, length, 16, requires_grad=True)
+    positions = hru.oscillate(forcing)
+    upstream = 1e-3 * torch.randn_like(positions)  # a loss gradient's scale
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed memory back so new allocations show
+    baseline = _status_kb("VmRSS") * 1024
+    _reset_peak()
+    positions.backward(upstream)
+    extra = _status_kb("VmHWM") * 1024 - baseline
+    return extra - forcing.numel() * forcing.element_size()
+
+
+def run_all(lengths: list[int]) -> list[dict]:
+    rows = []
+    for length in lengths:
+        for kind in ("linear", "nonlinear"):
+            for rule in ("bptt", "rhel"):
+                repeats = 5 if length <= 16000 else 3
+                out = subprocess.run([sys.executable, __file__, "--worker", kind, rule, str(length),
+                                      str(repeats)], check=True, capture_output=True, text=True)
+                row = {"kind": kind, "rule": rule, "length": length, **json.loads(out.stdout)}
+                out = subprocess.run([sys.executable, __file__, "--layer", kind, rule, str(length)],
+                                     check=True, capture_output=True, text=True)
+                row["echo_extra_bytes"] = int(out.stdout)
+                rows.append(row)
+                print(f"  {kind:9s} {rule:4s} L={length:6d}: {row['seconds']:.3f} s/step, "
+                      f"peak {row['peak_bytes'] / 2**20:.0f} MiB", flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    by = {(r["kind"], r["rule"], r["length"]): r for r in rows}
+    lines = ["| HRU | length | BPTT s/step | RHEL s/step | RHEL/BPTT time | BPTT peak MiB | RHEL peak MiB "
+             "| RHEL/BPTT peak | echo extra MiB | JAX RHEL s/step |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (kind, rule, length), rhel in sorted(by.items()):
+        if rule != "rhel":
+            continue
+        bptt = by[(kind, "bptt", length)]
+        jax = JAX_RHEL_SECONDS.get((kind, length))
+        jax_text = f"{jax} ({jax / rhel['seconds']:.0f}× ours)" if jax else "–"
+        lines.append(
+            f"| {kind} | {length} | {bptt['seconds']:.3f} | {rhel['seconds']:.3f} | "
+            f"{rhel['seconds'] / bptt['seconds']:.2f} | {bptt['peak_bytes'] / 2**20:.0f} | "
+            f"{rhel['peak_bytes'] / 2**20:.0f} | {rhel['peak_bytes'] / bptt['peak_bytes']:.2f} | "
+            f"{rhel['echo_extra_bytes'] / 2**20:.2f} | {jax_text} |")
+    return "\n".join(lines)
+
+
+def flatness(rows: list[dict]) -> str:
+    lines = []
+    for kind in ("linear", "nonlinear"):
+        extra = {r["length"]: r["echo_extra_bytes"] for r in rows if r["kind"] == kind and r["rule"] == "rhel"}
+        lo, hi = min(extra), max(extra)
+        lines.append(f"- {kind}: RHEL backward extra memory at L={hi}: {extra[hi] / 2**20:.2f} MiB, "
+                     f"at L={lo}: {extra[lo] / 2**20:.2f} MiB")
+    for kind, gb in JAX_PEAK_GB.items():
+        ours = [r for r in rows if (r["kind"], r["length"]) == kind and r["rule"] == "rhel"]
+        if ours:
+            lines.append(f"- {kind[0]} at L={kind[1]}: RHEL peak {ours[0]['peak_bytes'] / 2**30:.2f} GB "
+                         f"vs the JAX reference's {gb} GB")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1000, 4000, 16000, 50000])
+    parser.add_argument("--write", action="store_true", help="write the table into docs/results.md")
+    parser.add_argument("--worker", nargs=4, metavar=("KIND", "RULE", "LENGTH", "REPEATS"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--layer", nargs=3, metavar=("KIND", "RULE", "LENGTH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.layer:
+        kind, rule, length = args.layer
+        print(layer_backward_extra(kind, rule, int(length)))
+        return
+    if args.worker:
+        kind, rule, length, repeats = args.worker
+        print(json.dumps(worker(kind, rule, int(length), int(repeats))))
+        return
+    rows = run_all(args.lengths)
+    report = "\n\n".join([
+        "## HRU gradient step: BPTT vs RHEL (benchmarks/bench_hru.py)",
+        "2 blocks, hidden 16, state 16, batch 8, 6 inputs, 4 classes, float32 models, one thread; "
+        "median seconds per gradient step (forward + backward) and peak resident memory of the "
+        "process, each configuration in its own process. \"echo extra\" is what one HRU layer's "
+        "backward adds beyond its inputs and its output gradient. JAX figures: the public reference "
+        "code on this machine class, as measured for the issue (not re-run here).",
+        table(rows), flatness(rows)])
+    print(report)
+    if args.write:
+        from results_doc import write_section
+        write_section("bench_hru", report)
+
+
+if __name__ == "__main__":
+    main()

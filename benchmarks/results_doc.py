@@ -1,0 +1,27 @@
+"""Write a benchmark's section of docs/results.md, replacing the previous run's."""
+
+import platform
+import re
+import sys
+from pathlib import Path
+
+import os
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+HEADER = "# Results\n\nEvery number below was produced by the command shown with it, on the machine it names.\n"
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace (or append) the section delimited by `<!-- name -->` markers."""
+    text = RESULTS.read_text() if RESULTS.exists() else HEADER
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix().split("/main/")[-1], *sys.argv[1:]])
+    section = (f"<!-- {name} -->\n{body.rstrip()}\n\nCommand: `{command}` — machine: {machine()}\n"
+               f"<!-- /{name} -->")
+    pattern = re.compile(rf"<!-- {re.escape(name)} -->.*?<!-- /{re.escape(name)} -->", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else f"{text.rstrip()}\n\n{section}\n"
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(text)
