@@ -1,0 +1,79 @@
+"""The `echoforge` command: one subcommand per job.
+
+User mistakes (bad config, missing file, malformed data) print one line on stderr and exit 2; a
+traceback means a bug in echoforge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, KeyError)
+
+
+def add_train(commands) -> None:
+    parser = commands.add_parser(
+        "train", help="train an HSSM on a dataset (BPTT or RHEL)",
+        description="Train an HSSM as CONFIG says (the embedded BasicMotions default without one).")
+    parser.add_argument("config", nargs="?", help="YAML config; keys not given keep their defaults")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set model.hidden_size=32 (repeatable)")
+    parser.add_argument("--learning", choices=("bptt", "rhel"), help="learning rule of every HRU")
+    parser.add_argument("--steps", type=int, help="number of optimizer steps")
+    parser.add_argument("--seed", type=int, help="seed of data split, initialisation and dropout")
+    parser.add_argument("--output", "-o", help="run directory")
+    parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR where it stopped")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: small recurrent models gain nothing from more)")
+    parser.set_defaults(run=run_train)
+
+
+def run_train(args) -> int:
+    import torch
+
+    from .models.training import Trainer, describe, load_config
+
+    torch.set_num_threads(args.threads)
+    if args.resume:
+        config_path = Path(args.resume) / "config.yaml"
+        if not (Path(args.resume) / "last.pt").exists():
+            raise FileNotFoundError(f"{args.resume}: no last.pt to resume from — is this a run directory?")
+        config = load_config(config_path)
+        output = Path(args.resume)
+    else:
+        flags = {"learning": args.learning, "steps": args.steps, "seed": args.seed, "output": args.output}
+        overrides = args.overrides + [f"{k}={v}" for k, v in flags.items() if v is not None]
+        config = load_config(args.config, overrides)
+        output = Path(config["output"])
+    trainer = Trainer(config, output)
+    summary = trainer.run(resume=bool(args.resume), progress=False if args.no_progress else None)
+    print(describe(summary, output))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="echoforge", description="Train Hamiltonian state-space models with RHEL and take them to hardware.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_train(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except USER_ERRORS as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"echoforge {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"echoforge {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

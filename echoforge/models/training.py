@@ -1,0 +1,306 @@
+"""Host training of HSSMs: config, seeded batching, evaluation, checkpoints that resume bit for bit.
+
+A run is a directory: config.yaml (the resolved config), last.pt (everything needed to resume: model,
+optimizer, RNG, progress), best.pt (the best-validation model), metrics.jsonl, curves.png and
+summary.json. The trainer holds no global state beyond torch's RNG, which it saves and restores.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from .data import REGRESSION, Dataset, load_dataset
+from .hssm import HSSM
+
+DEFAULT_CONFIG = {
+    "dataset": {"name": "basicmotions", "time_channel": False},
+    "model": {"hidden_size": 16, "state_size": 16, "num_blocks": 2, "hru": "linear",
+              "epsilon": 0.1, "dropout": 0.05},
+    "learning": "rhel",
+    "optimizer": {"name": "adam", "lr": 3e-3, "weight_decay": 0.0},
+    "steps": 300,
+    "batch_size": 16,
+    "eval_every": 25,
+    "eval_batch_size": 64,
+    "seed": 0,
+    "dtype": "float32",
+    "output": "runs/basicmotions-rhel",
+}
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that also reads 1e-4 as a float (YAML 1.1 wants 1.0e-4)."""
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789."))
+
+
+def _parse_yaml(text: str):
+    return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: builds plain data, runs nothing
+
+
+class ConfigError(ValueError):
+    """A config the trainer cannot run; the message names the key and what to do."""
+
+
+def merge(base: dict, update: dict, where: str = "") -> dict:
+    """Deep-merge `update` into a copy of `base`, refusing keys `base` does not know."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        path = f"{where}{key}"
+        if key not in base and where.split(".")[0] not in ("model", "dataset", "optimizer"):
+            raise ConfigError(f"unknown config key {path!r}; known keys: {', '.join(sorted(base))}")
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            out[key] = merge(base[key], value, f"{path}.")
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict:
+    """The default config, updated by a YAML file and `key.sub=value` overrides (values parsed as YAML)."""
+    config = DEFAULT_CONFIG
+    if path is not None:
+        try:
+            data = _parse_yaml(Path(path).read_text())
+        except OSError as error:
+            raise ConfigError(f"cannot read config {path}: {error.strerror}") from None
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{line}: not valid YAML — fix the syntax there") from None
+        data = {} if data is None else data
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+        config = merge(config, data)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        update = _parse_yaml(text)
+        for part in reversed(key.split(".")):
+            update = {part: update}
+        config = merge(config, update)
+    validate(config)
+    return config
+
+
+def validate(config: dict) -> None:
+    if config["learning"] not in ("bptt", "rhel"):
+        raise ConfigError(f"learning: expected bptt or rhel, got {config['learning']!r}")
+    if config["optimizer"].get("name") not in OPTIMIZERS:
+        raise ConfigError(f"optimizer.name: expected one of {sorted(OPTIMIZERS)}, "
+                          f"got {config['optimizer'].get('name')!r}")
+    if config["dtype"] not in DTYPES:
+        raise ConfigError(f"dtype: expected one of {sorted(DTYPES)}, got {config['dtype']!r}")
+    for key in ("steps", "batch_size", "eval_every", "eval_batch_size"):
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise ConfigError(f"{key}: expected a positive integer, got {config[key]!r}")
+
+
+def _atomic_save(obj, path: Path) -> None:
+    """Write then rename, so a run killed mid-write never leaves a torn checkpoint."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def build_model(config: dict, data: Dataset) -> HSSM:
+    options = dict(config["model"])
+    if data.task == REGRESSION:
+        options.setdefault("task", "regression")
+        options.setdefault("output_step", data.train.x.shape[1])
+    elif data.task != "classification":
+        raise ConfigError(f"dataset {data.name!r} is a {data.task} task, which the HSSM heads do not "
+                          "support yet; choose a classification or regression dataset")
+    try:
+        model = HSSM(data.num_inputs, data.num_outputs, learning=config["learning"], **options)
+    except TypeError as error:
+        raise ConfigError(f"model: {error}") from None
+    return model.to(DTYPES[config["dtype"]])
+
+
+class Trainer:
+    """Trains one HSSM on one dataset as a config says, into an output directory."""
+
+    def __init__(self, config: dict, output: str | Path | None = None):
+        self.config = config
+        self.output = Path(output or config["output"])
+        self.dtype = DTYPES[config["dtype"]]
+        torch.manual_seed(config["seed"])
+        dataset = dict(config["dataset"])
+        self.data = load_dataset(dataset.pop("name"), seed=config["seed"], **dataset)
+        self.model = build_model(config, self.data)
+        optimizer = dict(config["optimizer"])
+        self.optimizer = OPTIMIZERS[optimizer.pop("name")](self.model.parameters(), **optimizer)
+        self.step = 0
+        self.records: list[dict] = []
+        self.best = {"metric": -math.inf, "step": 0}
+
+    # -- data -------------------------------------------------------------------------------
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training batch of a step: a function of (seed, step) alone, so resuming needs no state."""
+        n, size = len(self.data.train.x), min(self.config["batch_size"], len(self.data.train.x))
+        per_epoch = n // size
+        epoch, index = divmod(step, per_epoch)
+        order = np.random.default_rng([self.config["seed"], epoch]).permutation(n)
+        chosen = order[index * size:(index + 1) * size]
+        return self.tensors(self.data.train.x[chosen], self.data.train.y[chosen])
+
+    def tensors(self, x, y):
+        y = torch.from_numpy(np.asarray(y))
+        return torch.from_numpy(x).to(self.dtype), y.to(self.dtype) if self.regression else y
+
+    @property
+    def regression(self) -> bool:
+        return self.data.task == REGRESSION
+
+    # -- objective --------------------------------------------------------------------------
+
+    def loss(self, output, y):
+        if self.regression:
+            return torch.nn.functional.mse_loss(output[:, -1] if y.dim() == 2 else output, y)
+        return torch.nn.functional.cross_entropy(output, y)
+
+    @torch.no_grad()
+    def evaluate(self, split) -> dict:
+        """Loss and metric (accuracy, or MSE for regression) over a split, in eval mode."""
+        self.model.eval()
+        total_loss, correct, count = 0.0, 0, 0
+        size = self.config["eval_batch_size"]
+        for start in range(0, len(split.x), size):
+            x, y = self.tensors(split.x[start:start + size], split.y[start:start + size])
+            output = self.model(x)
+            total_loss += float(self.loss(output, y)) * len(x)
+            if not self.regression:
+                correct += int((output.argmax(dim=1) == y).sum())
+            count += len(x)
+        self.model.train()
+        loss = total_loss / count
+        if self.regression:
+            return {"loss": loss, "mse": loss, "metric": -loss}
+        return {"loss": loss, "accuracy": correct / count, "metric": correct / count}
+
+    def train_step(self) -> float:
+        x, y = self.batch(self.step)
+        self.optimizer.zero_grad()
+        loss = self.loss(self.model(x), y)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        return loss.item()
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "rng": torch.get_rng_state(), "step": self.step, "records": self.records,
+                "best": self.best}
+
+    def save(self) -> None:
+        self.output.mkdir(parents=True, exist_ok=True)
+        (self.output / "config.yaml").write_text(yaml.safe_dump(self.config, sort_keys=False))
+        _atomic_save(self.state(), self.output / "last.pt")
+        with open(self.output / "metrics.jsonl", "w") as stream:
+            stream.writelines(json.dumps(record) + "\n" for record in self.records)
+
+    def restore(self) -> None:
+        """Continue from last.pt; the run then ends exactly as if it had never stopped."""
+        state = torch.load(self.output / "last.pt", weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        self.step, self.records, self.best = state["step"], state["records"], state["best"]
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def validate_and_checkpoint(self, train_loss: float, started: float) -> dict:
+        val = self.evaluate(self.data.val)
+        record = {"step": self.step, "train_loss": train_loss, "val_loss": val["loss"],
+                  "val_metric": val["metric"], "seconds": time.perf_counter() - started}
+        self.records.append(record)
+        if val["metric"] > self.best["metric"]:
+            self.best = {"metric": val["metric"], "step": self.step}
+            self.output.mkdir(parents=True, exist_ok=True)
+            _atomic_save({"model": self.model.state_dict(), "step": self.step, "config": self.config},
+                         self.output / "best.pt")
+        self.save()
+        return record
+
+    def run(self, *, resume: bool = False, progress: bool | None = None) -> dict:
+        """Train to config["steps"], validating and checkpointing every eval_every steps."""
+        if resume:
+            self.restore()
+        steps, every = self.config["steps"], self.config["eval_every"]
+        started = time.perf_counter() - (self.records[-1]["seconds"] if self.records else 0.0)
+        bar = tqdm(total=steps, initial=self.step, desc=f"train {self.config['learning']}",
+                   unit="step", disable=None if progress is None else not progress,
+                   dynamic_ncols=True)
+        losses = []
+        while self.step < steps:
+            losses.append(self.train_step())
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", best_val=f"{self.best['metric']:.4f}")
+            if self.step % every == 0 or self.step == steps:
+                self.validate_and_checkpoint(float(np.mean(losses)), started)
+                losses = []
+        bar.close()
+        return self.finish()
+
+    def finish(self) -> dict:
+        best = torch.load(self.output / "best.pt", weights_only=True)
+        self.model.load_state_dict(best["model"])
+        test = self.evaluate(self.data.test)
+        summary = {"dataset": self.data.name, "learning": self.config["learning"],
+                   "hru": self.config["model"].get("hru", "linear"), "best_step": best["step"],
+                   "best_val_metric": self.best["metric"],
+                   "test": {k: v for k, v in test.items() if k != "metric"},
+                   "seconds": self.records[-1]["seconds"] if self.records else 0.0,
+                   "steps": self.step}
+        (self.output / "summary.json").write_text(json.dumps(summary, indent=2))
+        plot_curves(self.records, self.output / "curves.png", self.regression)
+        return summary
+
+
+def plot_curves(records: list[dict], path: Path, regression: bool) -> None:
+    """Learning curves: training loss and validation metric against step."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    steps = [r["step"] for r in records]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    left.plot(steps, [r["train_loss"] for r in records], label="train")
+    left.plot(steps, [r["val_loss"] for r in records], label="validation")
+    left.set(xlabel="step", ylabel="loss", title="loss")
+    left.legend()
+    right.plot(steps, [-r["val_metric"] if regression else r["val_metric"] for r in records])
+    right.set(xlabel="step", ylabel="MSE" if regression else "accuracy", title="validation")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def describe(summary: dict, output: Path) -> str:
+    test = summary["test"]
+    metric = (f"test MSE {test['mse']:.4f}" if "mse" in test
+              else f"test accuracy {100 * test['accuracy']:.1f}%")
+    return (f"{summary['dataset']}: {summary['hru']} HSSM trained with {summary['learning'].upper()} — "
+            f"{metric} at the best-validation step {summary['best_step']} of {summary['steps']} "
+            f"({summary['seconds']:.0f} s); curves and checkpoints in {output}")
