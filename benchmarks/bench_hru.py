@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -38,13 +39,18 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def worker(kind: str, rule: str, length: int, repeats: int) -> dict:
+VARIANTS = ("bptt", "rhel", "rhel+ckpt", "bptt+ckpt")  # rule, and "+ckpt" for checkpoint_glue
+
+
+def worker(kind: str, variant: str, length: int, repeats: int) -> dict:
     import torch
 
     from echoforge.models import HSSM
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = HSSM(6, 4, hidden_size=16, state_size=16, num_blocks=2, hru=kind, learning=rule)
+    rule, _, ckpt = variant.partition("+")
+    model = HSSM(6, 4, hidden_size=16, state_size=16, num_blocks=2, hru=kind, learning=rule,
+                 checkpoint_glue=bool(ckpt))
     x, y = torch.randn(8, length, 6), torch.randint(0, 4, (8,))
 
     def step():
@@ -52,13 +58,15 @@ def worker(kind: str, rule: str, length: int, repeats: int) -> dict:
         torch.nn.functional.cross_entropy(model(x), y).backward()
 
     step()  # compile / warm up
+    idle = _status_kb("VmRSS") * 1024
     _reset_peak()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    return {"seconds": statistics.median(times), "peak_bytes": _status_kb("VmHWM") * 1024}
+    peak = _status_kb("VmHWM") * 1024
+    return {"seconds": statistics.median(times), "peak_bytes": peak, "step_bytes": peak - idle}
 
 
 def layer_backward_extra(kind: str, rule: str, length: int) -> int:
@@ -86,55 +94,64 @@ def layer_backward_extra(kind: str, rule: str, length: int) -> int:
     return extra - forcing.numel() * forcing.element_size()
 
 
+# Large buffers straight from mmap and back on free, so resident memory tracks live memory rather
+# than what glibc's adaptive heap threshold happens to keep; the same for every variant.
+WORKER_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
 def run_all(lengths: list[int]) -> list[dict]:
     rows = []
     for length in lengths:
         for kind in ("linear", "nonlinear"):
-            for rule in ("bptt", "rhel"):
+            for variant in VARIANTS:
                 repeats = 5 if length <= 16000 else 3
-                out = subprocess.run([sys.executable, __file__, "--worker", kind, rule, str(length),
-                                      str(repeats)], check=True, capture_output=True, text=True)
-                row = {"kind": kind, "rule": rule, "length": length, **json.loads(out.stdout)}
-                out = subprocess.run([sys.executable, __file__, "--layer", kind, rule, str(length)],
-                                     check=True, capture_output=True, text=True)
-                row["echo_extra_bytes"] = int(out.stdout)
+                out = subprocess.run([sys.executable, __file__, "--worker", kind, variant, str(length),
+                                      str(repeats)], check=True, capture_output=True, text=True, env=WORKER_ENV)
+                row = {"kind": kind, "variant": variant, "length": length, **json.loads(out.stdout)}
+                if variant == "rhel":
+                    out = subprocess.run([sys.executable, __file__, "--layer", kind, "rhel", str(length)],
+                                         check=True, capture_output=True, text=True, env=WORKER_ENV)
+                    row["echo_extra_bytes"] = int(out.stdout)
                 rows.append(row)
-                print(f"  {kind:9s} {rule:4s} L={length:6d}: {row['seconds']:.3f} s/step, "
+                print(f"  {kind:9s} {variant:9s} L={length:6d}: {row['seconds']:.3f} s/step, "
                       f"peak {row['peak_bytes'] / 2**20:.0f} MiB", flush=True)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    by = {(r["kind"], r["rule"], r["length"]): r for r in rows}
-    lines = ["| HRU | length | BPTT s/step | RHEL s/step | RHEL/BPTT time | BPTT peak MiB | RHEL peak MiB "
-             "| RHEL/BPTT peak | echo extra MiB | JAX RHEL s/step |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for (kind, rule, length), rhel in sorted(by.items()):
-        if rule != "rhel":
-            continue
-        bptt = by[(kind, "bptt", length)]
-        jax = JAX_RHEL_SECONDS.get((kind, length))
-        jax_text = f"{jax} ({jax / rhel['seconds']:.0f}× ours)" if jax else "–"
-        lines.append(
-            f"| {kind} | {length} | {bptt['seconds']:.3f} | {rhel['seconds']:.3f} | "
-            f"{rhel['seconds'] / bptt['seconds']:.2f} | {bptt['peak_bytes'] / 2**20:.0f} | "
-            f"{rhel['peak_bytes'] / 2**20:.0f} | {rhel['peak_bytes'] / bptt['peak_bytes']:.2f} | "
-            f"{rhel['echo_extra_bytes'] / 2**20:.2f} | {jax_text} |")
+    by = {(r["kind"], r["variant"], r["length"]): r for r in rows}
+    mib = 2 ** 20
+    lines = ["| HRU | length | variant | s/step | × BPTT time | peak MiB | × BPTT peak | step MiB "
+             "| × BPTT step | JAX RHEL s/step |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for kind in ("linear", "nonlinear"):
+        for length in sorted({r["length"] for r in rows}):
+            bptt = by[(kind, "bptt", length)]
+            for variant in VARIANTS:
+                r = by[(kind, variant, length)]
+                jax = JAX_RHEL_SECONDS.get((kind, length)) if variant.startswith("rhel") else None
+                jax_text = f"{jax} ({jax / r['seconds']:.1f}× ours)" if jax else "–"
+                lines.append(
+                    f"| {kind} | {length} | {variant} | {r['seconds']:.3f} | "
+                    f"{r['seconds'] / bptt['seconds']:.2f} | {r['peak_bytes'] / mib:.0f} | "
+                    f"{r['peak_bytes'] / bptt['peak_bytes']:.2f} | {r['step_bytes'] / mib:.0f} | "
+                    f"{r['step_bytes'] / bptt['step_bytes']:.2f} | {jax_text} |")
     return "\n".join(lines)
 
 
 def flatness(rows: list[dict]) -> str:
     lines = []
     for kind in ("linear", "nonlinear"):
-        extra = {r["length"]: r["echo_extra_bytes"] for r in rows if r["kind"] == kind and r["rule"] == "rhel"}
+        extra = {r["length"]: r["echo_extra_bytes"] for r in rows
+                 if r["kind"] == kind and r["variant"] == "rhel"}
         lo, hi = min(extra), max(extra)
-        lines.append(f"- {kind}: RHEL backward extra memory at L={hi}: {extra[hi] / 2**20:.2f} MiB, "
-                     f"at L={lo}: {extra[lo] / 2**20:.2f} MiB")
-    for kind, gb in JAX_PEAK_GB.items():
-        ours = [r for r in rows if (r["kind"], r["length"]) == kind and r["rule"] == "rhel"]
-        if ours:
-            lines.append(f"- {kind[0]} at L={kind[1]}: RHEL peak {ours[0]['peak_bytes'] / 2**30:.2f} GB "
-                         f"vs the JAX reference's {gb} GB")
+        lines.append(f"- {kind} HRU layer alone: RHEL backward adds {extra[hi] / 2**20:.2f} MiB at "
+                     f"L={hi} and {extra[lo] / 2**20:.2f} MiB at L={lo} (ratio {extra[hi] / extra[lo]:.2f})")
+    for (kind, length), gb in JAX_PEAK_GB.items():
+        for variant in ("rhel", "rhel+ckpt"):
+            ours = [r for r in rows if (r["kind"], r["length"], r["variant"]) == (kind, length, variant)]
+            if ours:
+                lines.append(f"- {kind} {variant} at L={length}: peak {ours[0]['peak_bytes'] / 2**30:.2f} GB "
+                             f"vs the JAX reference's {gb} GB")
     return "\n".join(lines)
 
 
@@ -142,7 +159,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[1000, 4000, 16000, 50000])
     parser.add_argument("--write", action="store_true", help="write the table into docs/results.md")
-    parser.add_argument("--worker", nargs=4, metavar=("KIND", "RULE", "LENGTH", "REPEATS"),
+    parser.add_argument("--worker", nargs=4, metavar=("KIND", "VARIANT", "LENGTH", "REPEATS"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--layer", nargs=3, metavar=("KIND", "RULE", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -151,17 +168,18 @@ def main() -> None:
         print(layer_backward_extra(kind, rule, int(length)))
         return
     if args.worker:
-        kind, rule, length, repeats = args.worker
-        print(json.dumps(worker(kind, rule, int(length), int(repeats))))
+        kind, variant, length, repeats = args.worker
+        print(json.dumps(worker(kind, variant, int(length), int(repeats))))
         return
     rows = run_all(args.lengths)
     report = "\n\n".join([
         "## HRU gradient step: BPTT vs RHEL (benchmarks/bench_hru.py)",
         "2 blocks, hidden 16, state 16, batch 8, 6 inputs, 4 classes, float32 models, one thread; "
-        "median seconds per gradient step (forward + backward) and peak resident memory of the "
-        "process, each configuration in its own process. \"echo extra\" is what one HRU layer's "
-        "backward adds beyond its inputs and its output gradient. JAX figures: the public reference "
-        "code on this machine class, as measured for the issue (not re-run here).",
+        "median seconds per gradient step (forward + backward); peak resident memory of the process "
+        "(\"peak\") and the part of it above the idle process after warm-up (\"step\"); each "
+        "configuration in its own process. Variants: plain BPTT and RHEL, and each with the "
+        "feed-forward glue recomputed in backward (`checkpoint_glue=True`, \"+ckpt\"). JAX figures: "
+        "the public reference code on this machine class, as measured for the issue (not re-run here).",
         table(rows), flatness(rows)])
     print(report)
     if args.write:

@@ -149,7 +149,11 @@ class HRU(nn.Module):
         if u.dim() != 3 or u.shape[-1] != self.input_size:
             raise ValueError(f"{type(self).__name__} expects (batch, length, {self.input_size}), "
                              f"got {tuple(u.shape)}")
-        return self.readout(self.oscillate(self.forcing(u))) + self.D * u
+        return self.output(self.oscillate(self.forcing(u)), u)
+
+    def output(self, positions: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Readout of the bank's positions plus the skip D⊙u."""
+        return self.readout(positions) + self.D * u
 
     def core_params(self) -> OscillatorParams:
         """The oscillator bank's current parameters, for another core (emulator, device)."""
