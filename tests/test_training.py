@@ -108,3 +108,9 @@ def test_overrides_parse_yaml_values():
     assert config["steps"] == 7
     with pytest.raises(ConfigError):
         load_config(None, ["optimizer.name=lbfgs"])
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    config = load_config(path)
+    assert config["dataset"]["name"] in ("scp1", "scp2") and config["dataset"]["time_channel"]
