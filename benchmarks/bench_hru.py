@@ -72,8 +72,8 @@ def worker(kind: str, variant: str, length: int, repeats: int) -> dict:
 def layer_backward_extra(kind: str, rule: str, length: int) -> int:
     """Memory the HRU layer's backward adds beyond its inputs and outputs (one layer alone).
 
-    Peak during backward minus the memory held before it, minus the gradient streams the backward
-    must return (∂L/∂forcing, same size and dtype as the forcing).
+    Peak during backward minus the memory held before it, minus the gradient stream the backward
+    must return (∂L/∂u, same size and dtype as the input u).
     """
     import torch
 
@@ -82,16 +82,16 @@ def layer_backward_extra(kind: str, rule: str, length: int) -> int:
 
     torch.set_num_threads(1)
     hru = (LinHRU if kind == "linear" else NonlinHRU)(16, 16, learning=rule)
-    hru.oscillate(torch.randn(8, 100, 16, requires_grad=True)).sum().backward()  # compile
-    forcing = torch.randn(8, length, 16, requires_grad=True)
-    positions = hru.oscillate(forcing)
+    hru.bank(torch.randn(8, 100, 16, requires_grad=True)).sum().backward()  # compile
+    u = torch.randn(8, length, 16, requires_grad=True)
+    positions = hru.bank(u)
     upstream = 1e-3 * torch.randn_like(positions)  # a loss gradient's scale
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed memory back so new allocations show
     baseline = _status_kb("VmRSS") * 1024
     _reset_peak()
     positions.backward(upstream)
     extra = _status_kb("VmHWM") * 1024 - baseline
-    return extra - forcing.numel() * forcing.element_size()
+    return extra - u.numel() * u.element_size()
 
 
 # Large buffers straight from mmap and back on free, so resident memory tracks live memory rather

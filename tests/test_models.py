@@ -8,7 +8,7 @@ import torch
 
 from echoforge.models import HSSM, FloatCore, LinHRU, NonlinHRU, OscillatorParams
 from echoforge.models.core import PARAM_NAMES, retrace
-from echoforge.models.hru import BPTTOscillators, EchoMonitor, RHELOscillators
+from echoforge.models.hru import BPTTBank, EchoMonitor, RHELBank
 from reference import leapfrog_positions
 
 torch.set_num_threads(1)
@@ -43,12 +43,17 @@ def bank_problem(kind, step, length=300, batch=4, size=8, seed=0):
     return forcing.requires_grad_(), table, target
 
 
+def identity_map(forcing):
+    return torch.eye(forcing.shape[-1], dtype=forcing.dtype)
+
+
 def rhel(kind, epsilon, monitor=None):
-    return lambda f, t: RHELOscillators.apply(f, t, kind, epsilon, monitor or EchoMonitor())
+    """The bank alone: an identity input map makes the bank's input its forcing."""
+    return lambda f, t: RHELBank.apply(f, identity_map(f), t, kind, epsilon, monitor or EchoMonitor())
 
 
 def bptt(kind):
-    return lambda f, t: BPTTOscillators.apply(f, t, kind)
+    return lambda f, t: BPTTBank.apply(f, identity_map(f), t, kind)
 
 
 # 1. The un-nudged echo retraces the forward path.
@@ -109,9 +114,11 @@ def test_bptt_equals_torch_autograd_through_unrolled_leapfrog(kind):
         assert relative_error(o, r) < 1e-12
 
 
+@pytest.mark.parametrize("chunk", [4096, 37])  # one chunk; many, with a ragged last one
 @pytest.mark.parametrize("epsilon", [1.0, 0.1, 0.001])
 @pytest.mark.parametrize("complex_state", [False, True])
-def test_linear_hru_rhel_equals_bptt(epsilon, complex_state):
+def test_linear_hru_rhel_equals_bptt(epsilon, complex_state, chunk, monkeypatch):
+    monkeypatch.setattr("echoforge.models.core.CHUNK", chunk)
     torch.manual_seed(0)
     hru = LinHRU(5, 8, complex_state=complex_state, epsilon=epsilon).double()
     u = torch.randn(3, 400, 5, dtype=torch.float64, requires_grad=True)
@@ -133,7 +140,7 @@ def test_nonlinear_rhel_error_falls_as_epsilon_squared():
     forcing, table, target = bank_problem("nonlinear", 0.1, length=300)
     reference = bank_gradients(bptt("nonlinear"), forcing, table, target)
     with torch.no_grad():
-        loss = float(((BPTTOscillators.apply(forcing, table, "nonlinear") - target) ** 2).mean())
+        loss = float(((bptt("nonlinear")(forcing, table) - target) ** 2).mean())
     assert 0.3 < loss < 3  # a loss of order one
     errors = []
     for epsilon in (1.0, 0.1, 0.01):
@@ -213,17 +220,16 @@ def test_rhel_saves_only_inputs_and_final_state():
     u = torch.randn(batch, length, 4)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        forcing = hru.forcing(u)
-        saved.clear()
-        hru.oscillate(forcing)
-    trajectory_sized = [t for t in saved if t.numel() >= length * size]
-    assert len(trajectory_sized) == 1 and trajectory_sized[0] is forcing
-    assert sum(t.numel() for t in saved) <= forcing.numel() + 4 * 5 * size + 2 * batch * size
+        hru.bank(u)
+    trajectory_sized = [t for t in saved if t.numel() >= length]
+    assert len(trajectory_sized) == 1 and trajectory_sized[0] is u
+    assert sum(t.numel() for t in saved) <= u.numel() + 4 * 5 * size + size * 4 + 2 * batch * size
     hru.learning = "bptt"
     saved.clear()
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        hru.oscillate(forcing)
-    assert sum(t.numel() >= length * size for t in saved) == 3  # BPTT keeps positions and momenta
+        hru.bank(u)
+    trajectory = [t for t in saved if t is not u and t.numel() >= length * size]
+    assert len(trajectory) == 2  # BPTT keeps positions and momenta
 
 
 # 6. Long sequences in float32 models.
@@ -284,3 +290,21 @@ def test_checkpointed_glue_replays_dropout_masks(monkeypatch):
     rhel_grads = stack_gradients(model, x, y, "rhel")
     for name, reference in bptt_grads.items():
         assert cosine(rhel_grads[name], reference) >= 0.9999999, name
+
+
+def test_time_batch_norm_matches_torch_batch_norm():
+    from echoforge.models.hssm import TimeBatchNorm
+    x = torch.randn(4, 50, 6, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(4, 50, 6, dtype=torch.float64)
+    ours, reference = TimeBatchNorm(6).double(), torch.nn.BatchNorm1d(6, affine=False).double()
+    grads = []
+    for norm, out in ((ours, lambda: ours(x)),
+                      (reference, lambda: reference(x.reshape(-1, 6)).view(x.shape))):
+        for _ in range(3):
+            y = out()
+        grads.append(torch.autograd.grad((y * weights).sum(), x)[0])
+        norm.eval()
+        grads.append(out())
+    torch.testing.assert_close(grads[0], grads[2], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads[1], grads[3], rtol=1e-12, atol=1e-12)
+    assert ours.state_dict().keys() == reference.state_dict().keys()

@@ -25,6 +25,9 @@ import numpy as np
 from . import kernels
 
 KINDS = ("linear", "nonlinear")
+# Time steps per kernel call: streams are produced and consumed a chunk at a time, so the working
+# memory of a pass does not grow with the sequence (only its inputs and outputs do).
+CHUNK = 4096
 PARAM_NAMES = ("a", "delta", "w", "b", "c")
 
 
@@ -111,10 +114,19 @@ def _f64(array) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float64)
 
 
+def _stream_dtype(stream) -> np.dtype:
+    return stream.dtype if stream.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+
+
 def _stream(array) -> np.ndarray:
     """A (B, L, P) stream as given if float32/float64 (the kernels widen per element), no copy."""
     array = np.ascontiguousarray(array)
     return array if array.dtype in (np.float32, np.float64) else array.astype(np.float64)
+
+
+def time_chunks(length: int, size: int | None = None) -> list[slice]:
+    size = size or CHUNK
+    return [slice(start, min(start + size, length)) for start in range(0, length, size)]
 
 
 class FloatCore:
@@ -138,23 +150,50 @@ class FloatCore:
         return _kind_code(self.params.kind), self.params.table()
 
     def forward(self, forcing, phi, pi):
+        """See HamiltonianCore.forward; `forcing` may be any (B, L, P) object sliceable along time."""
         kind, table = self._args()
-        forcing = _stream(forcing)
-        positions = np.empty_like(forcing)
-        phi, pi = kernels.forward(kind, table, forcing, _f64(phi), _f64(pi), positions,
-                                  np.empty((0, 0, 0)), False)
+        positions = np.empty(forcing.shape, _stream_dtype(forcing))
+        phi, pi = _f64(phi), _f64(pi)
+        for s in time_chunks(forcing.shape[1]):
+            phi, pi = kernels.forward(kind, table, _stream(forcing[:, s]), phi, pi, positions[:, s],
+                                      np.empty((0, 0, 0)), False)
         return positions, phi, pi
 
     def echo(self, forcing, phi, pi, nudges, epsilon) -> EchoResult:
+        grad_forcing = np.empty(forcing.shape, _stream_dtype(forcing))
+
+        def keep(s, grad):
+            grad_forcing[:, s] = grad
+
+        result = self.echo_stream(forcing, phi, pi, nudges, epsilon, keep)
+        result.grad_forcing = grad_forcing
+        return result
+
+    def echo_stream(self, forcing, phi, pi, nudges, epsilon, sink) -> EchoResult:
+        """The echoes chunk by chunk, latest first, handing each chunk's ∂L/∂f to sink(slice, array).
+
+        Returns the EchoResult without grad_forcing: a caller that turns ∂L/∂f into something
+        smaller as it arrives never holds the whole gradient stream.
+        """
         if not epsilon > 0:
             raise ValueError(f"epsilon must be positive, got {epsilon}")
         kind, table = self._args()
-        forcing = _stream(forcing)
-        grad_forcing = np.empty_like(forcing)
-        grad_params = np.empty((len(PARAM_NAMES),) + forcing.shape[::2])
-        final = kernels.echo(kind, table, forcing, _f64(phi), _f64(pi), _stream(nudges),
-                             float(epsilon), grad_forcing, grad_params)
-        return EchoResult(grad_forcing, dict(zip(PARAM_NAMES, grad_params)), final)
+        batch, length, size = forcing.shape
+        state = np.stack([_f64(phi), np.zeros((batch, size)), -_f64(pi),
+                          epsilon * _f64(nudges[:, length - 1])])
+        acc = np.zeros((len(PARAM_NAMES), batch, size))
+        for s in reversed(time_chunks(length)):
+            before = nudges[:, s.start - 1] if s.start > 0 else np.zeros((batch, size))
+            grad = np.empty((batch, s.stop - s.start, size), _stream_dtype(forcing))
+            kernels.echo_chunk(kind, table, _stream(forcing[:, s]), _stream(nudges[:, s]),
+                               _f64(before), float(epsilon), state, acc, grad)
+            sink(s, grad)
+        step = self.params.delta
+        scale = np.array([step, np.ones_like(step), step, step, step])[:, None, :] / (-2.0 * epsilon)
+        centre_phi, half_phi, centre_pi, half_pi = state
+        final = (np.stack([centre_phi + half_phi, centre_phi - half_phi]),
+                 np.stack([centre_pi + half_pi, centre_pi - half_pi]))
+        return EchoResult(None, dict(zip(PARAM_NAMES, acc * scale)), final)
 
     def trajectory(self, forcing, phi, pi):
         """Forward pass that keeps (positions, momenta) for every step: what BPTT stores."""

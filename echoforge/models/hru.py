@@ -34,10 +34,6 @@ def _core(kind: str, table: torch.Tensor) -> FloatCore:
     return FloatCore(OscillatorParams.from_table(kind, _numpy(table)))
 
 
-def _zero_state(forcing: torch.Tensor) -> np.ndarray:
-    return np.zeros((forcing.shape[0], forcing.shape[2]))
-
-
 def _grad_table(grad_params: dict, like: torch.Tensor) -> torch.Tensor:
     """Sum the per-sample parameter gradients over the batch, in the table layout."""
     return torch.from_numpy(np.stack([grad_params[n].sum(axis=0) for n in PARAM_NAMES])).to(like)
@@ -63,46 +59,77 @@ class EchoMonitor:
                 RuntimeWarning, stacklevel=2)
 
 
-class RHELOscillators(torch.autograd.Function):
-    """Oscillator bank whose backward is RHEL: keeps the forcing and final state, runs ±ε echoes."""
+class Forcing:
+    """The bank's forcing f = B u as a (B, L, lanes) stream that is computed a chunk at a time when
+    sliced along time, so the RHEL passes never hold a second sequence-sized tensor."""
+
+    def __init__(self, u: torch.Tensor, input_map: torch.Tensor):
+        self.u, self.input_map = u.detach(), input_map.detach()
+        self.shape = (*u.shape[:2], input_map.shape[0])
+        self.dtype = _numpy(u[:0, :0]).dtype
+
+    def __getitem__(self, index) -> np.ndarray:
+        with torch.no_grad():
+            return _numpy(self.u[index] @ self.input_map.T)
+
+
+class RHELBank(torch.autograd.Function):
+    """Input map and oscillator bank whose backward is RHEL.
+
+    Keeps the input u, the parameters and the bank's final state — no trajectory — and in backward
+    runs the ±ε echoes from that state, chunk by chunk, turning each chunk's ∂L/∂f into ∂L/∂u and
+    ∂L/∂B as it arrives.
+    """
 
     @staticmethod
-    def forward(ctx, forcing, table, kind, epsilon, monitor):
-        positions, phi, pi = _core(kind, table).forward(_numpy(forcing), _zero_state(forcing),
-                                                        _zero_state(forcing))
-        ctx.save_for_backward(forcing, table, torch.from_numpy(phi), torch.from_numpy(pi))
+    def forward(ctx, u, input_map, table, kind, epsilon, monitor):
+        zeros = np.zeros((u.shape[0], input_map.shape[0]))
+        positions, phi, pi = _core(kind, table).forward(Forcing(u, input_map), zeros, zeros)
+        ctx.save_for_backward(u, input_map, table, torch.from_numpy(phi), torch.from_numpy(pi))
         ctx.kind, ctx.epsilon, ctx.monitor = kind, epsilon, monitor
-        return torch.from_numpy(positions).to(forcing)
+        return torch.from_numpy(positions)
 
     @staticmethod
     def backward(ctx, grad_positions):
-        forcing, table, phi, pi = ctx.saved_tensors
-        echo = _core(ctx.kind, table).echo(_numpy(forcing), phi.numpy(), pi.numpy(),
-                                           _numpy(grad_positions), ctx.epsilon)
+        u, input_map, table, phi, pi = ctx.saved_tensors
+        grad_u = torch.empty_like(u)
+        grad_map = torch.zeros_like(input_map)
+
+        def chain(s, grad_forcing):  # through f = B u, a chunk at a time
+            grad_forcing = torch.from_numpy(grad_forcing)
+            grad_u[:, s] = grad_forcing @ input_map
+            grad_map.add_(grad_forcing.reshape(-1, grad_forcing.shape[-1]).T
+                          @ u[:, s].reshape(-1, u.shape[-1]))
+
+        echo = _core(ctx.kind, table).echo_stream(Forcing(u, input_map), phi.numpy(), pi.numpy(),
+                                                  _numpy(grad_positions), ctx.epsilon, chain)
         ctx.monitor.record(echo.final_state, phi.numpy(), pi.numpy())
-        grad_forcing = torch.from_numpy(echo.grad_forcing).to(forcing)
-        return grad_forcing, _grad_table(echo.grad_params, table), None, None, None
+        return grad_u, grad_map, _grad_table(echo.grad_params, table), None, None, None
 
 
-class BPTTOscillators(torch.autograd.Function):
-    """Oscillator bank whose backward is BPTT: stores the trajectory, runs the discrete adjoint."""
+class BPTTBank(torch.autograd.Function):
+    """Input map and oscillator bank whose backward is BPTT: stores the trajectory, runs the adjoint."""
 
     @staticmethod
-    def forward(ctx, forcing, table, kind):
-        core = _core(kind, table)
-        zeros = _zero_state(forcing)
-        positions, momenta = core.trajectory(_numpy(forcing), zeros, zeros)
-        ctx.save_for_backward(forcing, table, torch.from_numpy(positions), torch.from_numpy(momenta))
+    def forward(ctx, u, input_map, table, kind):
+        forcing = Forcing(u, input_map)[:]
+        zeros = np.zeros((forcing.shape[0], forcing.shape[2]))
+        positions, momenta = _core(kind, table).trajectory(forcing, zeros, zeros)
+        positions, momenta = torch.from_numpy(positions), torch.from_numpy(momenta)
+        ctx.save_for_backward(u, input_map, table, positions, momenta)
         ctx.kind = kind
-        return torch.from_numpy(positions).to(forcing)
+        return positions
 
     @staticmethod
     def backward(ctx, grad_positions):
-        forcing, table, positions, momenta = ctx.saved_tensors
-        zeros = _zero_state(forcing)
+        u, input_map, table, positions, momenta = ctx.saved_tensors
+        forcing = Forcing(u, input_map)[:]
+        zeros = np.zeros((forcing.shape[0], forcing.shape[2]))
         grad_forcing, grad_params = _core(ctx.kind, table).adjoint(
-            _numpy(forcing), zeros, zeros, positions.numpy(), momenta.numpy(), _numpy(grad_positions))
-        return torch.from_numpy(grad_forcing).to(forcing), _grad_table(grad_params, table), None
+            forcing, zeros, zeros, positions.numpy(), momenta.numpy(), _numpy(grad_positions))
+        grad_forcing = torch.from_numpy(grad_forcing)
+        grad_map = grad_forcing.reshape(-1, grad_forcing.shape[-1]).T @ u.reshape(-1, u.shape[-1])
+        return grad_forcing @ input_map, grad_map, _grad_table(grad_params, table), None
 
 
 class HRU(nn.Module):
@@ -132,24 +159,28 @@ class HRU(nn.Module):
         """(5, lanes) parameters of the oscillator bank, in core.PARAM_NAMES order."""
         raise NotImplementedError
 
-    def forcing(self, u: torch.Tensor) -> torch.Tensor:
+    def input_map(self) -> torch.Tensor:
+        """B as a (lanes, input_size) matrix: the forcing is f = u Bᵀ."""
         raise NotImplementedError
 
     def readout(self, positions: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def oscillate(self, forcing: torch.Tensor) -> torch.Tensor:
-        """Positions of the oscillator bank driven by `forcing` (batch, length, lanes)."""
-        table = self.oscillator_table()
+    def forcing(self, u: torch.Tensor) -> torch.Tensor:
+        return u @ self.input_map().T
+
+    def bank(self, u: torch.Tensor) -> torch.Tensor:
+        """Positions of the oscillator bank driven by f = B u, u of shape (batch, length, input)."""
         if self.learning == "rhel":
-            return RHELOscillators.apply(forcing, table, self.kind, self.epsilon, self.monitor)
-        return BPTTOscillators.apply(forcing, table, self.kind)
+            return RHELBank.apply(u, self.input_map(), self.oscillator_table(), self.kind,
+                                  self.epsilon, self.monitor)
+        return BPTTBank.apply(u, self.input_map(), self.oscillator_table(), self.kind)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         if u.dim() != 3 or u.shape[-1] != self.input_size:
             raise ValueError(f"{type(self).__name__} expects (batch, length, {self.input_size}), "
                              f"got {tuple(u.shape)}")
-        return self.output(self.oscillate(self.forcing(u)), u)
+        return self.output(self.bank(u), u)
 
     def output(self, positions: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Readout of the bank's positions plus the skip D⊙u."""
@@ -208,8 +239,8 @@ class LinHRU(HRU):
                              torch.zeros_like(a), torch.zeros_like(a)])
         return table.repeat(1, self.B.shape[0])
 
-    def forcing(self, u):
-        return torch.cat([u @ b.T for b in self.B], dim=-1)
+    def input_map(self):
+        return self.B.reshape(-1, self.input_size)
 
     def readout(self, positions):
         parts = positions.split(self.state_size, dim=-1)
@@ -246,8 +277,8 @@ class NonlinHRU(HRU):
         return torch.stack([self.alpha.expand(self.state_size), torch.exp(self.log_step), self.W,
                             self.b, torch.sigmoid(self.c_raw)])
 
-    def forcing(self, u):
-        return u @ self.B.T
+    def input_map(self):
+        return self.B
 
     def readout(self, positions):
         return positions @ self.C.T

@@ -29,35 +29,40 @@ class GLU(nn.Module):
 
 
 class ChunkedRecompute(torch.autograd.Function):
-    """Apply a function that is pointwise in time without keeping its activations.
+    """residual + fn(*inputs) for an fn that is pointwise in time, without keeping its activations.
 
-    The forward runs fn over time chunks under no_grad; the backward reruns it chunk by chunk with
-    the same RNG state (the same dropout masks) and differentiates each chunk, so the transient
-    memory is one chunk's activations, not the sequence's. (torch.utils.checkpoint recomputes the
-    whole sequence at once, and its non-reentrant path loads torch's compiler stack, ~80 MB.)
+    The forward runs fn over time chunks under no_grad, writing residual + fn chunk by chunk into
+    the output (no separate sequence-sized fn output); the backward reruns fn chunk by chunk with the same RNG state
+    (the same dropout masks) and differentiates each chunk, so the transient memory is one chunk's
+    activations, not the sequence's. (torch.utils.checkpoint recomputes the whole sequence at once,
+    and its non-reentrant path loads torch's compiler stack, ~80 MB resident.)
     """
 
     @staticmethod
-    def forward(ctx, fn, chunk, num_inputs, *tensors):
+    def forward(ctx, fn, chunk, num_inputs, residual, *tensors):
         ctx.fn, ctx.chunk, ctx.rng = fn, chunk, torch.get_rng_state()
-        ctx.save_for_backward(*tensors[:num_inputs])
-        ctx.params = tensors[num_inputs:]
-        inputs = tensors[:num_inputs]
+        inputs, ctx.params = tensors[:num_inputs], tensors[num_inputs:]
+        ctx.save_for_backward(*inputs)
+        output = torch.empty_like(residual)
         with torch.no_grad():
-            return torch.cat([fn(*(t[:, s] for t in inputs)) for s in _chunks(inputs[0], chunk)], 1)
+            for s in _chunks(residual, chunk):
+                torch.add(residual[:, s], fn(*(t[:, s] for t in inputs)), out=output[:, s])
+        return output
 
     @staticmethod
     def backward(ctx, grad_output):
         inputs, params = ctx.saved_tensors, ctx.params
-        input_grads = [torch.zeros_like(t) if t.requires_grad else None for t in inputs]
+        input_grads = [torch.empty_like(t) if t.requires_grad else None for t in inputs]
         param_grads = [torch.zeros_like(p) if p.requires_grad else None for p in params]
         with torch.random.fork_rng(devices=[]), torch.enable_grad():
             torch.set_rng_state(ctx.rng)
             for s in _chunks(inputs[0], ctx.chunk):
                 pieces = [t[:, s].detach().requires_grad_(t.requires_grad) for t in inputs]
                 wanted = [t for t in (*pieces, *params) if t.requires_grad]
-                grads = iter(torch.autograd.grad(ctx.fn(*pieces), wanted, grad_output[:, s],
-                                                 allow_unused=True))
+                # ⟨fn, grad⟩ as a scalar: its gradient is the vector-Jacobian product, and
+                # autograd.grad with tensor grad_outputs would import sympy (35 MB resident).
+                inner = (ctx.fn(*pieces) * grad_output[:, s]).sum()
+                grads = iter(torch.autograd.grad(inner, wanted, allow_unused=True))
                 for i, t in enumerate(pieces):
                     if t.requires_grad:
                         input_grads[i][:, s] = next(grads)
@@ -65,11 +70,59 @@ class ChunkedRecompute(torch.autograd.Function):
                     grad = next(grads) if p.requires_grad else None
                     if grad is not None:
                         param_grads[i] += grad
-        return (None, None, None, *input_grads, *param_grads)
+        return (None, None, None, grad_output, *input_grads, *param_grads)
 
 
 def _chunks(x: torch.Tensor, size: int):
     return [slice(start, start + size) for start in range(0, x.shape[1], size)]
+
+
+class _Standardize(torch.autograd.Function):
+    """(x − mean)·invstd with batch statistics, whose backward needs only its output.
+
+    Batch norm's gradient can be written in the normalised output û alone:
+    ∂L/∂x = invstd·(g − mean(g) − û·mean(g·û)); so the block keeps û, which the HRU needs anyway,
+    instead of also keeping x.
+    """
+
+    @staticmethod
+    def forward(ctx, x, mean, invstd):
+        u = (x - mean).mul_(invstd)
+        ctx.save_for_backward(u, invstd)
+        return u
+
+    @staticmethod
+    def backward(ctx, grad):
+        u, invstd = ctx.saved_tensors
+        projection = (grad * u).mean(0)
+        # In place where it is safe, so the backward holds one sequence-sized temporary at a time.
+        return (grad - grad.mean(0)).addcmul_(u, projection, value=-1).mul_(invstd), None, None
+
+
+class TimeBatchNorm(nn.Module):
+    """Batch normalisation over batch and time, no affine (the paper's block norm).
+
+    Same buffers as nn.BatchNorm1d(affine=False), so checkpoints read the same; its backward keeps
+    only the normalised output (_Standardize).
+    """
+
+    def __init__(self, width: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.register_buffer("running_mean", torch.zeros(width))
+        self.register_buffer("running_var", torch.ones(width))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1])
+        if not self.training:
+            return ((flat - self.running_mean) * torch.rsqrt(self.running_var + self.eps)).view(x.shape)
+        with torch.no_grad():
+            var, mean = torch.var_mean(flat, dim=0, correction=0)
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * len(flat) / (len(flat) - 1), self.momentum)
+            self.num_batches_tracked += 1
+        return _Standardize.apply(flat, mean, torch.rsqrt(var + self.eps)).view(x.shape)
 
 
 class HSSMBlock(nn.Module):
@@ -77,13 +130,13 @@ class HSSMBlock(nn.Module):
 
     With checkpoint_glue, what follows the oscillator bank (readout, skip D, GELU, dropout, GLU) is
     recomputed during backward, chunk by chunk in time, instead of stored: it is cheap and pointwise,
-    and what remains stored per block is the block input, the normalised input, the forcing and the
-    bank's positions (BPTT adds the momenta). Dropout masks are then drawn per chunk.
+    and what remains stored per block under RHEL is the normalised input and the bank's positions
+    (BPTT adds the momenta). Dropout masks are then drawn per chunk.
     """
 
     def __init__(self, hru: nn.Module, width: int, dropout: float, checkpoint_glue: bool = False):
         super().__init__()
-        self.norm = nn.BatchNorm1d(width, affine=False)
+        self.norm = TimeBatchNorm(width)
         self.hru = hru
         self.glu = GLU(width)
         self.dropout = nn.Dropout(dropout)
@@ -94,11 +147,11 @@ class HSSMBlock(nn.Module):
         return self.dropout(self.glu(h))
 
     def forward(self, x):
-        u = self.norm(x.transpose(1, 2)).transpose(1, 2)
-        positions = self.hru.oscillate(self.hru.forcing(u))
+        u = self.norm(x)
+        positions = self.hru.bank(u)
         if self.checkpoint_glue and torch.is_grad_enabled():
             params = [*self.glu.parameters(), *self.hru.parameters()]  # unused ones get None
-            return x + ChunkedRecompute.apply(self.glue, GLUE_CHUNK, 2, positions, u, *params)
+            return ChunkedRecompute.apply(self.glue, GLUE_CHUNK, 2, x, positions, u, *params)
         return x + self.glue(positions, u)
 
 
@@ -142,5 +195,5 @@ class HSSM(nn.Module):
         for block in self.blocks:
             h = block(h)
         if self.task == "classification":
-            return self.head(h.mean(dim=1))
+            return self.head(h.sum(dim=1) / h.shape[1])  # backward: a broadcast view, no copy
         return self.head(h[:, self.output_step - 1::self.output_step])

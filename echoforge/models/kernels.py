@@ -101,25 +101,22 @@ def forward(kind, params, forcing, phi0, pi0, positions, momenta, keep_momenta):
 
 
 @njit(cache=True, error_model="numpy")
-def echo(kind, params, forcing, phi_end, pi_end, nudges, eps, grad_forcing, grad_params):
-    """The ±ε echoes of RHEL (PAPER.md §2, Alg. 1), carried as centre and half-difference.
+def echo_chunk(kind, params, forcing, nudges, nudge_before, eps, state, acc, grad_forcing):
+    """The ±ε echoes of RHEL (PAPER.md §2, Alg. 1) over one chunk of time, latest step first.
 
-    Each echo starts from (ϕ_K, −π_K ± ε g_{K−1}), consumes the forcing in reverse, and after every
-    step but the last adds ±ε g to the momentum. Tracking the pair as (x⁺ + x⁻)/2 and (x⁺ − x⁻)/2 —
-    the drifts are linear and the kick's difference has closed forms — is the same two trajectories
-    without the cancellation of subtracting two nearly equal states, so a nudge far below the state's
-    last bit still counts. The observables' differences are accumulated into grad_params (5, B, P)
-    and grad_forcing, scaled by −δ/2ε (−1/2ε for δ itself). Returns both echoes' final
-    (phi, pi), each (2, B, P), index 0 for +ε.
+    The pair is carried as centre and half-difference, state = (ϕ_c, ϕ_d, π_c, π_d) each (B, P):
+    x± = x_c ± x_d. The drifts are linear and the kick's difference has closed forms, so this is the
+    same two trajectories without the cancellation of subtracting two nearly equal states — a nudge
+    far below the state's last bit still counts. After every step the momentum half-difference gets
+    ε·g of the step before it (within the chunk from `nudges`, after the chunk's first step from
+    `nudge_before`, zero at the very start of the sequence). Adds the observables' differences
+    (echo⁺ − echo⁻, rows in PARAM_NAMES order) to acc (5, B, P) and writes grad_forcing, already
+    scaled by −δ/2ε. state and acc carry over from chunk to chunk.
     """
     nb, nt, npos = forcing.shape
-    phis = np.empty((2, nb, npos))
-    pis = np.empty((2, nb, npos))
     a, d, w, b, c = params[0], params[1], params[2], params[3], params[4]
     for bi in range(nb):
-        pc, pd = phi_end[bi].copy(), np.zeros(npos)
-        qc, qd = -pi_end[bi], eps * nudges[bi, nt - 1].astype(np.float64)
-        acc = np.zeros((5, npos))
+        pc, pd, qc, qd = state[0, bi], state[1, bi], state[2, bi], state[3, bi]
         for k in range(nt - 1, -1, -1):
             for p in range(npos):
                 f = forcing[bi, k, p]
@@ -128,21 +125,15 @@ def echo(kind, params, forcing, phi_end, pi_end, nudges, eps, grad_forcing, grad
                 qc1, qd1 = qc[p] - d[p] * fc, qd[p] - d[p] * fd
                 oa, ow, ob, oc, of, od = _pair_observables(kind, a[p], w[p], c[p], mc, md, f, qc[p],
                                                            qd[p], qc1, qd1, t_sum, t_diff, lc_diff)
-                acc[0, p] += oa
-                acc[1, p] += od
-                acc[2, p] += ow
-                acc[3, p] += ob
-                acc[4, p] += oc
+                acc[0, bi, p] += oa
+                acc[1, bi, p] += od
+                acc[2, bi, p] += ow
+                acc[3, bi, p] += ob
+                acc[4, bi, p] += oc
                 grad_forcing[bi, k, p] = -d[p] / (2.0 * eps) * of
                 pc[p], pd[p] = mc + 0.5 * d[p] * qc1, md + 0.5 * d[p] * qd1
                 qc[p] = qc1
-                qd[p] = qd1 + eps * nudges[bi, k - 1, p] if k > 0 else qd1
-        grad_params[:, bi] = -acc / (2.0 * eps)
-        for row in (0, 2, 3, 4):
-            grad_params[row, bi] *= d
-        phis[0, bi], phis[1, bi] = pc + pd, pc - pd
-        pis[0, bi], pis[1, bi] = qc + qd, qc - qd
-    return phis, pis
+                qd[p] = qd1 + eps * (nudges[bi, k - 1, p] if k > 0 else nudge_before[bi, p])
 
 
 @njit(cache=True, error_model="numpy")
