@@ -1,0 +1,14 @@
+"""The fixed-point emulator target: reference integer semantics of the oscillator bank (DESIGN §4).
+
+Read the module docstrings in order for the normative definitions an FPGA port implements:
+``fixed`` (formats, rounding, saturation), ``tables`` (integer tanh, log cosh, sigmoid, GELU),
+``kernels`` (the integer leapfrog, its reversibility, the echo and its accumulators), ``core``
+(quantisation of parameters and nudges, the choice of ε, gradients from the accumulators).
+"""
+
+from .core import EchoInt, EmulatorCore, ForwardInt, SaturationReport
+from .fixed import Fixed, FormatConfig
+from .tables import FixedFunctions
+
+__all__ = ["EchoInt", "EmulatorCore", "Fixed", "FixedFunctions", "FormatConfig", "ForwardInt",
+           "SaturationReport"]

@@ -1,0 +1,267 @@
+"""The integer leapfrog and the ±ε echo of the fixed-point oscillator bank (numba, int64).
+
+Normative definitions (formats and R, clamp in ``fixed``; tanh T and log cosh G in ``tables``).
+Per oscillator: a, δ, w, c, b codes; h = δ read with one more fractional bit, so h = δ/2 exactly.
+One step consuming forcing f (all additions exact in int64, then clamped to the word, counted)::
+
+    m   = clamp(ϕ + R(δ·π, δ_frac + 1))                              drift  (state)
+    z   = clamp(R(w·m, w_frac) + f + b)                              nonlinear only (preact)
+    F   = clamp(R(a·m, a_frac) − f)                                   linear        (force)
+    F   = clamp(R(a·m, a_frac) + R(c·T(z), c_frac + U − S))           nonlinear     (force)
+    π'  = clamp(π − R(δ·F, δ_frac))                                   kick   (state)
+    ϕ'  = clamp(m + R(δ·π', δ_frac + 1))                              drift  (state)
+
+Reversibility. Each line is a shear x += g(y) with g depending only on the other variable, and
+R(−x) = −R(x). Stepping from (ϕ', −π') with the same f: m* = ϕ' − R(hπ') = m; π* = −π' − R(δF(m)) = −π;
+ϕ* = m − R(hπ) = ϕ. So the flipped step undoes the step exactly, and a run replayed backwards from the
+flipped end state returns the flipped start state bit for bit — as long as no *state* clamp fired
+(clamping F or z keeps the shears exact; only a clamped state update loses information).
+
+Echo (PAPER.md §2). From the forward's end state (ϕ, π) and integer nudges q (B, L, P), two echoes,
+σ = ±1: ϕ_e = ϕ, π_e = clamp(−π + σ·q[L−1]); then for k = L−1 … 0: one step consuming f[k], and if
+k > 0, π_e = clamp(π_e + σ·q[k−1]). The −ε echo's nudge is exactly −q. At each step the observables
+at the half step (m, z, π before, π' after) are formed per echo, and their difference (+ minus −)
+accumulated per (batch, oscillator) into int64 accumulators, each clamped to ±2^62 (counted):
+
+    MM: m²  (frac 2S)     PP: π² + π'²  (frac 2S)     FM: f·m  (frac 2S, linear only)
+    T:  T(z) (frac U)     TM: T(z)·m  (frac U + S)     LC: G(z)  (frac U)       (nonlinear only)
+
+and the per-step forcing observable difference, at forward index k: m (frac S, linear) or T(z)
+(frac U, nonlinear). Constant per-oscillator factors (a, c, 1/w, δ, 1/2ε) are applied by the host when
+it converts the accumulators to gradients (``core``): Σ_k c·x_k/w = (c/w)·Σ_k x_k exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .fixed import ACC_LIMIT, FormatConfig, clamp, round_shift
+from .tables import odd_lookup, odd_lookup_and_integral
+
+# Saturation counters the kernels keep (the host adds param / input / nudge).
+STATE, FORCE, PREACT, ACCUMULATOR = range(4)
+KERNEL_COUNTERS = ("state", "force", "preact", "accumulator")
+# Accumulator rows of the echo.
+MM, PP, FM, T, TM, LC = range(6)
+ACCUMULATORS = ("mm", "pp", "fm", "t", "tm", "lc")
+# Scratch rows of one step: mid position m, pre-activation z, T(z), G(z) (echo only).
+MID, PREACT_Z, TANH, LOGCOSH = range(4)
+# The right-shifts of the product rescales, in the order of ``product_shifts``.
+H_SHIFT, DELTA_SHIFT, A_SHIFT, W_SHIFT, CT_SHIFT, SEG_SHIFT, G_SHIFT = range(7)
+
+
+def product_shifts(config: FormatConfig, seg_shift: int) -> tuple:
+    """(h, δ, a, w, c·T, table segment, G's final) right-shifts for the kernels."""
+    return (config.delta_frac + 1, config.delta_frac, config.a_frac, config.w_frac,
+            config.c_frac + config.unit_frac - config.state_frac, seg_shift, config.state_frac)
+
+# The loops below run over one row of oscillators at a time, the way hardware pipelines a bank: the
+# arithmetic loops vectorise, the table look-ups get loops of their own. Each loop writes arrays that are
+# its own arguments: rows of one 2-D array indexed in one loop share a base pointer, LLVM cannot prove
+# them disjoint, and the loop would not vectorise. The echo pair runs as one bank of 2P lanes (+ε lanes,
+# then −ε lanes) driven by the same forcing.
+
+
+@njit(cache=True)
+def _copy(dst, src):
+    for p in range(src.shape[0]):
+        dst[p] = src[p]
+
+
+@njit(cache=True)
+def _drift(phi, pi, d, h_shift, lim, out):
+    """out = clamp(ϕ + R(δ·π, δ_frac + 1)); returns the number of clamps."""
+    n = 0
+    for p in range(phi.shape[0]):
+        raw = phi[p] + round_shift(d[p] * pi[p], h_shift)
+        out[p] = clamp(raw, lim)
+        n += out[p] != raw
+    return n
+
+
+@njit(cache=True)
+def _preact(m, f, w, b, w_shift, lim, z):
+    """z = clamp(R(w·m, w_frac) + f + b); returns the number of clamps."""
+    n = 0
+    for p in range(m.shape[0]):
+        raw = round_shift(w[p] * m[p], w_shift) + f[p] + b[p]
+        z[p] = clamp(raw, lim)
+        n += z[p] != raw
+    return n
+
+
+@njit(cache=True)
+def _tanh_row(z, t, values, seg_shift):
+    for p in range(z.shape[0]):
+        t[p] = odd_lookup(z[p], values, seg_shift)
+
+
+@njit(cache=True)
+def _tanh_logcosh_row(z, t, lc, values, integral, seg_shift, in_frac):
+    for p in range(z.shape[0]):
+        t[p], lc[p] = odd_lookup_and_integral(z[p], values, integral, seg_shift, in_frac)
+
+
+@njit(cache=True)
+def _kick_drift(phi, pi, m, f, t, a, d, c, nonlinear, shifts, lim):
+    """F = clamp(R(a·m, a_frac) − f) or clamp(R(a·m, a_frac) + R(c·T(z), c_frac + U − S));
+    π ← clamp(π − R(δ·F, δ_frac)); ϕ ← clamp(m + R(δ·π, δ_frac + 1)). In place.
+
+    Returns (force clamps, state clamps).
+    """
+    n_force = n_state = 0
+    for p in range(phi.shape[0]):
+        coupling = round_shift(c[p] * t[p], shifts[CT_SHIFT]) if nonlinear else -f[p]
+        raw_force = round_shift(a[p] * m[p], shifts[A_SHIFT]) + coupling
+        force = clamp(raw_force, lim)
+        raw_pi = pi[p] - round_shift(d[p] * force, shifts[DELTA_SHIFT])
+        pi[p] = clamp(raw_pi, lim)
+        raw_phi = m[p] + round_shift(d[p] * pi[p], shifts[H_SHIFT])
+        phi[p] = clamp(raw_phi, lim)
+        n_force += force != raw_force
+        n_state += (pi[p] != raw_pi) + (phi[p] != raw_phi)
+    return n_force, n_state
+
+
+@njit(cache=True)
+def _step(phi, pi, f, params, nonlinear, shifts, lim, tanh_values, tanh_integral, scratch, counters,
+          with_logcosh):
+    """One leapfrog step of a row of oscillators, (ϕ, π) in place; scratch keeps m, z, T(z), G(z)."""
+    a, d, w, b, c = params[0], params[1], params[2], params[3], params[4]
+    m, z, t = scratch[MID], scratch[PREACT_Z], scratch[TANH]
+    counters[STATE] += _drift(phi, pi, d, shifts[H_SHIFT], lim, m)
+    if nonlinear:
+        counters[PREACT] += _preact(m, f, w, b, shifts[W_SHIFT], lim, z)
+        if with_logcosh:
+            _tanh_logcosh_row(z, t, scratch[LOGCOSH], tanh_values, tanh_integral, shifts[SEG_SHIFT],
+                              shifts[G_SHIFT])
+        else:
+            _tanh_row(z, t, tanh_values, shifts[SEG_SHIFT])
+    n_force, n_state = _kick_drift(phi, pi, m, f, t, a, d, c, nonlinear, shifts, lim)
+    counters[FORCE] += n_force
+    counters[STATE] += n_state
+
+
+@njit(cache=True)
+def forward(forcing, phi0, pi0, params, nonlinear, shifts, lim, tanh_values, tanh_integral, positions):
+    """Integrate every lane over forcing (B, L, P) from (phi0, pi0) (B, P); params (5, P) codes.
+
+    ``shifts`` from ``product_shifts``. Fills ``positions``
+    (B, L, P) with ϕ after each step (outputs are allocated by the caller: numpy gives big arrays huge
+    pages, numba's allocator does not). Returns (ϕ, π, counters (4,)).
+    """
+    nb, nt, npos = forcing.shape
+    phi = phi0.copy()
+    pi = pi0.copy()
+    scratch = np.zeros((4, npos), dtype=np.int64)
+    counters = np.zeros(4, dtype=np.int64)
+    for bi in range(nb):
+        for k in range(nt):
+            _step(phi[bi], pi[bi], forcing[bi, k], params, nonlinear, shifts, lim, tanh_values, tanh_integral,
+                  scratch, counters, False)
+            _copy(positions[bi, k], phi[bi])
+    return phi, pi, counters
+
+
+@njit(cache=True)
+def _nudge(pi_plus, pi_minus, q, lim):
+    """π⁺ += q, π⁻ −= q, clamped; returns the number of clamps."""
+    n = 0
+    for p in range(q.shape[0]):
+        plus, minus = pi_plus[p] + q[p], pi_minus[p] - q[p]
+        pi_plus[p] = clamp(plus, lim)
+        pi_minus[p] = clamp(minus, lim)
+        n += (pi_plus[p] != plus) + (pi_minus[p] != minus)
+    return n
+
+
+@njit(cache=True)
+def _difference(out, plus, minus):
+    for p in range(out.shape[0]):
+        out[p] = plus[p] - minus[p]
+
+
+@njit(cache=True)
+def _accumulate(acc, plus, minus):
+    """acc += plus − minus, clamped to ±ACC_LIMIT; returns the number of clamps."""
+    n = 0
+    for p in range(acc.shape[0]):
+        raw = acc[p] + (plus[p] - minus[p])
+        acc[p] = clamp(raw, ACC_LIMIT)
+        n += acc[p] != raw
+    return n
+
+
+@njit(cache=True)
+def _accumulate_products(acc, x_plus, y_plus, x_minus, y_minus):
+    """acc += x⁺·y⁺ − x⁻·y⁻, clamped to ±ACC_LIMIT; returns the number of clamps."""
+    n = 0
+    for p in range(acc.shape[0]):
+        raw = acc[p] + (x_plus[p] * y_plus[p] - x_minus[p] * y_minus[p])
+        acc[p] = clamp(raw, ACC_LIMIT)
+        n += acc[p] != raw
+    return n
+
+
+@njit(cache=True)
+def _observe(scratch, pi_before, pi_after, f, nonlinear, acc, forcing_obs):
+    """Accumulate one echo step's half-step observable differences (+ε echo − −ε echo).
+
+    ``scratch`` (4, 2, P) and the momenta (2, P) are the pair's; ``acc`` (6, P) and ``forcing_obs`` (P,)
+    the batch element's rows. Returns the number of accumulator clamps.
+    """
+    m_p, m_m = scratch[MID, 0], scratch[MID, 1]
+    n = _accumulate_products(acc[MM], m_p, m_p, m_m, m_m)
+    n += _accumulate_products(acc[PP], pi_before[0], pi_before[0], pi_before[1], pi_before[1])
+    n += _accumulate_products(acc[PP], pi_after[0], pi_after[0], pi_after[1], pi_after[1])
+    if not nonlinear:
+        n += _accumulate_products(acc[FM], f, m_p, f, m_m)
+        _difference(forcing_obs, m_p, m_m)
+        return n
+    t_p, t_m = scratch[TANH, 0], scratch[TANH, 1]
+    n += _accumulate(acc[T], t_p, t_m)
+    n += _accumulate_products(acc[TM], t_p, m_p, t_m, m_m)
+    n += _accumulate(acc[LC], scratch[LOGCOSH, 0], scratch[LOGCOSH, 1])
+    _difference(forcing_obs, t_p, t_m)
+    return n
+
+
+@njit(cache=True)
+def echo(forcing, phi_end, pi_end, nudges, params, nonlinear, shifts, lim, tanh_values, tanh_integral,
+         forcing_obs):
+    """The ±ε echo pair from the forward's end state; nudges (B, L, P) are the +ε nudge codes q.
+
+    Fills ``forcing_obs`` (B, L, P) with the forcing observable differences. Returns (accumulators
+    (B, 6, P), ϕ (2, B, P), π (2, B, P), counters (4,)); index 0 of the pair is the +ε echo.
+    """
+    nb, nt, npos = forcing.shape
+    lanes = 2 * npos
+    pair_params = np.concatenate((params, params), axis=1)
+    acc = np.zeros((nb, 6, npos), dtype=np.int64)
+    phis = np.empty((2, nb, npos), dtype=np.int64)
+    pis = np.empty((2, nb, npos), dtype=np.int64)
+    # The pair's state as (2, P) rows for the observables, flat (2P,) views for the steps.
+    phi = np.empty((2, npos), dtype=np.int64)
+    pi = np.empty((2, npos), dtype=np.int64)
+    pi_before = np.empty((2, npos), dtype=np.int64)
+    f = np.empty((2, npos), dtype=np.int64)
+    scratch = np.zeros((4, 2, npos), dtype=np.int64)
+    counters = np.zeros(4, dtype=np.int64)
+    for bi in range(nb):
+        phi[0] = phi[1] = phi_end[bi]
+        pi[0] = pi[1] = -pi_end[bi]
+        counters[STATE] += _nudge(pi[0], pi[1], nudges[bi, nt - 1], lim)
+        for k in range(nt - 1, -1, -1):
+            _copy(f[0], forcing[bi, k])
+            _copy(f[1], forcing[bi, k])
+            _copy(pi_before.reshape(lanes), pi.reshape(lanes))
+            _step(phi.reshape(lanes), pi.reshape(lanes), f.reshape(lanes), pair_params, nonlinear, shifts, lim,
+                  tanh_values, tanh_integral, scratch.reshape(4, lanes), counters, True)
+            counters[ACCUMULATOR] += _observe(scratch, pi_before, pi, forcing[bi, k], nonlinear, acc[bi],
+                                              forcing_obs[bi, k])
+            if k > 0:
+                counters[STATE] += _nudge(pi[0], pi[1], nudges[bi, k - 1], lim)
+        phis[:, bi] = phi
+        pis[:, bi] = pi
+    return acc, phis, pis, counters
