@@ -1,0 +1,101 @@
+"""Float interpreter of HWIR graphs: the reference meaning of every node kind, in float64.
+
+calibrate runs it to observe value ranges, and tests run it to show that an HWIR computes what the
+torch model computes. The oscillator bank runs in the float64 core of ``echoforge.models`` — the
+code the torch HRU itself calls — so the dynamics exist once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..models.core import FloatCore, OscillatorParams
+from .ir import HWIR, Node
+
+Tensors = dict[str, np.ndarray]
+
+
+def _linear(x, weight, bias=None):
+    y = x @ weight.T
+    return y if bias is None else y + bias
+
+
+def _torch_fn(fn):
+    return lambda x: fn(torch.from_numpy(x)).numpy()
+
+
+POINTWISE = {"gelu": _torch_fn(torch.nn.functional.gelu), "sigmoid": _torch_fn(torch.sigmoid),
+             "tanh": np.tanh, "identity": lambda x: x}
+
+
+def _affine(node, inputs, p):
+    return {"out": _linear(inputs[0], p["weight"], p.get("bias"))}
+
+
+def _norm(node, inputs, p):
+    return {"out": (inputs[0] - p["mean"]) / np.sqrt(p["var"] + node.attrs["eps"])}
+
+
+def _bank(node, inputs, p):
+    """Positions and momenta of the leapfrog from rest, and the forcing that drove it."""
+    forcing = np.ascontiguousarray(inputs[0])
+    core = FloatCore(OscillatorParams(node.attrs["hru_kind"], **p))
+    rest = np.zeros((forcing.shape[0], forcing.shape[2]))
+    positions, momenta = core.trajectory(forcing, rest, rest)
+    return {"positions": positions, "forcing": forcing, "momenta": momenta}
+
+
+def _readout(node, inputs, p):
+    positions, u = inputs
+    return {"out": _linear(positions, p["C"], p.get("bias")) + p["D"] * u}
+
+
+def _pointwise(node, inputs, p):
+    return {"out": POINTWISE[node.attrs["fn"]](inputs[0])}
+
+
+def _glu(node, inputs, p):
+    value = _linear(inputs[0], p["value_weight"], p["value_bias"])
+    gate = _linear(inputs[0], p["gate_weight"], p["gate_bias"])
+    return {"out": value * POINTWISE["sigmoid"](gate)}
+
+
+def _add(node, inputs, p):
+    return {"out": inputs[0] + inputs[1]}
+
+
+def _pool(node, inputs, p):
+    x = inputs[0]
+    if node.attrs["mode"] == "mean":
+        return {"out": x.mean(axis=1)}
+    step = node.attrs["step"]
+    return {"out": x[:, step - 1::step]}
+
+
+EVALUATORS = {"affine": _affine, "head": _affine, "norm": _norm, "hru_bank": _bank,
+              "readout": _readout, "pointwise": _pointwise, "glu": _glu, "add": _add, "pool": _pool}
+
+
+def trace(ir: HWIR, x) -> dict[str, Tensors]:
+    """Every tensor the graph computes on input `x` (batch, time, features): node → role → array."""
+    x = np.asarray(x, dtype=np.float64)
+    tensors: dict[str, Tensors] = {}
+    for node in ir.nodes:
+        if node.kind == "input":
+            tensors[node.name] = {"out": x}
+            continue
+        inputs = [_output(tensors, ir.node(name)) for name in node.inputs]
+        params = {role: ir.weights[name].astype(np.float64) for role, name in node.params.items()}
+        tensors[node.name] = EVALUATORS[node.kind](node, inputs, params)
+    return tensors
+
+
+def _output(tensors: dict[str, Tensors], node: Node) -> np.ndarray:
+    return tensors[node.name][node.activations[0]]
+
+
+def run(ir: HWIR, x) -> np.ndarray:
+    """The graph's (first) output on input `x`, in float64."""
+    tensors = trace(ir, x)
+    return _output(tensors, ir.node(ir.outputs[0]))
