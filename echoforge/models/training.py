@@ -150,7 +150,7 @@ class Trainer:
         self.optimizer = OPTIMIZERS[optimizer.pop("name")](self.model.parameters(), **optimizer)
         self.step = 0
         self.records: list[dict] = []
-        self.best = {"metric": -math.inf, "step": 0}
+        self.best = {"metric": -math.inf, "loss": math.inf, "step": 0}
 
     # -- data -------------------------------------------------------------------------------
 
@@ -235,8 +235,9 @@ class Trainer:
         record = {"step": self.step, "train_loss": train_loss, "val_loss": val["loss"],
                   "val_metric": val["metric"], "seconds": time.perf_counter() - started}
         self.records.append(record)
-        if val["metric"] > self.best["metric"]:
-            self.best = {"metric": val["metric"], "step": self.step}
+        # Ties in accuracy (common on a small validation split) go to the lower validation loss.
+        if (val["metric"], -val["loss"]) > (self.best["metric"], -self.best["loss"]):
+            self.best = {"metric": val["metric"], "loss": val["loss"], "step": self.step}
             self.output.mkdir(parents=True, exist_ok=True)
             _atomic_save({"model": self.model.state_dict(), "step": self.step, "config": self.config},
                          self.output / "best.pt")
