@@ -10,6 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from .compiler.cli import add_commands as add_compiler_commands
+from .runtime.cli import add_commands as add_runtime_commands
+
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, KeyError)
 
 
@@ -59,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="echoforge", description="Train Hamiltonian state-space models with RHEL and take them to hardware.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train(commands)
+    add_compiler_commands(commands)
+    add_runtime_commands(commands)
     return parser
 
 

@@ -49,7 +49,8 @@ def identity_map(forcing):
 
 def rhel(kind, epsilon, monitor=None):
     """The bank alone: an identity input map makes the bank's input its forcing."""
-    return lambda f, t: RHELBank.apply(f, identity_map(f), t, kind, epsilon, monitor or EchoMonitor())
+    return lambda f, t: RHELBank.apply(f, identity_map(f), t, kind, epsilon, monitor or EchoMonitor(),
+                                       FloatCore())
 
 
 def bptt(kind):

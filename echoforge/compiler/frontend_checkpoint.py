@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -144,13 +145,11 @@ def rebuild(config: dict, state_dict: dict) -> HSSM:
     return model.eval()
 
 
-def from_checkpoint(path: str | Path) -> HWIR:
-    """Lower the model of a checkpoint (best.pt/last.pt) or run directory to an HWIR."""
-    file = checkpoint_file(path)
+@contextmanager
+def _reading(file: Path):
+    """Turn whatever reading a foreign or damaged checkpoint raises into one IRError line."""
     try:
-        state = torch.load(file, weights_only=True, map_location="cpu")
-        config = _run_config(file, state)
-        model = rebuild(config, state["model"])
+        yield
     except IRError:
         raise
     except (OSError, EOFError, pickle.UnpicklingError, RuntimeError, KeyError, TypeError,
@@ -158,5 +157,21 @@ def from_checkpoint(path: str | Path) -> HWIR:
         first_line = next(iter(str(error).splitlines()), "")
         raise fail(str(file), None, f"cannot rebuild the model ({type(error).__name__}: {first_line})",
                    "give a checkpoint written by `echoforge train`") from None
+
+
+def run_config(path: str | Path) -> dict:
+    """The training config of a checkpoint or run directory: its dataset, seed and model options."""
+    file = checkpoint_file(path)
+    with _reading(file):
+        return _run_config(file, torch.load(file, weights_only=True, map_location="cpu"))
+
+
+def from_checkpoint(path: str | Path) -> HWIR:
+    """Lower the model of a checkpoint (best.pt/last.pt) or run directory to an HWIR."""
+    file = checkpoint_file(path)
+    with _reading(file):
+        state = torch.load(file, weights_only=True, map_location="cpu")
+        config = _run_config(file, state)
+        model = rebuild(config, state["model"])
     digest = hashlib.sha256(file.read_bytes()).hexdigest()
     return from_model(model, config, source=str(file), source_sha256=digest, frontend="checkpoint")

@@ -7,13 +7,17 @@ code the torch HRU itself calls — so the dynamics exist once.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import numpy as np
 import torch
 
 from ..models.core import FloatCore, OscillatorParams
-from .ir import HWIR, Node
+from .errors import fail
+from .ir import HWIR, Node, show
 
 Tensors = dict[str, np.ndarray]
+Evaluator = Callable[[Node, list[np.ndarray], dict[str, np.ndarray]], Tensors]
 
 
 def _linear(x, weight, bias=None):
@@ -77,25 +81,37 @@ EVALUATORS = {"affine": _affine, "head": _affine, "norm": _norm, "hru_bank": _ba
               "readout": _readout, "pointwise": _pointwise, "glu": _glu, "add": _add, "pool": _pool}
 
 
-def trace(ir: HWIR, x) -> dict[str, Tensors]:
-    """Every tensor the graph computes on input `x` (batch, time, features): node → role → array."""
+def trace(ir: HWIR, x, evaluators: Mapping[str, Evaluator] | None = None) -> dict[str, Tensors]:
+    """Every tensor the graph computes on input `x` (batch, time, features): node → role → array.
+
+    `evaluators` (kind → function) replace the float meaning of some kinds: how a target runs its
+    device nodes while every other node keeps this reference meaning.
+    """
     x = np.asarray(x, dtype=np.float64)
+    evaluate = EVALUATORS | dict(evaluators or {})
     tensors: dict[str, Tensors] = {}
     for node in ir.nodes:
         if node.kind == "input":
-            tensors[node.name] = {"out": x}
+            tensors[node.name] = {"out": _checked_input(ir, node, x)}
             continue
         inputs = [_output(tensors, ir.node(name)) for name in node.inputs]
         params = {role: ir.weights[name].astype(np.float64) for role, name in node.params.items()}
-        tensors[node.name] = EVALUATORS[node.kind](node, inputs, params)
+        tensors[node.name] = evaluate[node.kind](node, inputs, params)
     return tensors
+
+
+def _checked_input(ir: HWIR, node: Node, x: np.ndarray) -> np.ndarray:
+    if x.ndim != len(node.shape) or x.shape[-1] != node.shape[-1]:
+        raise fail(ir.provenance.source, node.name, f"the data has shape {list(x.shape)} but the model "
+                   f"takes {show(node.shape)}", "give data with as many channels as the model was trained on")
+    return x
 
 
 def _output(tensors: dict[str, Tensors], node: Node) -> np.ndarray:
     return tensors[node.name][node.activations[0]]
 
 
-def run(ir: HWIR, x) -> np.ndarray:
-    """The graph's (first) output on input `x`, in float64."""
-    tensors = trace(ir, x)
+def run(ir: HWIR, x, evaluators: Mapping[str, Evaluator] | None = None) -> np.ndarray:
+    """The graph's (first) output on input `x`, in float64 (see trace for `evaluators`)."""
+    tensors = trace(ir, x, evaluators)
     return _output(tensors, ir.node(ir.outputs[0]))

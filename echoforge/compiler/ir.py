@@ -564,7 +564,7 @@ def load_ir(path: str | Path) -> HWIR:
     """Read, migrate and validate an HWIR; every problem is an IRError naming the file and node."""
     path = Path(path)
     where = str(path)
-    document = migrate(_read_yaml(path), where, SCHEMA_VERSION)
+    document = migrate(read_yaml(path), where, SCHEMA_VERSION)
     weights = _read_weights(path, document.get("weights"), where)
     try:
         ir = HWIR(nodes=tuple(_node(data, where) for data in document["nodes"]), weights=weights,
@@ -588,20 +588,20 @@ def _node(data, where: str) -> Node:
     return Node.from_yaml(data)
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path, what: str = "HWIR", writer: str = "save_ir") -> dict:
+    """A YAML mapping read safely (plain data only); errors name the file and line."""
     try:
         document = yaml.safe_load(path.read_text())
     except OSError as error:
-        raise fail(str(path), None, f"cannot read the HWIR graph ({error.strerror})",
-                   "check the path") from None
+        raise fail(str(path), None, f"cannot read the {what} file ({error.strerror})", "check the path") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         problem = getattr(error, "problem", None) or "syntax error"
         raise fail(f"{path}{line}", None, f"not valid YAML ({problem})", "fix the syntax there") from None
     if not isinstance(document, dict):
-        raise fail(str(path), None, "not an HWIR document (expected a mapping at the top level)",
-                   "give the .yaml written by save_ir")
+        raise fail(str(path), None, f"not an {what} document (expected a mapping at the top level)",
+                   f"give the .yaml written by {writer}")
     return document
 
 

@@ -215,6 +215,15 @@ class FloatCore:
         return grad_forcing, dict(zip(PARAM_NAMES, grad_params))
 
 
+def echo_stream(core: HamiltonianCore, forcing, phi, pi, nudges, epsilon, sink) -> EchoResult:
+    """core.echo_stream where the core streams its echo chunk by chunk, else one chunk: core.echo."""
+    if hasattr(core, "echo_stream"):
+        return core.echo_stream(forcing, phi, pi, nudges, epsilon, sink)
+    result = core.echo(np.asarray(forcing), phi, pi, nudges, epsilon)
+    sink(slice(None), result.grad_forcing)
+    return result
+
+
 def retrace(core: HamiltonianCore, forcing, phi, pi):
     """Un-nudged echo: from the flipped final state, replay the forcing backwards.
 

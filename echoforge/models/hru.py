@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import PARAM_NAMES, FloatCore, OscillatorParams, retrace
+from .core import PARAM_NAMES, FloatCore, OscillatorParams, echo_stream, retrace
 
 LEARNING_RULES = ("bptt", "rhel")
 # Relative distance between the echoes' mean end state and the start state above which the echo did
@@ -72,22 +72,29 @@ class Forcing:
         with torch.no_grad():
             return _numpy(self.u[index] @ self.input_map.T)
 
+    def __array__(self, dtype=None, copy=None):
+        """The whole stream, for cores that take arrays."""
+        return np.asarray(self[:], dtype=dtype)
+
 
 class RHELBank(torch.autograd.Function):
-    """Input map and oscillator bank whose backward is RHEL.
+    """Input map and oscillator bank whose backward is RHEL, on any HamiltonianCore.
 
-    Keeps the input u, the parameters and the bank's final state — no trajectory — and in backward
-    runs the ±ε echoes from that state, chunk by chunk, turning each chunk's ∂L/∂f into ∂L/∂u and
-    ∂L/∂B as it arrives.
+    Keeps the input u, the parameters and the bank's final state — no trajectory. Forward: load the
+    bank's parameters into the core and run core.forward from rest. Backward: load them again
+    (another bank may share the core) and run the ±ε echoes from the kept state, turning each
+    chunk's ∂L/∂f into ∂L/∂u and ∂L/∂B as it arrives. These are the calls a device executes, so host
+    training and hardware-in-the-loop training differ only in the core.
     """
 
     @staticmethod
-    def forward(ctx, u, input_map, table, kind, epsilon, monitor):
+    def forward(ctx, u, input_map, table, kind, epsilon, monitor, core):
+        core.load(OscillatorParams.from_table(kind, _numpy(table)))
         zeros = np.zeros((u.shape[0], input_map.shape[0]))
-        positions, phi, pi = _core(kind, table).forward(Forcing(u, input_map), zeros, zeros)
+        positions, phi, pi = core.forward(Forcing(u, input_map), zeros, zeros)
         ctx.save_for_backward(u, input_map, table, torch.from_numpy(phi), torch.from_numpy(pi))
-        ctx.kind, ctx.epsilon, ctx.monitor = kind, epsilon, monitor
-        return torch.from_numpy(positions)
+        ctx.kind, ctx.epsilon, ctx.monitor, ctx.core = kind, epsilon, monitor, core
+        return torch.from_numpy(np.asarray(positions)).to(u.dtype)
 
     @staticmethod
     def backward(ctx, grad_positions):
@@ -96,15 +103,16 @@ class RHELBank(torch.autograd.Function):
         grad_map = torch.zeros_like(input_map)
 
         def chain(s, grad_forcing):  # through f = B u, a chunk at a time
-            grad_forcing = torch.from_numpy(grad_forcing)
+            grad_forcing = torch.from_numpy(np.asarray(grad_forcing)).to(u.dtype)
             grad_u[:, s] = grad_forcing @ input_map
             grad_map.add_(grad_forcing.reshape(-1, grad_forcing.shape[-1]).T
                           @ u[:, s].reshape(-1, u.shape[-1]))
 
-        echo = _core(ctx.kind, table).echo_stream(Forcing(u, input_map), phi.numpy(), pi.numpy(),
-                                                  _numpy(grad_positions), ctx.epsilon, chain)
+        ctx.core.load(OscillatorParams.from_table(ctx.kind, _numpy(table)))
+        echo = echo_stream(ctx.core, Forcing(u, input_map), phi.numpy(), pi.numpy(),
+                           _numpy(grad_positions), ctx.epsilon, chain)
         ctx.monitor.record(echo.final_state, phi.numpy(), pi.numpy())
-        return grad_u, grad_map, _grad_table(echo.grad_params, table), None, None, None
+        return grad_u, grad_map, _grad_table(echo.grad_params, table), None, None, None, None
 
 
 class BPTTBank(torch.autograd.Function):
@@ -143,6 +151,7 @@ class HRU(nn.Module):
         self.learning = learning
         self.epsilon = epsilon
         self.monitor = EchoMonitor()
+        self.core = None  # a HamiltonianCore to run the bank on (RHEL), else the float64 core
         self.D = nn.Parameter(torch.randn(input_size))
 
     @property
@@ -170,10 +179,14 @@ class HRU(nn.Module):
         return u @ self.input_map().T
 
     def bank(self, u: torch.Tensor) -> torch.Tensor:
-        """Positions of the oscillator bank driven by f = B u, u of shape (batch, length, input)."""
-        if self.learning == "rhel":
+        """Positions of the oscillator bank driven by f = B u, u of shape (batch, length, input).
+
+        On ``self.core`` when one is set (its backward is then RHEL on that core), else on the
+        float64 core with the backward ``learning`` names.
+        """
+        if self.learning == "rhel" or self.core is not None:
             return RHELBank.apply(u, self.input_map(), self.oscillator_table(), self.kind,
-                                  self.epsilon, self.monitor)
+                                  self.epsilon, self.monitor, self.core or FloatCore())
         return BPTTBank.apply(u, self.input_map(), self.oscillator_table(), self.kind)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,13 @@ A code of 0xFF means "254 bytes, no zero follows"; any smaller code means "a zer
 for the final block, where the implied zero is dropped. Overhead: at most 1 byte per 254, plus 1.
 """
 
+import numpy as np
+from numba import njit
+
 from .errors import FrameError
 
 _MAX_BLOCK = 254
+_FULL = _MAX_BLOCK + 1  # the code of a block of 254 bytes that no zero follows
 
 
 def max_encoded_length(data_length: int) -> int:
@@ -18,18 +22,9 @@ def max_encoded_length(data_length: int) -> int:
 
 def encode(data: bytes) -> bytes:
     """COBS-encode `data`; the result contains no 0x00 byte and is never empty."""
-    out = bytearray()
-    segments = bytes(data).split(b"\x00")
-    for index, segment in enumerate(segments):
-        is_last = index == len(segments) - 1
-        full_blocks, remainder = divmod(len(segment), _MAX_BLOCK)
-        for block in range(full_blocks):
-            out.append(_MAX_BLOCK + 1)
-            out += segment[block * _MAX_BLOCK : (block + 1) * _MAX_BLOCK]
-        if remainder or not is_last or not segment:
-            out.append(remainder + 1)
-            out += segment[full_blocks * _MAX_BLOCK :]
-    return bytes(out)
+    source = np.frombuffer(bytes(data), dtype=np.uint8)
+    out = np.empty(max_encoded_length(len(source)), dtype=np.uint8)
+    return out[: _encode(source, out)].tobytes()
 
 
 def decode(encoded: bytes) -> bytes:
@@ -38,15 +33,53 @@ def decode(encoded: bytes) -> bytes:
         raise FrameError("empty COBS block")
     if 0 in encoded:
         raise FrameError("0x00 inside a COBS-encoded frame")
-    out = bytearray()
-    position = 0
-    while position < len(encoded):
+    source = np.frombuffer(bytes(encoded), dtype=np.uint8)
+    out = np.empty(len(source), dtype=np.uint8)
+    length = _decode(source, out)
+    if length < 0:
+        raise FrameError(f"COBS block at offset {-length - 1} runs past the end of the frame")
+    return out[:length].tobytes()
+
+
+# Byte loops compiled with numba: a frame of 64 KiB costs microseconds instead of the tens of
+# milliseconds a Python loop over its blocks takes.
+
+@njit(cache=True)
+def _encode(data, out) -> int:
+    """Write COBS(data) to `out`; return its length. A full block opens a new one only if data follow,
+    so a final segment whose length is a multiple of 254 gets no trailing empty block."""
+    code_at, position, code = 0, 1, 1
+    for index in range(data.shape[0]):
+        byte = data[index]
+        if byte == 0:
+            out[code_at] = code
+            code_at, position, code = position, position + 1, 1
+            continue
+        out[position] = byte
+        position += 1
+        code += 1
+        if code == _FULL and index + 1 < data.shape[0]:
+            out[code_at] = code
+            code_at, position, code = position, position + 1, 1
+    out[code_at] = code
+    return position
+
+
+@njit(cache=True)
+def _decode(encoded, out) -> int:
+    """Write the decoded bytes of `encoded` (no zero in it) to `out`; return their length, or −1 − offset
+    of a block that runs past the end."""
+    position = length = 0
+    while position < encoded.shape[0]:
         code = encoded[position]
         end = position + code
-        if end > len(encoded):
-            raise FrameError(f"COBS block at offset {position} runs past the end of the frame")
-        out += encoded[position + 1 : end]
+        if end > encoded.shape[0]:
+            return -1 - position
+        for index in range(position + 1, end):
+            out[length] = encoded[index]
+            length += 1
         position = end
-        if code != _MAX_BLOCK + 1 and position < len(encoded):
-            out.append(0)
-    return bytes(out)
+        if code != _FULL and position < encoded.shape[0]:
+            out[length] = 0
+            length += 1
+    return length

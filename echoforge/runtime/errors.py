@@ -26,6 +26,15 @@ class ErrorCode(IntEnum):
     BAD_PAYLOAD = 0x0002
     RESPONSE_TOO_LARGE = 0x0003
     INTERNAL = 0x00FF
+    # command layer (docs/protocol.md, section 10.9)
+    STALE_EPOCH = 0x0100
+    NO_PROGRAM = 0x0101
+    BAD_PROGRAM = 0x0102
+    BAD_BANK = 0x0103
+    NO_STATE = 0x0104
+    NO_PHASE = 0x0105
+    OUT_OF_ORDER = 0x0106
+    OVER_CAPACITY = 0x0107
 
 
 class DeviceError(RuntimeError):
@@ -42,7 +51,7 @@ class DeviceError(RuntimeError):
 
 
 def describe_error_code(code: int) -> str:
-    """"0x00FF INTERNAL" for a code the link layer defines, "0x0123" for one it does not."""
+    """"0x00FF INTERNAL" for a code the protocol defines, "0x0123" for one it does not."""
     try:
         return f"0x{code:04X} {ErrorCode(code).name}"
     except ValueError:

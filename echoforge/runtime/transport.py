@@ -325,3 +325,29 @@ class SocketTransport(FdTransport):
 
     def close(self) -> None:
         self._socket.close()
+
+
+class MeteredTransport(Transport):
+    """Counts the bytes crossing `inner`: what a session really puts on the wire, retransmissions included."""
+
+    def __init__(self, inner: Transport):
+        self.inner = inner
+        self.uri = inner.uri
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    @property
+    def bytes_total(self) -> int:
+        return self.bytes_sent + self.bytes_received
+
+    def write(self, data: bytes) -> None:
+        self.inner.write(data)
+        self.bytes_sent += len(data)
+
+    def read(self, max_bytes: int, timeout: float) -> bytes:
+        data = self.inner.read(max_bytes, timeout)
+        self.bytes_received += len(data)
+        return data
+
+    def close(self) -> None:
+        self.inner.close()

@@ -177,9 +177,7 @@ class EmulatorCore:
         return ForwardInt(positions, phi, pi, report)
 
     def _echo(self, forcing, phi, pi, nudges, input_sat, nudge_sat) -> EchoInt:
-        if nudges.shape != forcing.shape or forcing.shape[1] == 0:
-            raise ValueError(f"the echo needs nudges shaped like the forcing, at least one step long; "
-                             f"got nudges {nudges.shape}, forcing {forcing.shape}")
+        check_echo_shapes(forcing, nudges)
         forcing_obs = np.empty_like(forcing)
         acc, phis, pis, counters = kernels.echo(forcing, phi, pi, nudges, *self._kernel_args(), forcing_obs)
         report = self._report(counters, input=input_sat, nudge=nudge_sat)
@@ -240,3 +238,10 @@ class EmulatorCore:
                          delta=kappa * (p.a * mm / 2 + gain * lc + pp / 4))
         grad_forcing = run.forcing_observable * forcing_scale  # one pass over (B, L, P)
         return grad_forcing, {name: grads[name] for name in PARAM_NAMES}
+
+
+def check_echo_shapes(forcing, nudges) -> None:
+    """The echo needs one nudge per forcing value, and at least one step."""
+    if nudges.shape != forcing.shape or forcing.shape[1] == 0:
+        raise ValueError(f"the echo needs nudges shaped like the forcing, at least one step long; "
+                         f"got nudges {nudges.shape}, forcing {forcing.shape}")

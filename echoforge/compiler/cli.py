@@ -1,0 +1,218 @@
+"""`echoforge export | compile | emulate`: a trained model to ONNX, to a target program, and back to
+numbers that say what the hardware will do with it.
+
+    echoforge export runs/bm -o bm.onnx
+    echoforge compile runs/bm --target emulator -o build/bm [--data DATASET] [--word-bits N]
+    echoforge emulate build/bm [--data DATASET] [--split test] [--trace]
+
+A model from a run (directory or checkpoint) brings its dataset, split seed and time channel; an
+ONNX or HWIR file does not, so it needs --data. Data that saturate a bank make compile and emulate
+fail with one line naming the program and the bank, after the numbers are printed and written
+(--allow-saturation accepts them).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+TARGETS = ("emulator",)  # targets with a lowering
+WITHOUT_RUN = (".onnx", ".yaml", ".yml")  # model files that carry no training config
+
+
+def add_commands(commands) -> None:
+    """Add export, compile and emulate to the `echoforge` subcommands."""
+    add_export(commands)
+    add_compile(commands)
+    add_emulate(commands)
+
+
+def add_export(commands) -> None:
+    parser = commands.add_parser("export", help="write a trained model as ONNX",
+                                 description="Write the model of CHECKPOINT (a run directory or .pt) as ONNX.")
+    parser.add_argument("checkpoint", help="run directory (its best.pt) or checkpoint file")
+    parser.add_argument("--output", "-o", required=True, help="the .onnx file to write")
+    parser.set_defaults(run=run_export)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _evaluation_options(parser) -> None:
+    parser.add_argument("--batch-size", type=_positive, default=64,
+                        help="sequences per emulator call (default 64)")
+    parser.add_argument("--allow-saturation", action="store_true",
+                        help="exit 0 even when the data saturate a bank (the counts are still reported)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--threads", type=_positive, default=1, help="torch threads (default 1)")
+
+
+def add_compile(commands) -> None:
+    parser = commands.add_parser(
+        "compile", help="compile a model for a target and report what fixed point changes",
+        description="Compile MODEL for TARGET into the directory OUT: the program (program.yaml, "
+                    "model.yaml, model.npz) and report.md / report.json — per-node formats, calibrated "
+                    "ranges, headroom, saturation risk, and float vs fixed accuracy on the validation split.")
+    parser.add_argument("model", help="run directory, checkpoint (.pt), ONNX (.onnx) or HWIR (.yaml)")
+    parser.add_argument("--target", choices=TARGETS, default="emulator", help="target (default emulator)")
+    parser.add_argument("--output", "-o", required=True, metavar="OUT", help="directory to write")
+    parser.add_argument("--data", metavar="DATASET",
+                        help="calibration and validation data (default: the run's dataset)")
+    parser.add_argument("--word-bits", type=int, help="word length (default: the target's)")
+    parser.add_argument("--samples", type=_positive, default=64,
+                        help="training sequences the formats are calibrated on (default 64)")
+    parser.add_argument("--seed", type=int, help="data split seed (default: the run's, else 0)")
+    parser.add_argument("--time-channel", action=argparse.BooleanOptionalAction,
+                        help="append the time channel to the data (default: as the run did)")
+    _evaluation_options(parser)
+    parser.set_defaults(run=run_compile)
+
+
+def add_emulate(commands) -> None:
+    parser = commands.add_parser(
+        "emulate", help="run a compiled program on the emulator: float vs fixed accuracy",
+        description="Run the program in OUT on a data split, float and fixed point side by side, and "
+                    "print both scores and the saturation counts per bank.")
+    parser.add_argument("program", metavar="OUT", help="directory written by `echoforge compile`")
+    parser.add_argument("--data", metavar="DATASET", help="dataset (default: the one the program was "
+                        "calibrated on, split and normalised the same way)")
+    parser.add_argument("--split", choices=("train", "val", "test"), default="test", help="default test")
+    parser.add_argument("--trace", action="store_true",
+                        help="also print every node's float-vs-fixed error on the first batch")
+    _evaluation_options(parser)
+    parser.set_defaults(run=run_emulate)
+
+
+# ------------------------------------------------------------------------------------ commands
+
+
+def run_export(args) -> int:
+    from .frontend_checkpoint import from_checkpoint
+    from .onnx_export import export_onnx
+
+    ir = from_checkpoint(args.checkpoint)
+    path = export_onnx(ir, args.output)
+    print(f"wrote {path}: {len(ir.nodes)} nodes, {sum(w.size for w in ir.weights.values())} weights, "
+          f"from {ir.provenance.source}")
+    return 0
+
+
+def run_compile(args) -> int:
+    import torch
+
+    from ..targets.emulator.emulated import EmulatedModel
+    from ..targets.emulator.lower import lower, save_program
+    from .pipeline import compile_model
+    from .report import build_report, compare, write_report
+
+    torch.set_num_threads(args.threads)
+    options = _compile_dataset(Path(args.model), args)
+    data = _load(options)
+    samples = data.train.x[:args.samples]
+    ir = compile_model(args.model, args.target, samples, word_bits=args.word_bits)
+    program = lower(ir, dataset=options)
+    emulated = EmulatedModel(program)
+    validation = compare(emulated, data.val.x, data.val.y, f"{options['name']} val",
+                         batch_size=args.batch_size, progress=_progress(args))
+    program_file = save_program(program, args.output)
+    calibration = {"data": f"{options['name']} train"}
+    write_report(build_report(program, validation, calibration), args.output)
+    print(f"compiled {ir.provenance.source} for the {args.target} ({ir.target['word_bits']}-bit words): "
+          f"{len(program.banks)} banks on the device, {len(ir.nodes) - len(program.banks)} nodes on the host")
+    for bank in program.banks:
+        print(f"  {bank.node}: {bank.params.size} {bank.params.kind} oscillators, state {bank.config.state}")
+    print(f"expected change on {validation.describe()}")
+    print(f"wrote {program_file} (+ model.yaml, model.npz, report.md, report.json)")
+    _refuse_saturation(validation, program_file, args.allow_saturation)
+    return 0
+
+
+def run_emulate(args) -> int:
+    import torch
+
+    from ..targets.emulator.emulated import EmulatedModel
+    from ..targets.emulator.lower import PROGRAM_FILE, load_program
+    from .report import compare, trace_errors, trace_table
+
+    torch.set_num_threads(args.threads)
+    program = load_program(args.program)
+    options = _emulate_dataset(program.dataset, args.data, Path(args.program))
+    split = getattr(_load(options), args.split)
+    _check_channels(program.ir, split.x, options["name"], args.program)
+    emulated = EmulatedModel(program)
+    comparison = compare(emulated, split.x, split.y, f"{options['name']} {args.split}",
+                         batch_size=args.batch_size, progress=_progress(args))
+    print(f"{args.program} on the emulator, {comparison.describe()}")
+    if args.trace:
+        batch = split.x[:args.batch_size]
+        print(f"\nfloat vs fixed, node by node, on the first {len(batch)} sequences:")
+        print(trace_table(trace_errors(emulated, batch)))
+    _refuse_saturation(comparison, Path(args.program) / PROGRAM_FILE, args.allow_saturation)
+    return 0
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _progress(args) -> bool | None:
+    return False if args.no_progress else None
+
+
+def _compile_dataset(model: Path, args) -> dict:
+    """The data protocol to calibrate with: the run's, with --data/--seed/--time-channel applied."""
+    from .frontend_checkpoint import run_config
+
+    config = None if model.suffix in WITHOUT_RUN else run_config(model)
+    if config is None and args.data is None:
+        raise ValueError(f"{model}: an {model.suffix} file does not say which data the model was trained "
+                         "on — give --data DATASET")
+    protocol = _for_data({**config["dataset"], "seed": config["seed"]} if config else {}, args.data)
+    flags = {"seed": args.seed, "time_channel": args.time_channel}
+    return protocol | {key: value for key, value in flags.items() if value is not None}
+
+
+def _emulate_dataset(recorded: dict | None, data: str | None, program: Path) -> dict:
+    """The program's calibration protocol, or --data read with its seed and time channel."""
+    if not recorded and data is None:
+        raise ValueError(f"{program}: the program records no dataset — give --data DATASET")
+    return _for_data(recorded or {}, data)
+
+
+def _for_data(protocol: dict, data: str | None) -> dict:
+    """`protocol` itself for its own dataset; for another, the same split seed and time channel."""
+    if data is None or data == protocol.get("name"):
+        return protocol
+    return {"name": data, "seed": protocol.get("seed", 0), "time_channel": protocol.get("time_channel", False)}
+
+
+def _check_channels(ir, x, data: str, program: str) -> None:
+    width = next(node for node in ir.nodes if node.kind == "input").shape[-1]
+    if x.shape[-1] != width:
+        raise ValueError(f"{data}: the data have {x.shape[-1]} channels but the program in {program} takes "
+                         f"{width} — give the dataset it was compiled for, with the same time channel")
+
+
+def _load(options: dict):
+    from ..models.data import load_dataset
+
+    options = dict(options)
+    return load_dataset(options.pop("name"), **options)
+
+
+def _refuse_saturation(comparison, program_file: Path, allowed: bool) -> None:
+    """One line naming the program, the first bank that saturated and the rule; no-op if allowed."""
+    from .errors import fail
+
+    if allowed or not comparison.saturation:
+        return
+    node, counts = next(iter(comparison.saturation.items()))
+    more = len(comparison.saturation) - 1
+    raise fail(str(program_file), node, f"[saturation] {sum(counts.values())} values saturated on "
+               f"{comparison.data} ({', '.join(f'{q}={n}' for q, n in counts.items())})"
+               + (f", and {more} more bank(s) saturated" if more else ""),
+               "these data leave the calibrated ranges: recompile with calibration data like them or a "
+               "longer word (--word-bits), or pass --allow-saturation")

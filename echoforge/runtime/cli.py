@@ -1,0 +1,145 @@
+"""`echoforge board serve` and `echoforge devices`: a simulated board to talk to, and what is attached.
+
+    echoforge board serve --target emulator --pty                # prints /dev/pts/N
+    echoforge board serve --tcp 5025 --drop 0.01 --reset-at ECHO_CHUNK:2 --seed 1
+    echoforge devices --probe [URI ...]
+
+`board serve` prints the URI to open (the pty's path, or socket://host:port) as the first line of its
+standard output, then serves until SIGINT or SIGTERM. Heavy modules are imported when a command runs,
+so that `echoforge --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import warnings
+
+PROBE_TIMEOUT = 0.5
+
+
+def add_commands(commands) -> None:
+    """Add `board serve` and `devices` to the `echoforge` subcommands."""
+    add_board(commands)
+    add_devices(commands)
+
+
+def add_board(commands) -> None:
+    board = commands.add_parser("board", help="run a simulated board",
+                                description="Simulated boards that speak the device protocol (docs/protocol.md).")
+    actions = board.add_subparsers(dest="action", required=True, metavar="ACTION")
+    serve = actions.add_parser(
+        "serve", help="serve the device protocol on a pseudo-terminal or a TCP port",
+        description="Serve the device protocol, backed by the bit-accurate emulator, until SIGINT or SIGTERM. "
+                    "The first line of output is the URI to open. Fault rates are per frame, both directions.")
+    serve.add_argument("--target", choices=("emulator",), default="emulator", help="core behind the board")
+    medium = serve.add_mutually_exclusive_group()
+    medium.add_argument("--pty", action="store_true", help="serve on a new pseudo-terminal (the default)")
+    medium.add_argument("--tcp", type=int, metavar="PORT", help="serve on a TCP port (0: any free one)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on with --tcp (default 127.0.0.1)")
+    serve.add_argument("--drop", type=float, default=0.0, metavar="R", help="drop frames at rate R")
+    serve.add_argument("--corrupt", type=float, default=0.0, metavar="R", help="corrupt one byte of frames at rate R")
+    serve.add_argument("--duplicate", type=float, default=0.0, metavar="R", help="duplicate frames at rate R")
+    serve.add_argument("--delay", type=float, default=0.0, metavar="SECONDS",
+                       help="hold each frame the board sends for up to SECONDS (uniformly random)")
+    serve.add_argument("--reset-after", type=int, metavar="N", help="reboot once, on receipt of command N+1")
+    serve.add_argument("--reset-at", metavar="NAME[:K]",
+                       help="reboot once, on receipt of the K-th (default first) command NAME, e.g. ECHO_CHUNK:2")
+    serve.add_argument("--seed", type=int, default=0, help="seed of the fault draws (default 0)")
+    serve.add_argument("--max-chunk-steps", type=int, metavar="N", help="capability: most time steps per chunk")
+    serve.add_argument("--buffer-samples", type=int, metavar="N", help="capability: most samples per chunk request")
+    serve.set_defaults(run=run_board_serve)
+
+
+def add_devices(commands) -> None:
+    parser = commands.add_parser(
+        "devices", help="list serial ports and VISA resources; --probe handshakes with each",
+        description="List serial ports (pyserial) and VISA resources (pyvisa, @py backend), plus any URI given; "
+                    "with --probe, send each a HELLO and print what answered.")
+    parser.add_argument("uris", nargs="*", metavar="URI",
+                        help="more ports to list, e.g. /dev/pts/7 or socket://host:port")
+    parser.add_argument("--probe", action="store_true", help="handshake with each and print what answered")
+    parser.add_argument("--timeout", type=float, default=PROBE_TIMEOUT,
+                        help=f"seconds to wait for each answer (default {PROBE_TIMEOUT})")
+    parser.set_defaults(run=run_devices)
+
+
+def run_board_serve(args) -> int:
+    from dataclasses import replace
+
+    from .board import Board, Faults, parse_reset_at
+    from .commands import Capabilities
+
+    faults = Faults(drop=args.drop, corrupt=args.corrupt, duplicate=args.duplicate, delay=args.delay,
+                    reset_after=args.reset_after, reset_at=parse_reset_at(args.reset_at) if args.reset_at else None,
+                    seed=args.seed)
+    sizes = {"max_chunk_steps": args.max_chunk_steps, "buffer_samples": args.buffer_samples}
+    for name, value in sizes.items():
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {value}")
+    capabilities = replace(Capabilities(), **{name: value for name, value in sizes.items() if value is not None})
+    board = Board(capabilities, faults)
+    stop = threading.Event()
+
+    def announce(uri: str) -> None:
+        print(uri, flush=True)
+        print(f"echoforge board: {args.target} board on {uri}; SIGINT or SIGTERM stops it", file=sys.stderr)
+
+    previous = {number: signal.signal(number, lambda *_: stop.set()) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if args.tcp is None:
+            board.serve_pty(stop, announce)
+        else:
+            board.serve_tcp(args.host, args.tcp, stop, announce)
+    except OSError as error:
+        where = "a pseudo-terminal" if args.tcp is None else f"{args.host}:{args.tcp}"
+        raise ValueError(f"cannot serve on {where}: {error.strerror or error}") from error
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    print(f"echoforge board: stopped after {board.summary()}", file=sys.stderr)
+    return 0
+
+
+def run_devices(args) -> int:
+    found = list_serial_ports() + list_visa_resources() + [(uri, "given") for uri in args.uris]
+    if not found:
+        print("no serial ports or VISA resources found")
+    for uri, description in found:
+        answer = f"  {probe(uri, args.timeout)}" if args.probe else ""
+        print(f"{uri}  ({description}){answer}")
+    return 0
+
+
+def list_serial_ports() -> list[tuple[str, str]]:
+    from serial.tools import list_ports
+
+    return [(port.device, f"serial: {port.description}") for port in sorted(list_ports.comports())]
+
+
+def list_visa_resources() -> list[tuple[str, str]]:
+    import pyvisa
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pyvisa-py's notes on optional discovery packages
+        try:
+            manager = pyvisa.ResourceManager("@py")
+            resources = manager.list_resources()
+            manager.close()
+        except (pyvisa.Error, OSError, ValueError) as error:
+            print(f"echoforge devices: VISA resources not listed: {error}", file=sys.stderr)
+            return []
+    return [(name, "VISA") for name in resources]
+
+
+def probe(uri: str, timeout: float) -> str:
+    """What answered HELLO at `uri`, or why nothing did, in one line."""
+    from .device import Device
+    from .errors import DeviceError
+
+    try:
+        with Device(uri, timeout=timeout) as device:
+            return f"answers: {device.info.describe()}"
+    except (OSError, DeviceError, RuntimeError, ValueError) as error:
+        return f"no answer: {error}"
