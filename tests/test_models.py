@@ -309,3 +309,11 @@ def test_time_batch_norm_matches_torch_batch_norm():
     torch.testing.assert_close(grads[0], grads[2], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grads[1], grads[3], rtol=1e-12, atol=1e-12)
     assert ours.state_dict().keys() == reference.state_dict().keys()
+
+
+def test_log_uniform_stiffness_initialisation():
+    hru = LinHRU(3, 64, stiffness_range=(1e-5, 1.0))
+    a = torch.relu(hru.A_raw)
+    assert a.min() >= 1e-5 and a.max() <= 1.0 and (a < 1e-3).sum() >= 10
+    with pytest.raises(ValueError, match="stiffness_range"):
+        LinHRU(3, 4, stiffness_range=(0.0, 1.0))

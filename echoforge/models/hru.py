@@ -219,6 +219,12 @@ class HRU(nn.Module):
         return float(max(np.abs(phi0).max(), np.abs(pi0).max()) / scale)
 
 
+def _log_uniform(size: int, low: float, high: float) -> torch.Tensor:
+    if not 0 < low <= high:
+        raise ValueError(f"stiffness_range must satisfy 0 < low ≤ high, got ({low}, {high})")
+    return torch.exp(torch.empty(size).uniform_(math.log(low), math.log(high)))
+
+
 def _uniform(shape, bound: float) -> nn.Parameter:
     return nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
 
@@ -228,16 +234,20 @@ class LinHRU(HRU):
 
     With complex_state, B and C are complex and A, δ real: the real and imaginary parts of the state are
     then two independent real banks driven by Re(Bu) and Im(Bu), and the output is Re(Cϕ) + D⊙u.
+    A starts uniform in [0, 1) (the paper's LinOSS initialisation), or log-uniform in stiffness_range
+    = (low, high): slow oscillators (A ≪ 1) are what remembers over thousands of steps.
     """
 
     kind = "linear"
 
     def __init__(self, input_size: int, state_size: int, *, learning: str = "rhel",
-                 epsilon: float = 0.1, complex_state: bool = False, train_step: bool = True):
+                 epsilon: float = 0.1, complex_state: bool = False, train_step: bool = True,
+                 stiffness_range: tuple[float, float] | None = None):
         super().__init__(input_size, state_size, learning, epsilon)
         self.complex_state = complex_state
         parts = 2 if complex_state else 1
-        self.A_raw = nn.Parameter(torch.rand(state_size))
+        self.A_raw = nn.Parameter(torch.rand(state_size) if stiffness_range is None
+                                  else _log_uniform(state_size, *stiffness_range))
         step_raw = torch.rand(state_size)
         if train_step:
             self.step_raw = nn.Parameter(step_raw)
