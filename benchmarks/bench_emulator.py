@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numba
@@ -28,21 +26,12 @@ from echoforge.models.core import FloatCore, OscillatorParams
 from echoforge.targets.emulator import EmulatorCore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_doc import write_section  # noqa: E402
+from results_doc import median_seconds, write_section  # noqa: E402
 
 KINDS = ("linear", "nonlinear")
 
 
 # ---- timing -------------------------------------------------------------------------------------------
-
-def median_seconds(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
 
 def random_problem(kind, batch, length, size, seed=0):
     rng = np.random.default_rng(seed)

@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import select
 import signal
-import statistics
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from echoforge.runtime.device import Device, DeviceCore
 from echoforge.targets.emulator import EmulatorCore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_doc import write_section  # noqa: E402
+from results_doc import median_seconds, write_section  # noqa: E402
 
 KINDS = ("linear", "nonlinear")
 STREAM_COMMANDS = ("FORWARD_CHUNK", "ECHO_CHUNK")
@@ -54,15 +52,6 @@ def rhel_step(cores, forcing, nudges):
     echoes = [core.echo(forcing, phi, pi, nudges, EPSILON)
               for core, (_, phi, pi) in reversed(list(zip(cores, forwards)))]
     return [*(x for f in forwards for x in f), *(x for e in echoes for x in (e.grad_forcing, *e.grad_params.values()))]
-
-
-def median_seconds(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def start_board():

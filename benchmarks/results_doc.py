@@ -1,11 +1,12 @@
-"""Write a benchmark's section of docs/results.md, replacing the previous run's."""
-
-import platform
-import re
-import sys
-from pathlib import Path
+"""What every benchmark shares: writing its section of docs/results.md, and timing a call."""
 
 import os
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
 HEADER = "# Results\n\nEvery number below was produced by the command shown with it, on the machine it names.\n"
@@ -25,3 +26,13 @@ def write_section(name: str, body: str) -> None:
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else f"{text.rstrip()}\n\n{section}\n"
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(text)
+
+
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall time of `repeats` calls of fn."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
