@@ -64,7 +64,8 @@ def main() -> None:
         "## Paper Table 1 on 2 CPU cores: SCP1 / SCP2 (benchmarks/paper_table.py)",
         "Test accuracy at the best-validation checkpoint, mean ± std over seeds (each seed changes the "
         "70/15/15 split, the initialisation and dropout). Configs in `configs/` say how they scale the "
-        "paper's hyper-parameters down.",
+        "paper's hyper-parameters down. s/run is wall time on the 2-core machine while other jobs "
+        "shared it — an upper bound; `echoforge train` on an idle machine is faster.",
         table(results)])
     print(report)
     if args.write:
