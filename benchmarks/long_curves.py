@@ -24,7 +24,7 @@ def curve(rule: str, hru: str, length: int, steps: int, seed: int) -> tuple[list
     from echoforge.models.training import Trainer, load_config
     config = load_config(None, [
         f"dataset={{name: adding, length: {length}, size: 256}}", f"learning={rule}", f"seed={seed}",
-        "batch_size=8", "optimizer.lr=0.003", "model.dropout=0.0", "model.num_blocks=2",
+        "batch_size=8", "optimizer.lr=0.001", "grad_clip=1.0", "model.dropout=0.0", "model.num_blocks=2",
         f"model.hru={hru}"])
     with tempfile.TemporaryDirectory() as output:
         trainer = Trainer(config, output)
@@ -68,7 +68,7 @@ def main() -> None:
     rows = "\n".join(f"| {k} | {bptt[k - 1]:.4f} | {rhel[k - 1]:.4f} |" for k in marks)
     report = (f"## Long sequences: RHEL tracks BPTT, {args.hru} (benchmarks/long_curves.py)\n\n"
               f"Adding problem, length {args.length}, {args.hru} HSSM (2 blocks, hidden 16, state 16), "
-              f"batch 8, Adam 3e-3, same seed for both rules. Relative gap |RHEL − BPTT| / BPTT over "
+              f"batch 8, Adam 1e-3, gradient norm clipped at 1, same seed for both rules. Relative gap |RHEL − BPTT| / BPTT over "
               f"{args.steps} steps: median {np.median(gap):.2e}, max {gap.max():.2e}. Seconds per step: "
               f"BPTT {seconds['bptt']:.2f}, RHEL {seconds['rhel']:.2f}. Plot: `docs/{figure.name}`.\n\n"
               f"| step | BPTT loss | RHEL loss |\n|---|---|---|\n{rows}")

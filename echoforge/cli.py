@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 from .compiler.cli import add_commands as add_compiler_commands
+from .demo import add_demo
+from .hil.cli import add_commands as add_hil_commands
 from .runtime.cli import add_commands as add_runtime_commands
 
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, KeyError)
@@ -64,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(commands)
     add_compiler_commands(commands)
     add_runtime_commands(commands)
+    add_hil_commands(commands)
+    add_demo(commands)
     return parser
 
 

@@ -511,6 +511,27 @@ def read_exactly(transport: Transport, count: int, timeout: float = 2.0) -> byte
     return data
 
 
+def test_a_device_end_keeps_receiving_while_it_sends():
+    """Both ends write more than the line holds at once — a host retransmitting a large request while the
+    device writes a large response: the device takes the host's bytes in as it writes, so neither blocks."""
+    big = bytes(range(1, 256)) * 1000
+    failures = []
+
+    def device_writes():
+        try:
+            device.write(big)
+        except ConnectionError as error:
+            failures.append(error)
+
+    with PtyTransport(write_timeout=2.0) as device, open_transport(device.device_path, timeout=2.0) as host:
+        sender = threading.Thread(target=device_writes)
+        sender.start()
+        host.write(big)
+        assert read_exactly(host, len(big), timeout=5.0) == big
+        sender.join(5.0)
+        assert not failures and read_exactly(device, len(big)) == big
+
+
 def test_fault_injection_is_reproducible():
     damaged = []
     for _ in range(2):

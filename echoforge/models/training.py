@@ -33,6 +33,7 @@ DEFAULT_CONFIG = {
     "batch_size": 16,
     "eval_every": 25,
     "eval_batch_size": 64,
+    "grad_clip": None,
     "seed": 0,
     "dtype": "float32",
     "output": "runs/basicmotions-rhel",
@@ -72,9 +73,10 @@ def merge(base: dict, update: dict, where: str = "") -> dict:
     return out
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict:
-    """The default config, updated by a YAML file and `key.sub=value` overrides (values parsed as YAML)."""
-    config = DEFAULT_CONFIG
+def load_config(path: str | Path | None, overrides: list[str] = (), base: dict = DEFAULT_CONFIG) -> dict:
+    """`base` (the default config), updated by a YAML file and `key.sub=value` overrides (values
+    parsed as YAML)."""
+    config = base
     if path is not None:
         try:
             data = _parse_yaml(Path(path).read_text())
@@ -108,6 +110,9 @@ def validate(config: dict) -> None:
                           f"got {config['optimizer'].get('name')!r}")
     if config["dtype"] not in DTYPES:
         raise ConfigError(f"dtype: expected one of {sorted(DTYPES)}, got {config['dtype']!r}")
+    clip = config["grad_clip"]
+    if clip is not None and not (isinstance(clip, (int, float)) and clip > 0):
+        raise ConfigError(f"grad_clip: expected a positive number or null, got {clip!r}")
     for key in ("steps", "batch_size", "eval_every", "eval_batch_size"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise ConfigError(f"{key}: expected a positive integer, got {config[key]!r}")
@@ -136,7 +141,13 @@ def build_model(config: dict, data: Dataset) -> HSSM:
 
 
 class Trainer:
-    """Trains one HSSM on one dataset as a config says, into an output directory."""
+    """Trains one HSSM on one dataset as a config says, into an output directory.
+
+    Subclasses change where the oscillator banks run (hil.HILTrainer) through a few hooks — what the
+    progress bar shows, the metrics file, the checkpoint state, the summary and plots — never the loop.
+    """
+
+    label = "train"  # the progress bar's name for the run
 
     def __init__(self, config: dict, output: str | Path | None = None):
         self.config = config
@@ -202,6 +213,8 @@ class Trainer:
         self.optimizer.zero_grad()
         loss = self.loss(self.model(x), y)
         loss.backward()
+        if self.config["grad_clip"] is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config["grad_clip"])
         self.optimizer.step()
         self.step += 1
         return loss.item()
@@ -218,15 +231,21 @@ class Trainer:
         (self.output / "config.yaml").write_text(yaml.safe_dump(self.config, sort_keys=False))
         _atomic_save(self.state(), self.output / "last.pt")
         with open(self.output / "metrics.jsonl", "w") as stream:
-            stream.writelines(json.dumps(record) + "\n" for record in self.records)
+            stream.writelines(json.dumps(record) + "\n" for record in self.metrics())
 
-    def restore(self) -> None:
-        """Continue from last.pt; the run then ends exactly as if it had never stopped."""
+    def metrics(self) -> list[dict]:
+        """The lines of metrics.jsonl: one validation record per eval_every steps."""
+        return self.records
+
+    def restore(self) -> dict:
+        """Continue from last.pt; the run then ends exactly as if it had never stopped. Returns the
+        checkpoint, for what subclasses keep in it."""
         state = torch.load(self.output / "last.pt", weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         self.step, self.records, self.best = state["step"], state["records"], state["best"]
+        return state
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -250,33 +269,44 @@ class Trainer:
             self.restore()
         steps, every = self.config["steps"], self.config["eval_every"]
         started = time.perf_counter() - (self.records[-1]["seconds"] if self.records else 0.0)
-        bar = tqdm(total=steps, initial=self.step, desc=f"train {self.config['learning']}",
+        bar = tqdm(total=steps, initial=self.step, desc=f"{self.label} {self.config['learning']}",
                    unit="step", disable=None if progress is None else not progress,
                    dynamic_ncols=True)
         losses = []
         while self.step < steps:
             losses.append(self.train_step())
             bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", best_val=f"{self.best['metric']:.4f}")
+            bar.set_postfix(self.progress(losses[-1]))
             if self.step % every == 0 or self.step == steps:
                 self.validate_and_checkpoint(float(np.mean(losses)), started)
                 losses = []
         bar.close()
         return self.finish()
 
+    def progress(self, loss: float) -> dict:
+        """What the progress bar shows after a step."""
+        return {"loss": f"{loss:.4f}", "best_val": f"{self.best['metric']:.4f}"}
+
     def finish(self) -> dict:
+        """Test the best-validation model; write summary.json and the plots."""
         best = torch.load(self.output / "best.pt", weights_only=True)
         self.model.load_state_dict(best["model"])
-        test = self.evaluate(self.data.test)
-        summary = {"dataset": self.data.name, "learning": self.config["learning"],
-                   "hru": self.config["model"].get("hru", "linear"), "best_step": best["step"],
-                   "best_val_metric": self.best["metric"],
-                   "test": {k: v for k, v in test.items() if k != "metric"},
-                   "seconds": self.records[-1]["seconds"] if self.records else 0.0,
-                   "steps": self.step}
+        summary = self.summary(best["step"])
         (self.output / "summary.json").write_text(json.dumps(summary, indent=2))
-        plot_curves(self.records, self.output / "curves.png", self.regression)
+        self.plot()
         return summary
+
+    def summary(self, best_step: int) -> dict:
+        test = self.evaluate(self.data.test)
+        return {"dataset": self.data.name, "learning": self.config["learning"],
+                "hru": self.config["model"].get("hru", "linear"), "best_step": best_step,
+                "best_val_metric": self.best["metric"],
+                "test": {k: v for k, v in test.items() if k != "metric"},
+                "seconds": self.records[-1]["seconds"] if self.records else 0.0,
+                "steps": self.step}
+
+    def plot(self) -> None:
+        plot_curves(self.records, self.output / "curves.png", self.regression)
 
 
 def plot_curves(records: list[dict], path: Path, regression: bool) -> None:

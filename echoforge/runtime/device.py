@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import TypeVar
@@ -68,7 +69,8 @@ class Device:
     Every call has a deadline of `timeout` seconds plus the time its bytes take on a UART at `baudrate`
     (8N1), so a dead board fails a call with a one-line LinkTimeout naming the URI. `link_options` go to
     `Link` (retries, retry_interval, max_retry_interval). `traffic` counts calls, payload bytes and wire
-    bytes per command.
+    bytes per command, and the seconds its calls took from request to response (the line both ways
+    plus whatever the board spends computing meanwhile).
     """
 
     def __init__(self, uri: str, *, timeout: float = DEFAULT_TIMEOUT, baudrate: int = DEFAULT_BAUDRATE,
@@ -285,15 +287,20 @@ class Device:
             raise
 
     def _exchange(self, opcode: Opcode, payload: bytes, reply_bytes: int) -> bytes:
-        wire_before = self._transport.bytes_total
+        wire_before, started = self._transport.bytes_total, time.perf_counter()
         traffic = self.traffic[opcode.name]
         traffic["calls"] += 1
         try:
             reply = self.link.call(opcode, payload, self.timeout + self._line_seconds(len(payload) + reply_bytes))
         finally:
             traffic["wire_bytes"] += self._transport.bytes_total - wire_before
+            traffic["seconds"] += time.perf_counter() - started
         traffic["payload_bytes"] += len(payload) + len(reply)
         return reply
+
+    def link_seconds(self) -> float:
+        """Seconds spent in calls so far, all commands."""
+        return sum(counts["seconds"] for counts in self.traffic.values())
 
     def _line_seconds(self, payload_bytes: int) -> float:
         """Time `payload_bytes` spend on a UART at the session's baud rate (8N1: 10 bits a byte)."""

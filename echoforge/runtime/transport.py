@@ -32,6 +32,7 @@ DEFAULT_TIMEOUT = 2.0
 DEFAULT_BAUDRATE = 115200
 _VISA_INTERFACES = ("ASRL", "TCPIP", "GPIB", "USB", "VXI", "PXI")
 _VISA_DRAIN_QUIET = 0.001  # a VISA socket drain returns after this long without new bytes
+READ_WHILE_WRITING = 65536  # bytes a device end takes in per read while it waits to write
 
 
 class Transport(ABC):
@@ -261,12 +262,18 @@ def _visa_ms(seconds: float) -> int:
 
 class FdTransport(Transport):
     """The device end of a stream with a POSIX file descriptor, driven with select and
-    non-blocking os.read/os.write (POSIX only)."""
+    non-blocking os.read/os.write (POSIX only).
+
+    It keeps receiving while it sends, as a UART does: bytes that arrive while a write waits for
+    room are kept for the next reads. Otherwise a host that retransmits a large request while the
+    device writes a large response would deadlock with it, each blocked on a full buffer.
+    """
 
     def __init__(self, fd: int, uri: str, write_timeout: float):
         self.uri = uri
         self._fd = fd
         self._write_timeout = write_timeout
+        self._received = bytearray()  # arrived during writes, not yet read
         os.set_blocking(fd, False)
 
     def write(self, data: bytes) -> None:
@@ -274,14 +281,25 @@ class FdTransport(Transport):
         deadline = time.monotonic() + self._write_timeout
         while pending:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([], [self._fd], [], remaining)[1]:
+            readable, writable, _ = select.select([self._fd], [self._fd], [], max(remaining, 0.0))
+            if remaining <= 0 or not (readable or writable):
                 raise ConnectionError(f"{self.uri}: write timed out after {self._write_timeout} s")
-            with _connection_errors(self.uri):
-                pending = pending[os.write(self._fd, pending) :]
+            if readable:
+                self._received += self._read_available(READ_WHILE_WRITING)
+            if writable:
+                with _connection_errors(self.uri):
+                    pending = pending[os.write(self._fd, pending) :]
 
     def read(self, max_bytes: int, timeout: float) -> bytes:
+        if self._received:
+            data = bytes(self._received[:max_bytes])
+            del self._received[:max_bytes]
+            return data
         if not select.select([self._fd], [], [], max(timeout, 0.0))[0]:
             return b""
+        return self._read_available(max_bytes)
+
+    def _read_available(self, max_bytes: int) -> bytes:
         with _connection_errors(self.uri):
             data = os.read(self._fd, max_bytes)
         if not data:

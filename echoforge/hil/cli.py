@@ -1,0 +1,113 @@
+"""`echoforge hil train`: fine-tune a compiled model with its HRU banks on a board (docs/hil.md).
+
+    echoforge hil train --device /dev/ttyUSB0 --program build/bm [CONFIG.yaml] [--output runs/hil]
+    echoforge hil train --device /dev/ttyUSB0 --resume runs/hil
+
+A board that cannot be reached, or stops answering, is a user error like a bad config: one line on
+stderr, exit 2; a run stopped that way continues with --resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from ..targets.emulator.lower import Program
+
+DEFAULT_TIMEOUT = 2.0
+
+
+class RunPlan(NamedTuple):
+    """What a new or resumed HIL run trains, where, and how often the fidelity monitor looks."""
+
+    config: dict
+    output: Path
+    program: Program
+    program_dir: str
+    fidelity_every: int
+
+
+class BoardUnavailable(ValueError):
+    """The board at the URI cannot be reached or stopped answering; the message says which and why."""
+
+
+def add_commands(commands) -> None:
+    """Add `hil train` to the `echoforge` subcommands."""
+    hil = commands.add_parser("hil", help="hardware-in-the-loop training",
+                              description="Train with the HRU banks on a board, the host layers in torch.")
+    actions = hil.add_subparsers(dest="action", required=True, metavar="ACTION")
+    train = actions.add_parser(
+        "train", help="fine-tune a compiled model with its banks on a board",
+        description="Fine-tune the model PROGRAM was compiled from, its HRU banks on the board at URI. CONFIG "
+                    "updates the source run's config (steps, optimizer, batch size, …).")
+    train.add_argument("config", nargs="?", help="YAML config; keys not given keep the source run's")
+    train.add_argument("--device", required=True, metavar="URI",
+                       help="the board: /dev/ttyUSB0, /dev/pts/N, socket://host:port, ASRL…::INSTR, TCPIP::…::SOCKET")
+    train.add_argument("--program", metavar="OUT", help="directory written by `echoforge compile` "
+                       "(with --resume: default the run's own)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set optimizer.lr=1e-3 (repeatable)")
+    train.add_argument("--steps", type=int, help="number of optimizer steps")
+    train.add_argument("--output", "-o", help="run directory (default runs/hil)")
+    train.add_argument("--resume", metavar="DIR", help="continue the HIL run in DIR where it stopped")
+    train.add_argument("--fidelity-every", type=_not_negative, metavar="N",
+                       help="compare the device's gradient with the emulator's and float BPTT's every N steps "
+                            "(0: never; default 10, or the run's own with --resume)")
+    train.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                       help=f"seconds a board may take to answer a call (default {DEFAULT_TIMEOUT})")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    train.set_defaults(run=run_hil_train)
+
+
+def _not_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text}")
+    return value
+
+
+def run_hil_train(args) -> int:
+    import torch
+
+    from ..runtime.device import Device
+    from ..runtime.errors import DeviceError
+    from .report import describe
+    from .trainer import HILTrainer
+
+    torch.set_num_threads(args.threads)
+    plan = _plan(args)
+    try:
+        with Device(args.device, timeout=args.timeout) as device:
+            trainer = HILTrainer(plan.config, plan.output, plan.program, plan.program_dir, device,
+                                 fidelity_every=plan.fidelity_every)
+            summary = trainer.run(resume=bool(args.resume), progress=False if args.no_progress else None)
+    except (ConnectionError, TimeoutError, DeviceError) as error:
+        resume = f" — continue with --resume {plan.output}" if (plan.output / "last.pt").exists() else ""
+        raise BoardUnavailable(f"{error}{resume}") from None
+    print(describe(summary, plan.output))
+    return 0
+
+
+def _plan(args) -> RunPlan:
+    from ..models.training import load_config
+    from ..targets.emulator.lower import load_program
+    from .trainer import DEFAULT_FIDELITY_EVERY, check_same_program, hil_config, read_run_file
+
+    if args.resume:
+        recorded = read_run_file(args.resume)
+        program_dir = args.program or recorded["program"]
+        program = load_program(program_dir)
+        check_same_program(program, program_dir, recorded, args.resume)
+        every = recorded["fidelity_every"] if args.fidelity_every is None else args.fidelity_every
+        return RunPlan(load_config(Path(args.resume) / "config.yaml"), Path(args.resume), program, program_dir, every)
+    if args.program is None:
+        raise ValueError("give the compiled program with --program OUT (or --resume DIR)")
+    program = load_program(args.program)
+    flags = {"steps": args.steps, "output": args.output}
+    config = hil_config(program, args.program, args.config,
+                        args.overrides + [f"{key}={value}" for key, value in flags.items() if value is not None])
+    every = DEFAULT_FIDELITY_EVERY if args.fidelity_every is None else args.fidelity_every
+    return RunPlan(config, Path(config["output"]), program, args.program, every)

@@ -1,0 +1,235 @@
+"""Hardware-in-the-loop training: the host trainer with the HRU banks on a board (DESIGN §6).
+
+`HILTrainer` is `models.training.Trainer` — the same batches, loop, optimizer, validation, checkpoints
+and resume — with each HRU's bank on a `DeviceCore` of one `Device` session, configured with the
+program's per-bank formats. Host layers stay in torch. Every forward loads the bank's current
+parameters into its core, which re-quantises them and, when the codes changed (after each optimizer
+step), writes them to the board with WRITE_PARAMS. The model starts from the checkpoint the program
+was compiled from: HIL training fine-tunes the compiled model.
+
+The board holds nothing the host needs to resume: a killed run reopens a session, loads the program
+again and continues from last.pt, and since every phase is a pure function of what the host sends, it
+ends bit-identical to an uninterrupted run. Lost or damaged frames are retried and reboots replayed
+below (runtime.device), with the same bits. The run directory adds to the Trainer's: hil.yaml (the
+program and the monitor's period), the fidelity records in metrics.jsonl, fidelity.png, and a "hil"
+section in summary.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import torch
+import yaml
+
+from echoforge.compiler.frontend_checkpoint import run_config
+from echoforge.models.core import FloatCore
+from echoforge.models.hru import RETRACE_WARN
+from echoforge.models.training import DEFAULT_CONFIG, ConfigError, Trainer, build_model, load_config, merge
+from echoforge.runtime.device import Device, DeviceCore
+from echoforge.targets.emulator.lower import Program
+
+from .fidelity import FidelityMonitor
+from .gradients import banks_on
+from .report import plot_fidelity, summarize_fidelity, summarize_timing
+
+DEFAULT_OUTPUT = "runs/hil"
+DEFAULT_FIDELITY_EVERY = 10
+RUN_FILE = "hil.yaml"
+# Config keys a fine-tuning run cannot change: they fix the data split the program was calibrated on.
+DATA_PROTOCOL = ("dataset", "seed")
+# Per-call warnings of the cores (saturation) and of the HRUs (an echo that did not retrace): a run
+# counts the steps whose echo did not retrace instead (progress bar, summary), as one line per call
+# would bury the progress bar.
+ECHO_WARNINGS = "fixed-point emulator saturated|RHEL echo did not retrace"
+
+
+# ---- the program's source ----------------------------------------------------------------------
+
+
+def source_checkpoint(program: Program, where: str | Path) -> Path:
+    """The checkpoint the program was compiled from, as it was then (its SHA-256 is checked)."""
+    provenance = program.ir.provenance
+    if provenance.frontend != "checkpoint":
+        raise ConfigError(f"{where}: compiled from {provenance.source} ({provenance.frontend}), which holds no "
+                          "training state — compile a run directory or checkpoint for HIL training")
+    path = Path(provenance.source)
+    if not path.is_file():
+        raise ConfigError(f"{where}: the program was compiled from {path}, which is not there (relative paths "
+                          f"start at {Path.cwd()}) — run from where `echoforge compile` ran, or recompile")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != provenance.source_sha256:
+        raise ConfigError(f"{where}: {path} has changed since the program was compiled from it — recompile")
+    return path
+
+
+def hil_config(program: Program, where: str | Path, path: str | Path | None = None,
+               overrides: list[str] = ()) -> dict:
+    """The source run's config (over the defaults, for keys newer than the run), with output runs/hil,
+    updated by a YAML file and overrides.
+
+    The dataset and seed stay the source run's (the program was calibrated on that split), and the
+    learning rule is RHEL: that is what a board computes.
+    """
+    source = merge(DEFAULT_CONFIG, run_config(source_checkpoint(program, where)))
+    config = load_config(path, overrides, base=source | {"learning": "rhel", "output": DEFAULT_OUTPUT})
+    for key in DATA_PROTOCOL:
+        if config[key] != source[key]:
+            raise ConfigError(f"{key}: the program was calibrated on the source run's {key} {source[key]!r}; "
+                              "a HIL run keeps it — remove the key")
+    if config["learning"] != "rhel":
+        raise ConfigError(f"learning: a board trains with RHEL, got {config['learning']!r}")
+    return config
+
+
+def program_identity(program: Program, directory: str | Path) -> dict:
+    """What a HIL run depends on in its program: where it is, its source and its bank formats."""
+    return {"program": str(Path(directory).resolve()), "source_sha256": program.ir.provenance.source_sha256,
+            "banks": [bank.to_yaml() for bank in program.banks]}
+
+
+def read_run_file(run: str | Path) -> dict:
+    run = Path(run)
+    if not (run / "last.pt").exists() or not (run / RUN_FILE).exists():
+        raise FileNotFoundError(f"{run}: no last.pt and {RUN_FILE} to resume from — is this a HIL run directory?")
+    return yaml.safe_load((run / RUN_FILE).read_text())
+
+
+def check_same_program(program: Program, directory: str | Path, recorded: dict, run: str | Path) -> None:
+    identity = program_identity(program, directory)
+    if {k: identity[k] for k in ("source_sha256", "banks")} != {k: recorded[k] for k in ("source_sha256", "banks")}:
+        raise ValueError(f"{run} was trained with the program in {recorded['program']}; {directory} is another "
+                         f"program (source or bank formats differ) — resume with --program {recorded['program']}")
+
+
+# ---- the trainer -------------------------------------------------------------------------------
+
+
+def device_cores(device: Device, program: Program, model) -> list[DeviceCore]:
+    """One DeviceCore per HRU bank, in model order, each with its bank's formats from the program."""
+    hrus = model.hrus()
+    names = [f"blocks.{index}.hru.bank" for index in range(len(hrus))]
+    if names != [bank.node for bank in program.banks]:
+        raise ConfigError(f"the program's device banks {[bank.node for bank in program.banks]} are not the "
+                          f"model's HRU banks {names} — compile with every bank on the device")
+    for hru, bank in zip(hrus, program.banks):
+        if (hru.kind, hru.core_params().size) != (bank.params.kind, bank.params.size):
+            raise ConfigError(f"{bank.node}: the program has {bank.params.size} {bank.params.kind} oscillators, "
+                              f"the model {hru.core_params().size} {hru.kind} ones")
+    return [DeviceCore(device, bank=index, config=bank.config) for index, bank in enumerate(program.banks)]
+
+
+class HILTrainer(Trainer):
+    """Trains the program's source model with its HRU banks on `device` (see the module docstring).
+
+    `program_dir` is recorded in hil.yaml for --resume; `fidelity_every` is the fidelity monitor's
+    period in steps (0: off).
+    """
+
+    label = "hil"
+
+    def __init__(self, config: dict, output: str | Path | None, program: Program, program_dir: str | Path,
+                 device: Device, *, fidelity_every: int = DEFAULT_FIDELITY_EVERY):
+        super().__init__(config, output)
+        self.device = device
+        self.identity = program_identity(program, program_dir) | {"fidelity_every": fidelity_every}
+        self.source = source_checkpoint(program, program_dir)
+        self._load_source()
+        self.cores = device_cores(device, program, self.model)
+        for hru, core in zip(self.model.hrus(), self.cores):
+            hru.core = core
+        self.monitor = FidelityMonitor(self.model, self._reference_model(), self.loss, device, self.cores,
+                                       fidelity_every)
+        # Training steps: how many, their seconds, the seconds in link calls, and how many had an echo
+        # that did not retrace the forward path (a saturated state breaks the exact reversibility).
+        self.tally = Counter()
+
+    def _load_source(self) -> None:
+        state = torch.load(self.source, weights_only=True, map_location="cpu")["model"]
+        try:
+            self.model.load_state_dict(state)
+        except RuntimeError as error:
+            problem = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+            raise ConfigError(f"model: the config does not build the program's model ({problem}) — "
+                              "remove the model keys that change its shape") from None
+
+    def _reference_model(self):
+        """The float64 BPTT copy the monitor compares with; built without touching torch's RNG, so
+        that a HIL run and a host run of the same config draw the same dropout masks."""
+        with torch.random.fork_rng(devices=[]):
+            return build_model(self.config | {"dtype": "float64", "learning": "bptt"}, self.data)
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def run(self, **options) -> dict:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ECHO_WARNINGS, RuntimeWarning)
+            return super().run(**options)
+
+    def train_step(self) -> float:
+        if self.monitor.due(self.step):
+            self.monitor.check(self.step, *self.batch(self.step))
+        link, started = self.device.link_seconds(), time.perf_counter()
+        loss = super().train_step()
+        self.tally.update(steps=1, seconds=time.perf_counter() - started,
+                          link_seconds=self.device.link_seconds() - link,
+                          unretraced=any(hru.monitor.retrace_error > RETRACE_WARN for hru in self.model.hrus()))
+        return loss
+
+    def progress(self, loss: float) -> dict:
+        link = self.device.link.stats
+        return super().progress(loss) | {"retries": link["retries"], "crc": link["crc_errors"],
+                                         "replays": self.device.reboots, "unretraced": self.tally["unretraced"]}
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def metrics(self) -> list[dict]:
+        """Validation records and fidelity records, by step (a fidelity record has "fidelity")."""
+        return sorted(self.records + self.monitor.records, key=lambda record: record["step"])
+
+    def state(self) -> dict:
+        return super().state() | {"fidelity": self.monitor.records, "tally": dict(self.tally)}
+
+    def save(self) -> None:
+        """hil.yaml first, by rename: wherever a kill lands, a last.pt has its hil.yaml beside it."""
+        self.output.mkdir(parents=True, exist_ok=True)
+        partial = self.output / f"{RUN_FILE}.tmp"
+        partial.write_text(yaml.safe_dump(self.identity, sort_keys=False))
+        os.replace(partial, self.output / RUN_FILE)
+        super().save()
+
+    def restore(self) -> dict:
+        state = super().restore()
+        self.monitor.records, self.tally = state["fidelity"], Counter(state["tally"])
+        return state
+
+    # -- the end ----------------------------------------------------------------------------
+
+    def summary(self, best_step: int) -> dict:
+        summary = super().summary(best_step)
+        with banks_on(self.model, [FloatCore() for _ in self.cores]):
+            in_float = self.evaluate(self.data.test)
+        link = self.device.link.stats
+        traffic = self.device.traffic.values()
+        summary["hil"] = {
+            "device": self.device.uri, "board": f"{self.device.info.target} board ({self.device.info.firmware})",
+            "program": self.identity["program"], "source": str(self.source),
+            "test_float": {k: v for k, v in in_float.items() if k != "metric"},
+            "link": {"calls": sum(c["calls"] for c in traffic), "wire_bytes": sum(c["wire_bytes"] for c in traffic),
+                     "retries": link["retries"], "crc_errors": link["crc_errors"], "timeouts": link["timeouts"],
+                     "replays": self.device.reboots},
+            "unretraced_steps": self.tally["unretraced"],
+            "timing": summarize_timing(self.tally, self.monitor.records),
+            "fidelity": summarize_fidelity(self.monitor.records),
+        }
+        return summary
+
+    def plot(self) -> None:
+        super().plot()
+        if self.monitor.records:
+            plot_fidelity(self.monitor.records, self.output / "fidelity.png")
+

@@ -1,0 +1,206 @@
+"""`echoforge hil train` against board simulators on pseudo-terminals: a run killed with SIGKILL resumes to
+the parameters of an uninterrupted run, bit for bit, and so does a run through lost and corrupted frames
+and a board reboot; the fidelity monitor finds the device's gradient equal to the emulator's and close to
+float BPTT's; bad inputs fail with one line.
+
+One tiny BasicMotions model (conftest.tiny_run: 2 blocks of 8 oscillators) is compiled once; every run
+fine-tunes it for STEPS steps with the same config. The reference run is monitored every 3 steps and the
+others are not, so the comparisons also show that monitoring leaves training untouched.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from echoforge.cli import main
+from echoforge.hil.fidelity import MIN_BPTT_COSINE, divergences
+from echoforge.hil.trainer import HILTrainer, hil_config
+from echoforge.runtime.device import Device
+from echoforge.runtime.simulator import simulated_board
+from echoforge.targets.emulator.lower import load_program
+
+torch.set_num_threads(1)
+STEPS = 12
+SETTINGS = [f"steps={STEPS}", "eval_every=2", "batch_size=8"]
+FAST_LINK = {"retry_interval": 0.02, "max_retry_interval": 0.1}
+STARTUP_SECONDS = 120
+
+
+@pytest.fixture(scope="module")
+def program_dir(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("program")
+    assert main(["compile", str(tiny_run), "--target", "emulator", "-o", str(out), "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def board():
+    with simulated_board() as uri:
+        yield uri
+
+
+def train_in_process(program_dir, uri, output, fidelity_every=0):
+    """A HIL run in this process; returns the trainer after run()."""
+    program = load_program(program_dir)
+    config = hil_config(program, program_dir, overrides=[*SETTINGS, f"output={output}"])
+    with Device(uri, timeout=5.0, **FAST_LINK) as device:
+        trainer = HILTrainer(config, output, program, program_dir, device, fidelity_every=fidelity_every)
+        trainer.run(progress=False)
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def reference(program_dir, board, tmp_path_factory):
+    """The uninterrupted, fault-free run, monitored every 3 steps."""
+    return train_in_process(program_dir, board, tmp_path_factory.mktemp("reference"), fidelity_every=3)
+
+
+def final_parameters(run):
+    return torch.load(run / "last.pt", weights_only=True)["model"]
+
+
+def assert_same_parameters(run, expected_run):
+    got, expected = final_parameters(run), final_parameters(expected_run)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+
+
+def summary(run):
+    return json.loads((run / "summary.json").read_text())
+
+
+def echoforge(*args):
+    return [sys.executable, "-m", "echoforge.cli", *args]
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------------
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_parameters(program_dir, board, reference, tmp_path):
+    run = tmp_path / "killed"
+    command = echoforge("hil", "train", "--device", board, "--program", str(program_dir),
+                        *(arg for s in SETTINGS for arg in ("--set", s)), "--fidelity-every", "0",
+                        "--output", str(run), "--no-progress")
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics, deadline = run / "metrics.jsonl", time.monotonic() + STARTUP_SECONDS
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        assert time.monotonic() < deadline and process.poll() is None, process.stderr.read() if process.poll() else ""
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+    assert not (run / "summary.json").exists()  # it died mid-run
+    killed_at = torch.load(run / "last.pt", weights_only=True)["step"]
+    assert 0 < killed_at < STEPS
+
+    resumed = subprocess.run(echoforge("hil", "train", "--device", board, "--resume", str(run), "--no-progress"),
+                             cwd=tmp_path, capture_output=True, text=True, timeout=STARTUP_SECONDS)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "fine-tuned in the loop" in resumed.stdout and "test accuracy" in resumed.stdout
+    assert_same_parameters(run, reference.output)
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [r["step"] for r in reference.records]  # no fidelity records: off
+
+
+# ---- faults -----------------------------------------------------------------------------------------------
+
+def test_lost_and_corrupted_frames_and_a_reboot_change_no_bit(program_dir, reference, tmp_path):
+    """Chunks of 32 steps, so that a phase is several commands and the reboot lands inside one."""
+    faults = ("--drop", "0.01", "--corrupt", "0.01", "--reset-at", "ECHO_CHUNK:21", "--seed", "2",
+              "--max-chunk-steps", "32")
+    with simulated_board(*faults) as uri:
+        trainer = train_in_process(program_dir, uri, tmp_path / "faulty")
+    assert_same_parameters(trainer.output, reference.output)
+    link = summary(trainer.output)["hil"]["link"]
+    assert link["replays"] == 1 and link["retries"] > 0 and link["crc_errors"] > 0, link
+
+
+# ---- fidelity monitor -------------------------------------------------------------------------------------
+
+def test_the_device_gradient_equals_the_emulators_and_is_close_to_bptt(reference):
+    checks = reference.monitor.records
+    assert [check["step"] for check in checks] == [0, 3, 6, 9]
+    for check in checks:
+        for group, values in check["fidelity"].items():
+            assert values["emulator_max_diff"] == 0.0, (check["step"], group)
+            assert values["bptt_cosine"] > 0.9999 and abs(values["bptt_norm_ratio"] - 1) < 1e-3, (check, group)
+        assert set(check["fidelity"]) == {"blocks.0.hru", "blocks.1.hru", "model"}
+        assert all(seconds > 0 for seconds in check["seconds"].values())
+    lines = [json.loads(line) for line in (reference.output / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "fidelity" in line] == [0, 3, 6, 9]
+
+
+def test_the_report_has_plots_accuracy_and_the_time_breakdown(reference):
+    report = summary(reference.output)
+    hil = report["hil"]
+    assert hil["fidelity"]["device_equals_emulator"] and hil["fidelity"]["checks"] == 4
+    assert 0 <= report["test"]["accuracy"] <= 1 and 0 <= hil["test_float"]["accuracy"] <= 1
+    timing = hil["timing"]
+    assert timing["hil_gradient_s"] > 0 and timing["host_rhel_gradient_s"] > 0
+    parts = timing["hil_breakdown_s"]
+    assert sum(parts.values()) == pytest.approx(timing["hil_gradient_s"])
+    assert parts["device_compute"] > 0 and parts["link_transfer"] > 0 and parts["host"] > 0
+    for plot in ("curves.png", "fidelity.png"):
+        assert (reference.output / plot).stat().st_size > 10_000
+
+
+def test_divergence_is_named_against_the_thresholds_where_host_rhel_meets_them():
+    host_meets = {"host_rhel_cosine": 0.999999, "host_rhel_norm_ratio": 1.0}
+    healthy = {"emulator_max_diff": 0.0, "bptt_cosine": 0.99999, "bptt_norm_ratio": 1.001} | host_meets
+    assert divergences("blocks.0.hru", healthy) == []
+    broken = {"emulator_max_diff": 2e-9, "bptt_cosine": MIN_BPTT_COSINE - 0.01, "bptt_norm_ratio": 0.7} | host_meets
+    problems = divergences("blocks.0.hru", broken)
+    assert len(problems) == 2 and all(problem.startswith("blocks.0.hru: ") for problem in problems)
+    # A batch fitted to float32's last bit: host RHEL is as far from float64 BPTT, the board is not to blame.
+    at_host_precision = broken | {"emulator_max_diff": 0.0, "host_rhel_cosine": -0.03, "host_rhel_norm_ratio": 0.14}
+    assert divergences("blocks.0.hru", at_host_precision) == []
+
+
+# ---- bad inputs -------------------------------------------------------------------------------------------
+
+def one_line_error(capsys, argv, limit_seconds=None):
+    started = time.monotonic()
+    assert main(argv) == 2
+    elapsed = time.monotonic() - started
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("echoforge hil: error: "), lines
+    assert limit_seconds is None or elapsed < limit_seconds, elapsed
+    return lines[0]
+
+
+def test_a_missing_program_directory_is_one_line(capsys, tmp_path):
+    line = one_line_error(capsys, ["hil", "train", "--device", "loop://", "--program", str(tmp_path / "nope")])
+    assert str(tmp_path / "nope") in line
+
+
+def test_a_board_that_is_not_there_fails_within_the_timeout(capsys, program_dir):
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        closed_port = f"socket://127.0.0.1:{unused.getsockname()[1]}"
+    silent_master, silent = os.openpty()  # a serial line nobody answers on
+    try:
+        for uri in (closed_port, os.ttyname(silent)):
+            line = one_line_error(capsys, ["hil", "train", "--device", uri, "--program", str(program_dir),
+                                           "--timeout", "1"], limit_seconds=3.0)
+            assert uri in line
+    finally:
+        os.close(silent_master)
+        os.close(silent)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "seed=5"], "seed: the program was calibrated"),
+    (["--set", "model.state_size=4"], "model: the config does not build the program's model"),
+    (["--resume", "{tmp}"], "no last.pt and hil.yaml"),
+])
+def test_bad_runs_are_one_line(capsys, program_dir, board, tmp_path, args, message):
+    argv = ["hil", "train", "--device", board, "--program", str(program_dir), "-o", str(tmp_path / "run"),
+            *(arg.format(tmp=tmp_path) for arg in args)]
+    assert message in one_line_error(capsys, argv)
