@@ -57,7 +57,8 @@ def worker(kind: str, variant: str, length: int, repeats: int) -> dict:
         model.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
 
-    step()  # compile / warm up
+    for _ in range(2):
+        step()  # compile, warm up the allocator
     idle = _status_kb("VmRSS") * 1024
     _reset_peak()
     times = []
@@ -94,8 +95,9 @@ def layer_backward_extra(kind: str, rule: str, length: int) -> int:
     return extra - u.numel() * u.element_size()
 
 
-# Large buffers straight from mmap and back on free, so resident memory tracks live memory rather
-# than what glibc's adaptive heap threshold happens to keep; the same for every variant.
+# For the memory runs: large buffers straight from mmap and back on free, so resident memory tracks
+# live memory rather than what glibc's adaptive heap threshold happens to keep; the same for every
+# variant. Times come from a second run in the default environment (mmap per buffer costs page faults).
 WORKER_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
@@ -105,9 +107,11 @@ def run_all(lengths: list[int]) -> list[dict]:
         for kind in ("linear", "nonlinear"):
             for variant in VARIANTS:
                 repeats = 5 if length <= 16000 else 3
-                out = subprocess.run([sys.executable, __file__, "--worker", kind, variant, str(length),
-                                      str(repeats)], check=True, capture_output=True, text=True, env=WORKER_ENV)
-                row = {"kind": kind, "variant": variant, "length": length, **json.loads(out.stdout)}
+                row = {"kind": kind, "variant": variant, "length": length}
+                for env, keep in ((WORKER_ENV, ("peak_bytes", "step_bytes")), (os.environ, ("seconds",))):
+                    out = subprocess.run([sys.executable, __file__, "--worker", kind, variant, str(length),
+                                          str(repeats)], check=True, capture_output=True, text=True, env=env)
+                    row.update({key: json.loads(out.stdout)[key] for key in keep})
                 if variant == "rhel":
                     out = subprocess.run([sys.executable, __file__, "--layer", kind, "rhel", str(length)],
                                          check=True, capture_output=True, text=True, env=WORKER_ENV)
