@@ -179,9 +179,15 @@ class EmulatorCore:
     def _echo(self, forcing, phi, pi, nudges, input_sat, nudge_sat) -> EchoInt:
         check_echo_shapes(forcing, nudges)
         forcing_obs = np.empty_like(forcing)
-        acc, phis, pis, counters = kernels.echo(forcing, phi, pi, nudges, *self._kernel_args(), forcing_obs)
+        # The pair as (B, 2, P): the +ε echo at index 0, both from the flipped end state.
+        pair_phi = np.repeat(phi[:, None], 2, axis=1)
+        pair_pi = np.repeat(-pi[:, None], 2, axis=1)
+        acc = np.zeros((forcing.shape[0], len(kernels.ACCUMULATORS), forcing.shape[2]), dtype=np.int64)
+        counters = np.zeros(4, dtype=np.int64)
+        kernels.echo_chunk(forcing, nudges, pair_phi, pair_pi, acc, *self._kernel_args(), forcing_obs, counters)
         report = self._report(counters, input=input_sat, nudge=nudge_sat)
-        return EchoInt(dict(zip(kernels.ACCUMULATORS, np.moveaxis(acc, 1, 0))), forcing_obs, phis, pis, report)
+        return EchoInt(dict(zip(kernels.ACCUMULATORS, np.moveaxis(acc, 1, 0))), forcing_obs,
+                       np.moveaxis(pair_phi, 1, 0).copy(), np.moveaxis(pair_pi, 1, 0).copy(), report)
 
     def _report(self, counters, **host_counts) -> SaturationReport:
         counts = {"param": self._param_saturation, **host_counts}

@@ -228,40 +228,28 @@ def _observe(scratch, pi_before, pi_after, f, nonlinear, acc, forcing_obs):
 
 
 @njit(cache=True)
-def echo(forcing, phi_end, pi_end, nudges, params, nonlinear, shifts, lim, tanh_values, tanh_integral,
-         forcing_obs):
-    """The ±ε echo pair from the forward's end state; nudges (B, L, P) are the +ε nudge codes q.
+def echo_chunk(forcing, nudges, phi, pi, acc, params, nonlinear, shifts, lim, tanh_values, tanh_integral,
+                forcing_obs, counters):
+    """For k = K−1 … 0: π± ±= q[k], one step of the pair on f[k], accumulate the half-step observables.
 
-    Fills ``forcing_obs`` (B, L, P) with the forcing observable differences. Returns (accumulators
-    (B, 6, P), ϕ (2, B, P), π (2, B, P), counters (4,)); index 0 of the pair is the +ε echo.
+    ``phi``, ``pi`` (B, 2, P), ``acc`` (B, 6, P) and ``counters`` (4,) are updated in place; fills
+    ``forcing_obs`` (B, K, P). The whole-sequence echo is this over one chunk (EmulatorCore.echo_int); the streaming
+    device runs it chunk by chunk.
     """
     nb, nt, npos = forcing.shape
     lanes = 2 * npos
     pair_params = np.concatenate((params, params), axis=1)
-    acc = np.zeros((nb, 6, npos), dtype=np.int64)
-    phis = np.empty((2, nb, npos), dtype=np.int64)
-    pis = np.empty((2, nb, npos), dtype=np.int64)
-    # The pair's state as (2, P) rows for the observables, flat (2P,) views for the steps.
-    phi = np.empty((2, npos), dtype=np.int64)
-    pi = np.empty((2, npos), dtype=np.int64)
     pi_before = np.empty((2, npos), dtype=np.int64)
     f = np.empty((2, npos), dtype=np.int64)
     scratch = np.zeros((4, 2, npos), dtype=np.int64)
-    counters = np.zeros(4, dtype=np.int64)
     for bi in range(nb):
-        phi[0] = phi[1] = phi_end[bi]
-        pi[0] = pi[1] = -pi_end[bi]
-        counters[STATE] += _nudge(pi[0], pi[1], nudges[bi, nt - 1], lim)
+        phi_b, pi_b = phi[bi], pi[bi]
         for k in range(nt - 1, -1, -1):
+            counters[STATE] += _nudge(pi_b[0], pi_b[1], nudges[bi, k], lim)
             _copy(f[0], forcing[bi, k])
             _copy(f[1], forcing[bi, k])
-            _copy(pi_before.reshape(lanes), pi.reshape(lanes))
-            _step(phi.reshape(lanes), pi.reshape(lanes), f.reshape(lanes), pair_params, nonlinear, shifts, lim,
+            _copy(pi_before.reshape(lanes), pi_b.reshape(lanes))
+            _step(phi_b.reshape(lanes), pi_b.reshape(lanes), f.reshape(lanes), pair_params, nonlinear, shifts, lim,
                   tanh_values, tanh_integral, scratch.reshape(4, lanes), counters, True)
-            counters[ACCUMULATOR] += _observe(scratch, pi_before, pi, forcing[bi, k], nonlinear, acc[bi],
+            counters[ACCUMULATOR] += _observe(scratch, pi_before, pi_b, forcing[bi, k], nonlinear, acc[bi],
                                               forcing_obs[bi, k])
-            if k > 0:
-                counters[STATE] += _nudge(pi[0], pi[1], nudges[bi, k - 1], lim)
-        phis[:, bi] = phi
-        pis[:, bi] = pi
-    return acc, phis, pis, counters
