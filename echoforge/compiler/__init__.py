@@ -5,15 +5,27 @@
     export_onnx(model_or_ir, "model.onnx"); from_onnx("model.onnx")     # the same HWIR
 """
 
-from .capabilities import Capabilities
-from .errors import IRError
-from .frontend_checkpoint import from_checkpoint, from_model
-from .frontend_onnx import from_onnx
-from .interpret import run, trace
-from .ir import HWIR, SCHEMA_VERSION, Finding, Format, Node, Range, Saturation, load_ir, save_ir
-from .onnx_export import export_onnx, to_onnx
-from .passes import DesignRuleError, calibrate, check_design_rules, choose_formats, drc, fold_norm, place
-from .pipeline import compile_model, target_capabilities, to_hwir
+import importlib
+
+# Public name → submodule. Loaded on first use (PEP 562) so that `echoforge --help` and the other
+# subcommands do not pay for onnx and torch.
+_HOMES = {
+    "Capabilities": "capabilities", "IRError": "errors", "from_checkpoint": "frontend_checkpoint",
+    "from_model": "frontend_checkpoint", "from_onnx": "frontend_onnx", "run": "interpret",
+    "trace": "interpret", "export_onnx": "onnx_export", "to_onnx": "onnx_export",
+    "compile_model": "pipeline", "target_capabilities": "pipeline", "to_hwir": "pipeline",
+    **dict.fromkeys(("HWIR", "SCHEMA_VERSION", "Finding", "Format", "Node", "Range", "Saturation",
+                     "load_ir", "save_ir"), "ir"),
+    **dict.fromkeys(("DesignRuleError", "calibrate", "check_design_rules", "choose_formats", "drc",
+                     "fold_norm", "place"), "passes"),
+}
+
+
+def __getattr__(name):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+
 
 __all__ = ["HWIR", "SCHEMA_VERSION", "Capabilities", "DesignRuleError", "Finding", "Format", "IRError",
            "Node", "Range", "Saturation", "calibrate", "check_design_rules", "choose_formats",

@@ -32,7 +32,7 @@ from echoforge.models.hssm import HSSM
 from echoforge.runtime.device import Device, DeviceCore
 from echoforge.targets.emulator import EmulatorCore
 
-from .gradients import OUTSIDE_THE_BANK, Gradients, gradients
+from .banks import OUTSIDE_THE_BANK, Gradients, gradients
 
 # Largest |device − emulator| gradient difference tolerated: none. The board and the emulator run the
 # same integer arithmetic on the same codes, so any difference means the board computes something

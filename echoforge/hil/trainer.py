@@ -35,7 +35,7 @@ from echoforge.runtime.device import Device, DeviceCore
 from echoforge.targets.emulator.lower import Program
 
 from .fidelity import FidelityMonitor
-from .gradients import banks_on
+from .banks import banks_on
 from .report import plot_fidelity, summarize_fidelity, summarize_timing
 
 DEFAULT_OUTPUT = "runs/hil"
