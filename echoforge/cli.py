@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .argtypes import positive_int
+
 from .compiler.cli import add_commands as add_compiler_commands
 from .demo import add_demo
 from .hil.cli import add_commands as add_hil_commands
@@ -31,7 +33,7 @@ def add_train(commands) -> None:
     parser.add_argument("--output", "-o", help="run directory")
     parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR where it stopped")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch threads (default 1: small recurrent models gain nothing from more)")
     parser.set_defaults(run=run_train)
 

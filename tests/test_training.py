@@ -114,3 +114,12 @@ def test_overrides_parse_yaml_values():
 def test_shipped_configs_load(path):
     config = load_config(path)
     assert config["dataset"]["name"] in ("scp1", "scp2") and config["dataset"]["time_channel"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--threads", "0"], "argument --threads: expected a positive integer"),
+    (["board", "serve", "--tcp", "99999"], "argument --tcp: expected a TCP port"),
+])
+def test_bad_option_values_give_one_usage_line(args, message):
+    result = echoforge(*args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..argtypes import positive_int
+
 TARGETS = ("emulator",)  # targets with a lowering
 WITHOUT_RUN = (".onnx", ".yaml", ".yml")  # model files that carry no training config
 
@@ -35,20 +37,13 @@ def add_export(commands) -> None:
     parser.set_defaults(run=run_export)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
 def _evaluation_options(parser) -> None:
-    parser.add_argument("--batch-size", type=_positive, default=64,
+    parser.add_argument("--batch-size", type=positive_int, default=64,
                         help="sequences per emulator call (default 64)")
     parser.add_argument("--allow-saturation", action="store_true",
                         help="exit 0 even when the data saturate a bank (the counts are still reported)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--threads", type=_positive, default=1, help="torch threads (default 1)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
 
 
 def add_compile(commands) -> None:
@@ -63,7 +58,7 @@ def add_compile(commands) -> None:
     parser.add_argument("--data", metavar="DATASET",
                         help="calibration and validation data (default: the run's dataset)")
     parser.add_argument("--word-bits", type=int, help="word length (default: the target's)")
-    parser.add_argument("--samples", type=_positive, default=64,
+    parser.add_argument("--samples", type=positive_int, default=64,
                         help="training sequences the formats are calibrated on (default 64)")
     parser.add_argument("--seed", type=int, help="data split seed (default: the run's, else 0)")
     parser.add_argument("--time-channel", action=argparse.BooleanOptionalAction,

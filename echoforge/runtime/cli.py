@@ -16,6 +16,8 @@ import sys
 import threading
 import warnings
 
+from ..argtypes import tcp_port
+
 PROBE_TIMEOUT = 0.5
 
 
@@ -36,7 +38,7 @@ def add_board(commands) -> None:
     serve.add_argument("--target", choices=("emulator",), default="emulator", help="core behind the board")
     medium = serve.add_mutually_exclusive_group()
     medium.add_argument("--pty", action="store_true", help="serve on a new pseudo-terminal (the default)")
-    medium.add_argument("--tcp", type=int, metavar="PORT", help="serve on a TCP port (0: any free one)")
+    medium.add_argument("--tcp", type=tcp_port, metavar="PORT", help="serve on a TCP port (0: any free one)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on with --tcp (default 127.0.0.1)")
     serve.add_argument("--drop", type=float, default=0.0, metavar="R", help="drop frames at rate R")
     serve.add_argument("--corrupt", type=float, default=0.0, metavar="R", help="corrupt one byte of frames at rate R")
