@@ -1,9 +1,10 @@
 """Speed of the fixed-point emulator against the float HRU's core, side by side on one core.
 
-Oscillator-steps per second (batch × length × oscillators / seconds) of the emulator's forward and
-±ε echo pair — through the float contract (quantise, integer kernels, dequantise) and through the
-integer API alone — and of `FloatCore`, the compiled float64 core that the torch HRUs run, doing the
-same passes. Median of a few runs after a warm-up that compiles the kernels.
+Oscillator-steps per second — one oscillator advanced by one leapfrog step: batch × length ×
+oscillators per forward, twice that per ±ε echo pair (the two echoes of RHEL, each a full trajectory)
+— of the emulator's forward and echoes, through the float contract (quantise, integer kernels,
+dequantise) and through the integer API alone, and of `FloatCore`, the compiled float64 core that the
+torch HRUs run, doing the same passes. Median of a few runs after a warm-up that compiles the kernels.
 
     python benchmarks/bench_emulator.py [--batch 32 --length 4096 --size 256 --repeats 5] [--write]
 
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from echoforge.models.core import FloatCore, OscillatorParams
+from echoforge.models.hssm import HRU_KINDS
 from echoforge.targets.emulator import EmulatorCore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -70,6 +72,47 @@ def measure(kind, batch, length, size, repeats):
     return {key: median_seconds(fn, repeats) for key, fn in contenders.items()}
 
 
+def measure_layer(kind, batch, length, size, inputs, repeats):
+    """Seconds of the torch HRU layer's bank (input map B·u and oscillators, float32 streams) as users
+    call it — forward, and backward (RHEL's echoes with ∂L/∂u, ∂L/∂B) — on each core: {(pass, core): s}."""
+    torch.manual_seed(0)
+    hru = HRU_KINDS[kind](inputs, size)
+    u = 0.3 * torch.randn(batch, length, inputs)
+    grad = torch.randn(batch, length, size)
+
+    def forward():
+        with torch.no_grad():
+            hru.bank(u)
+
+    def forward_backward():
+        hru.bank(u.clone().requires_grad_()).backward(grad)
+
+    timings = {}
+    for name, core in (("float core", FloatCore()), ("emulator", EmulatorCore())):
+        hru.core = core
+        hru.bank(u[:1, :8].clone().requires_grad_()).backward(grad[:1, :8])  # warm-up
+        timings[("forward", name)] = median_seconds(forward, repeats)
+        timings[("echo", name)] = median_seconds(forward_backward, repeats) - timings[("forward", name)]
+    return timings
+
+
+def layer_report(layers, batch, length, size, inputs):
+    lines = [
+        f"The torch HRU layer as training calls it: `hru.bank(u)` with u (batch {batch}, length {length}, "
+        f"{inputs} inputs) → {size} oscillators, float32 streams, on `FloatCore` and on `EmulatorCore` "
+        "(`hru.core = …`); echo = backward (RHEL's ±ε echoes, ∂L/∂u and ∂L/∂B), timed as forward + "
+        "backward minus forward.",
+        "",
+        "| kind | pass | float core s | emulator s | emulator speed vs float |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, timings in layers.items():
+        for pass_name in ("forward", "echo"):
+            flt, emu = timings[(pass_name, "float core")], timings[(pass_name, "emulator")]
+            lines.append(f"| {kind} | {pass_name} | {flt:.3f} | {emu:.3f} | {flt / emu:.2f}× |")
+    return "\n".join(lines)
+
+
 def report(results, batch, length, size, repeats, command):
     steps = batch * length * size
     lines = [
@@ -79,18 +122,21 @@ def report(results, batch, length, size, repeats, command):
         f"numpy {np.__version__}, numba {numba.__version__}, torch {torch.__version__}.",
         "",
         f"Batch {batch}, length {length}, {size} oscillators; median of {repeats} runs after warm-up. "
-        "Oscillator-steps/s = batch·length·oscillators / seconds; an echo call is the ±ε *pair* "
-        "(two trajectories), counted once. The float reference is `FloatCore`, the compiled float64 "
-        "core the torch HRUs run (echoforge.models.core).",
+        "An oscillator-step advances one oscillator by one leapfrog step: a forward makes "
+        "batch·length·oscillators of them, an echo call — the ±ε *pair*, RHEL's two echoes, each a "
+        "full trajectory — twice as many (the pair-steps/s column counts the pair once). The float "
+        "reference is `FloatCore`, the compiled float64 core the torch HRUs run (echoforge.models.core).",
         "",
-        "| kind | pass | contender | seconds | M osc-steps/s | vs float core |",
-        "|---|---|---|---|---|---|",
+        "| kind | pass | contender | seconds | M osc-steps/s | M pair-steps/s | vs float core |",
+        "|---|---|---|---|---|---|---|",
     ]
     for kind, timings in results.items():
         for (pass_name, contender), seconds in timings.items():
             float_seconds = timings[(pass_name, "float HRU core (float64)")]
-            lines.append(f"| {kind} | {pass_name} | {contender} | {seconds:.3f} | {steps / seconds / 1e6:.0f} "
-                         f"| {float_seconds / seconds:.2f}× |")
+            trajectories = 2 if pass_name == "echo" else 1
+            pairs = f"{steps / seconds / 1e6:.0f}" if pass_name == "echo" else "—"
+            lines.append(f"| {kind} | {pass_name} | {contender} | {seconds:.3f} | "
+                         f"{trajectories * steps / seconds / 1e6:.0f} | {pairs} | {float_seconds / seconds:.2f}× |")
     return "\n".join(lines)
 
 
@@ -107,12 +153,16 @@ def main(argv=None):
     parser.add_argument("--length", type=int, default=4096)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--inputs", type=int, default=64, help="input width of the torch HRU layer")
     parser.add_argument("--write", action="store_true", help="replace this benchmark's section of docs/results.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     results = {kind: measure(kind, args.batch, args.length, args.size, args.repeats) for kind in KINDS}
+    layers = {kind: measure_layer(kind, args.batch, args.length, args.size, args.inputs, args.repeats)
+              for kind in KINDS}
     command = "python benchmarks/bench_emulator.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = report(results, args.batch, args.length, args.size, args.repeats, command.strip())
+    text = (report(results, args.batch, args.length, args.size, args.repeats, command.strip()) + "\n\n"
+            + layer_report(layers, args.batch, args.length, args.size, args.inputs))
     print(text)
     if args.write:
         write_section("bench_emulator", "## Fixed-point emulator speed (benchmarks/bench_emulator.py)\n\n"

@@ -30,6 +30,7 @@ VARIANTS = {
     "complex": {"hru": "linear", "complex_state": True},
     "nonlinear": {"hru": "nonlinear", "step": 0.1},
     "regression": {"hru": "linear", "task": "regression", "output_step": 5},
+    "regression-mean": {"hru": "linear", "task": "regression", "readout": "mean"},
 }
 
 
@@ -383,8 +384,8 @@ def test_choose_formats_reports_saturation_risk(models):
     assert chosen.node("input").saturation.risk == "high"
     findings = check_design_rules(place(chosen, EMULATOR), EMULATOR)
     assert any(f.rule == "saturation" and f.node == "input" and f.severity == "warning" for f in findings)
-    with pytest.raises(IRError, match="word length 12"):
-        choose_formats(ir, EMULATOR, 12)
+    with pytest.raises(IRError, match="word length 11"):
+        choose_formats(ir, EMULATOR, 11)
 
 
 def test_choose_formats_needs_calibration(models):

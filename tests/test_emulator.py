@@ -91,6 +91,12 @@ def test_quantize_is_not_fooled_by_the_float_half_trap():
 def test_quantize_refuses_nan():
     with pytest.raises(ValueError, match="NaN"):
         STATE.quantize(np.array([0.0, np.nan]))
+    core = loaded_core("linear", 4, seed=0)
+    forcing, zeros = np.zeros((1, 5, 4)), np.zeros((1, 4))
+    forcing[0, 3, 1] = np.nan
+    for run in (lambda: core.forward(forcing, zeros, zeros), lambda: core.echo(forcing, zeros, zeros, forcing, 0.1)):
+        with pytest.raises(ValueError, match="NaN"):
+            run()
 
 
 def test_dequantize_then_quantize_returns_the_same_codes():
@@ -174,10 +180,41 @@ def test_integer_leapfrog_retraces_50k_steps_bit_for_bit(kind):
     assert_retraces_bit_for_bit(kind, CONFIG, length=50_000)
 
 
-@pytest.mark.parametrize("word_bits", [16, 30])
+@pytest.mark.parametrize("word_bits", [12, 16, 30, 31, 32])
 @pytest.mark.parametrize("kind", KINDS)
 def test_other_word_lengths_retrace_bit_for_bit(kind, word_bits):
     assert_retraces_bit_for_bit(kind, FormatConfig(word_bits=word_bits), length=5_000)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_rhel_on_a_32_bit_emulator_matches_float64_bptt(kind):
+    """At 32 bits the product accumulators drop acc_shift = 2 bits a step; the gradient must not notice."""
+    config = FormatConfig(word_bits=32)
+    assert config.acc_shift == 2 and FormatConfig(word_bits=31).acc_shift == 0
+    core, forcing, phi0, pi0, target_weights = fidelity_case(kind, seed=5)
+    wide = loaded_core(kind, core.param_codes.shape[1], seed=5, config=config)
+    _, phi, pi = wide.forward(forcing, phi0, pi0)
+    echo = wide.echo(forcing, phi, pi, target_weights, epsilon=1e-3)
+    grads, grad_forcing = bptt_gradients(kind, wide.params, forcing, phi0, pi0, target_weights)
+    assert_aligned(echo.grad_forcing, grad_forcing, "forcing")
+    for name in ("a", "delta") if kind == "linear" else PARAM_NAMES:
+        assert_aligned(echo.grad_params[name], grads[name], name)
+
+
+def test_product_accumulators_of_32_bit_words_never_wrap():
+    """The worst per-step term of a 32-bit echo, added to an accumulator at the limit: the int64 kernel
+    gives what exact integer arithmetic gives (clamped and counted), never a wrapped value."""
+    from echoforge.targets.emulator.fixed import ACC_LIMIT
+    from echoforge.targets.emulator.kernels import _accumulate_products
+    top = (1 << 31) - 1
+    x_plus, y_plus = np.array([top, -top, top, 3]), np.array([top, top, top, 5])
+    x_minus, y_minus = np.array([-top, top, 0, 1]), np.array([top, top, 0, 1])
+    acc = np.array([ACC_LIMIT, -ACC_LIMIT, ACC_LIMIT - 5, 7])
+    shift = FormatConfig(word_bits=32).acc_shift
+    expected = [max(-ACC_LIMIT, min(ACC_LIMIT, int(a) + int(round_shift(int(xp) * int(yp) - int(xm) * int(ym), shift))))
+                for a, xp, yp, xm, ym in zip(acc, x_plus, y_plus, x_minus, y_minus)]
+    clamps = _accumulate_products(acc, x_plus, y_plus, x_minus, y_minus, shift)
+    assert acc.tolist() == expected and clamps == 3
 
 
 # ---- saturation ------------------------------------------------------------------------------------
@@ -310,6 +347,38 @@ def test_float_api_round_trips_into_the_integer_state():
     assert np.array_equal(echo.final_state[0][0], phi0) and np.array_equal(echo.final_state[1][1], -pi0)
 
 
+@pytest.mark.filterwarnings("ignore:fixed-point emulator saturated")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", KINDS)
+def test_float_api_gives_the_integer_api_bits(kind, dtype):
+    """The float API quantises and scales inside the kernels: the same bits as quantising the streams,
+    running the integer API and converting its outputs, with saturations counted the same."""
+    core, forcing, phi0, pi0, target_weights = fidelity_case(kind, seed=11)
+    forcing = (forcing * 100).astype(dtype)  # some samples beyond the state's ±128: saturated
+    nudges = target_weights.astype(dtype)
+    positions, phi, pi = core.forward(forcing, phi0, pi0)
+    float_forward = core.stats
+    codes, phi_q, pi_q = STATE.quantize(forcing)[0], STATE.quantize(phi0)[0], STATE.quantize(pi0)[0]
+    reference = core.forward_int(codes, phi_q, pi_q)
+    assert positions.dtype == dtype
+    assert np.array_equal(positions, (reference.positions * STATE.lsb).astype(dtype))
+    assert float_forward.counts["input"] == count_saturated(forcing) > 0
+    assert float_forward.counts == {**reference.saturation.counts, "input": count_saturated(forcing)}
+
+    echo = core.echo(forcing, phi, pi, nudges, epsilon=0.05)
+    float_echo = core.stats
+    nudge_codes, _ = core.quantize_nudges(nudges, 0.05)
+    int_echo = core.echo_int(codes, reference.phi, reference.pi, nudge_codes)
+    grad_forcing, grad_params = core._gradients(int_echo, core.epsilon_used)
+    assert echo.grad_forcing.dtype == dtype and np.array_equal(echo.grad_forcing, grad_forcing.astype(dtype))
+    assert all(np.array_equal(echo.grad_params[name], grad_params[name]) for name in PARAM_NAMES)
+    assert float_echo.counts["state"] == int_echo.saturation.counts["state"]
+
+
+def count_saturated(x):
+    return int((np.abs(x.astype(np.float64)) * 2.0 ** STATE.frac_bits >= STATE.limit + 0.5).sum())
+
+
 # ---- determinism -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -328,6 +397,7 @@ def test_same_inputs_give_identical_bits(kind):
 
 
 def test_config_rejects_words_that_do_not_fit_int64():
-    with pytest.raises(ValueError, match="word_bits"):
-        FormatConfig(word_bits=40)
+    for word_bits in (11, 33, 40):
+        with pytest.raises(ValueError, match="word_bits"):
+            FormatConfig(word_bits=word_bits)
     assert Fixed(24, 16).limit == 2 ** 23 - 1 and str(Fixed(24, 16)) == "Q8.16"

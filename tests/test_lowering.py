@@ -19,7 +19,7 @@ from echoforge.models.hssm import HSSM
 from echoforge.targets.emulator import EmulatorCore, FormatConfig
 from echoforge.targets.emulator.emulated import EmulatedModel
 from echoforge.targets.emulator.lower import (PROGRAM_FILE, STATE_ROLES, LoweringError, load_program, lower,
-                                              save_program, table_bits)
+                                              save_program)
 
 torch.set_num_threads(1)
 # EmulatedModel vs the float interpreter at the default 24-bit word, relative to max|float output|:
@@ -81,8 +81,10 @@ def test_bank_formats_become_the_emulator_config(which, request):
 
 
 def test_few_state_fraction_bits_get_the_finest_tables_they_can_index():
-    assert table_bits(16) == 10 and table_bits(8) == 10 and table_bits(5) == 7
-    EmulatorCore(FormatConfig(word_bits=16, state_frac=5, table_bits=table_bits(5)))  # builds its tables
+    bits = {frac: FormatConfig(word_bits=16, state_frac=frac).table_bits for frac in (14, 8, 5, 1)}
+    assert bits == {14: 10, 8: 10, 5: 7, 1: 3}
+    for frac in bits:
+        EmulatorCore(FormatConfig(word_bits=16, state_frac=frac))  # builds its tables
 
 
 def test_program_round_trips_through_its_directory(compiled, tmp_path):
@@ -131,7 +133,7 @@ def _formats(node, **replaced):
 def _refusals(ir):
     bank = next(node for node in ir.nodes if node.kind == "hru_bank")
     state = bank.formats["positions"]
-    wide = {role: Format(fmt.int_bits + 8, fmt.frac_bits) for role, fmt in bank.formats.items()}
+    wide = {role: Format(fmt.int_bits + 9, fmt.frac_bits) for role, fmt in bank.formats.items()}  # 33 bits
     readout = next(node.name for node in ir.nodes if node.kind == "readout")
     return {
         "target": ir.replace(target={"name": "fpga", "word_bits": 24, "headroom_bits": 1.0}),

@@ -202,6 +202,17 @@ def test_regression_head_subsamples_steps():
     assert model(torch.randn(3, 200, 2)).shape == (3, 4, 1)
 
 
+def test_regression_head_can_read_the_time_average():
+    torch.manual_seed(0)
+    model = HSSM(2, 1, hidden_size=8, state_size=4, num_blocks=1, task="regression", readout="mean").eval()
+    x = torch.randn(3, 200, 2)
+    features = model.blocks[0](model.encoder(x))
+    assert torch.allclose(model(x), model.head(features.mean(dim=1)), atol=1e-6)
+    for bad in (dict(readout="last"), dict(task="classification", readout="steps")):
+        with pytest.raises(ValueError, match="readout"):
+            HSSM(2, 1, hidden_size=8, state_size=4, num_blocks=1, **{"task": "regression", **bad})
+
+
 @pytest.mark.parametrize("hru_class", [LinHRU, NonlinHRU])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_hru_shapes_and_dtypes(hru_class, dtype):

@@ -38,7 +38,7 @@ def _model_section(model: HSSM, config: dict | None = None) -> dict:
     hru = model.hrus()[0]
     facts = {"hidden_size": model.encoder.out_features, "state_size": hru.state_size,
              "num_blocks": len(model.blocks), "hru": hru.kind, "task": model.task,
-             "output_step": model.output_step}
+             "output_step": model.output_step, "readout": model.readout}
     hssm = dict(config["model"]) if config else {}
     return {"num_inputs": model.encoder.in_features, "num_outputs": model.head.out_features,
             "learning": hru.learning, "dtype": str(model.encoder.weight.dtype).removeprefix("torch."),
@@ -91,7 +91,7 @@ def from_model(model: HSSM, config: dict | None = None, *, source: str = MEMORY,
     x = graph.add("affine", "encoder", [x], _linear_params(model.encoder))
     for index, block in enumerate(model.blocks):
         x = _lower_block(graph, f"blocks.{index}", block, x)
-    if model.task == "classification":
+    if model.readout == "mean":
         x = graph.add("pool", "pool", [x], mode="mean")
     else:
         x = graph.add("pool", "pool", [x], mode="subsample", step=model.output_step)

@@ -13,6 +13,7 @@ from .hru import LinHRU, NonlinHRU
 
 HRU_KINDS = {"linear": LinHRU, "nonlinear": NonlinHRU}
 TASKS = ("classification", "regression")
+READOUTS = ("mean", "steps")
 GLUE_CHUNK = 2048  # time steps per chunk when the glue is recomputed
 
 
@@ -158,15 +159,18 @@ class HSSMBlock(nn.Module):
 class HSSM(nn.Module):
     """A stack of HRU blocks with a classification (mean-pool → logits) or regression head.
 
-    Regression outputs every `output_step`-th step starting at step output_step − 1 (1: every step;
-    the sequence length: the last step only). checkpoint_glue trades a recomputation of the
-    pointwise layers for their activations (HSSMBlock). Extra keyword arguments go to every HRU.
+    readout "mean" pools over time before the head (classification always does; a sequence-level
+    regression such as the adding problem may); "steps" outputs every `output_step`-th step starting
+    at step output_step − 1 (1: every step; the sequence length: the last step only) — the default
+    for regression. checkpoint_glue trades a recomputation of the pointwise layers for their
+    activations (HSSMBlock). Extra keyword arguments go to every HRU.
     """
 
     def __init__(self, input_size: int, num_outputs: int, *, hidden_size: int, state_size: int,
                  num_blocks: int, hru: str = "linear", task: str = "classification",
                  learning: str = "rhel", epsilon: float = 0.1, dropout: float = 0.05,
-                 output_step: int = 1, checkpoint_glue: bool = False, **hru_options):
+                 output_step: int = 1, readout: str | None = None, checkpoint_glue: bool = False,
+                 **hru_options):
         super().__init__()
         if hru not in HRU_KINDS:
             raise ValueError(f"hru must be one of {sorted(HRU_KINDS)}, got {hru!r}")
@@ -174,7 +178,10 @@ class HSSM(nn.Module):
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         if output_step < 1:
             raise ValueError(f"output_step must be ≥ 1, got {output_step}")
-        self.task, self.output_step = task, output_step
+        readout = readout or ("mean" if task == "classification" else "steps")
+        if readout not in READOUTS or (task == "classification" and readout != "mean"):
+            raise ValueError(f"readout must be one of {READOUTS} (classification: mean), got {readout!r}")
+        self.task, self.output_step, self.readout = task, output_step, readout
         self.encoder = nn.Linear(input_size, hidden_size)
         self.blocks = nn.ModuleList(
             HSSMBlock(HRU_KINDS[hru](hidden_size, state_size, learning=learning, epsilon=epsilon,
@@ -194,6 +201,6 @@ class HSSM(nn.Module):
         h = self.encoder(x)
         for block in self.blocks:
             h = block(h)
-        if self.task == "classification":
+        if self.readout == "mean":
             return self.head(h.sum(dim=1) / h.shape[1])  # backward: a broadcast view, no copy
         return self.head(h[:, self.output_step - 1::self.output_step])

@@ -129,7 +129,8 @@ def build_model(config: dict, data: Dataset) -> HSSM:
     options = dict(config["model"])
     if data.task == REGRESSION:
         options.setdefault("task", "regression")
-        options.setdefault("output_step", data.train.x.shape[1])
+        if options.get("readout", "steps") == "steps":
+            options.setdefault("output_step", data.train.x.shape[1])
     elif data.task != "classification":
         raise ConfigError(f"dataset {data.name!r} is a {data.task} task, which the HSSM heads do not "
                           "support yet; choose a classification or regression dataset")
@@ -186,7 +187,8 @@ class Trainer:
 
     def loss(self, output, y):
         if self.regression:
-            return torch.nn.functional.mse_loss(output[:, -1] if y.dim() == 2 else output, y)
+            last = output.dim() == 3 and y.dim() == 2  # "steps" readout scored at its last output
+            return torch.nn.functional.mse_loss(output[:, -1] if last else output, y)
         return torch.nn.functional.cross_entropy(output, y)
 
     @torch.no_grad()

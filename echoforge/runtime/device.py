@@ -376,11 +376,15 @@ class DeviceCore(EmulatorCore):
         self.device.set_bank(self.bank, BankProgram(params.kind, self.config, self.param_codes))
 
     def _forward(self, forcing, phi, pi, input_sat) -> ForwardInt:
-        positions, phi, pi, counters = self.device.forward(self.bank, forcing, phi, pi)
-        return ForwardInt(positions, phi, pi, self._report(counters, input=input_sat))
+        codes, saturated = self.stream_codes(forcing)  # the board takes codes
+        positions, phi, pi, counters = self.device.forward(self.bank, codes, phi, pi)
+        return ForwardInt(self.stream_values(positions, forcing), phi, pi,
+                          self._report(counters, input=input_sat + saturated))
 
     def _echo(self, forcing, phi, pi, nudges, input_sat, nudge_sat) -> EchoInt:
         check_echo_shapes(forcing, nudges)
+        forcing, input_saturated = self.stream_codes(forcing)
+        nudges, nudge_saturated = self.stream_codes(nudges, prescale=self.epsilon_used)
         accumulators, observable, end_phi, end_pi, counters = self.device.echo(self.bank, forcing, phi, pi, nudges)
-        report = self._report(counters, input=input_sat, nudge=nudge_sat)
+        report = self._report(counters, input=input_sat + input_saturated, nudge=nudge_sat + nudge_saturated)
         return EchoInt(dict(zip(ACCUMULATORS, np.moveaxis(accumulators, 1, 0))), observable, end_phi, end_pi, report)

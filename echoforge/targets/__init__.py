@@ -19,7 +19,10 @@ def _registry() -> dict[str, Capabilities]:
 
     # The emulator's word lengths are those its FormatConfig accepts (emulator/fixed.py); its rule
     # frac ≤ word − 2 is Capabilities' default min_int_bits = 2.
-    emulator = Capabilities(name="emulator", max_oscillators=4096, word_bits=tuple(range(16, 31)),
+    from .emulator.fixed import MAX_WORD_BITS, MIN_WORD_BITS
+
+    emulator = Capabilities(name="emulator", max_oscillators=4096,
+                            word_bits=tuple(range(MIN_WORD_BITS, MAX_WORD_BITS + 1)),
                             default_word_bits=24, delta_range=(0.0, 1.0),
                             hru_kinds=("linear", "nonlinear"), max_stream_chunk=4096)
     return {caps.name: caps for caps in (emulator,)}

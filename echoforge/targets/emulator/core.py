@@ -1,7 +1,9 @@
 """The fixed-point emulator core: the HamiltonianCore contract (DESIGN §1) on integer arithmetic.
 
-The float API (``forward``, ``echo``) quantises its float64 inputs, runs the integer kernels and
-converts back; the integer API (``forward_int``, ``echo_int``) is what the FPGA core does, bit for bit.
+The float API (``forward``, ``echo``) runs the integer kernels on float streams, which they quantise
+sample by sample and whose outputs they scale back as they go (one pass over each stream; the same
+bits as quantising first); the integer API (``forward_int``, ``echo_int``) is what the FPGA core does,
+bit for bit.
 Host-side steps, normative like the kernels (Q = quantisation of ``fixed``, S = state_frac,
 U = unit_frac):
 
@@ -74,7 +76,8 @@ class SaturationReport:
 
 @dataclass(frozen=True)
 class ForwardInt:
-    """Integer forward pass: positions (B, L, P), end state phi, pi (B, P), all int64 codes (frac S)."""
+    """Forward pass: positions (B, L, P) — int64 codes (frac S) from the integer API, values in the
+    forcing's float dtype from the float API — and the end state phi, pi (B, P), int64 codes."""
 
     positions: np.ndarray
     phi: np.ndarray
@@ -84,8 +87,9 @@ class ForwardInt:
 
 @dataclass(frozen=True)
 class EchoInt:
-    """Integer echo pair: accumulators {kernels.ACCUMULATORS name: (B, P)}, per-step forcing observable
-    differences (B, L, P), end states phi, pi (2, B, P) (index 0 the +ε echo)."""
+    """Echo pair: accumulators {kernels.ACCUMULATORS name: (B, P)}, per-step forcing observable
+    differences (B, L, P) — codes from the integer API, already ∂L/∂f from the float API — and end
+    states phi, pi (2, B, P) (index 0 the +ε echo)."""
 
     accumulators: dict[str, np.ndarray]
     forcing_observable: np.ndarray
@@ -123,16 +127,20 @@ class EmulatorCore:
             name: self.config.param(name).dequantize(code) for name, code in zip(PARAM_NAMES, codes)})
 
     def forward(self, forcing, phi, pi):
-        """Float64 in and out; the returned end state dequantises the integer state exactly."""
-        (forcing, phi, pi), input_sat = self._quantize_inputs(forcing, phi, pi)
+        """Floats in and out: positions in the forcing's float dtype (float32 stays float32), the end
+        state as float64, which dequantises the integer state exactly."""
+        forcing = _float_stream(forcing)
+        (phi, pi), input_sat = self._quantize_state(forcing.shape, phi, pi)
         run = self._forward(forcing, phi, pi, input_sat)
         state = self.config.state
-        return state.dequantize(run.positions), state.dequantize(run.phi), state.dequantize(run.pi)
+        return run.positions, state.dequantize(run.phi), state.dequantize(run.pi)
 
     def echo(self, forcing, phi, pi, nudges, epsilon) -> EchoResult:
-        (forcing, phi, pi), input_sat = self._quantize_inputs(forcing, phi, pi)
-        codes, nudge_sat = self.quantize_nudges(nudges, epsilon)
-        run = self._echo(forcing, phi, pi, codes, input_sat, nudge_sat)
+        forcing = _float_stream(forcing)
+        (phi, pi), input_sat = self._quantize_state(forcing.shape, phi, pi)
+        nudges = _float_stream(nudges)
+        self.epsilon_used = self._epsilon_for(nudges, epsilon)
+        run = self._echo(forcing, phi, pi, nudges, input_sat, 0)
         state = self.config.state
         grad_forcing, grad_params = self._gradients(run, self.epsilon_used)
         return EchoResult(grad_forcing, grad_params, (state.dequantize(run.phi), state.dequantize(run.pi)))
@@ -152,13 +160,17 @@ class EmulatorCore:
 
     def quantize_nudges(self, nudges, epsilon: float) -> tuple[np.ndarray, int]:
         """q = Q_S(ε_used·g) (see module docstring); sets ``epsilon_used``. Returns (q, saturated)."""
+        nudges = _float_stream(nudges)
+        self.epsilon_used = self._epsilon_for(nudges, epsilon)
+        return self.config.state.quantize(nudges, prescale=self.epsilon_used)
+
+    def _epsilon_for(self, nudges, epsilon: float) -> float:
+        """ε_used: the caller's ε, raised until the largest nudge is min_nudge_lsbs state LSBs."""
         if not epsilon > 0:
             raise ValueError(f"epsilon must be positive, got {epsilon}")
-        nudges = np.ascontiguousarray(nudges, dtype=np.float64)
         largest = max(float(nudges.max(initial=0.0)), -float(nudges.min(initial=0.0)))
         floor = self.config.min_nudge_lsbs * self.config.state.lsb / largest if largest > 0 else 0.0
-        self.epsilon_used = max(float(epsilon), floor)
-        return self.config.state.quantize(nudges, prescale=self.epsilon_used)
+        return max(float(epsilon), floor)
 
     # ---- internals -------------------------------------------------------------------------------
 
@@ -170,13 +182,23 @@ class EmulatorCore:
                 kernels.product_shifts(self.config, table.seg_shift), self.config.state.limit, table.values,
                 table.integral)
 
+    def _conversion(self, nudge_prescale: float = 1.0) -> tuple[float, float, float]:
+        """The kernels' float-stream conversion: (forcing gain, nudge gain, state LSB)."""
+        gain = 2.0 ** self.config.state_frac
+        return gain, nudge_prescale * gain, self.config.state.lsb
+
     def _forward(self, forcing, phi, pi, input_sat) -> ForwardInt:
+        """The forward on a code stream (int64) or a float stream (positions then come as floats)."""
         positions = np.empty_like(forcing)
-        phi, pi, counters = kernels.forward(forcing, phi, pi, *self._kernel_args(), positions)
-        report = self._report(counters, input=input_sat)
+        stream_counts = np.zeros(3, dtype=np.int64)
+        phi, pi, counters = kernels.forward(forcing, phi, pi, *self._kernel_args(), positions, self._conversion(),
+                                            stream_counts)
+        report = self._report(counters, input=input_sat + _checked(stream_counts)[kernels.INPUT_SATURATED])
         return ForwardInt(positions, phi, pi, report)
 
     def _echo(self, forcing, phi, pi, nudges, input_sat, nudge_sat) -> EchoInt:
+        """The echo pair on code streams, or on float streams (nudges at ε_used; the forcing
+        observable then comes out as ∂L/∂f)."""
         check_echo_shapes(forcing, nudges)
         forcing_obs = np.empty_like(forcing)
         # The pair as (B, 2, P): the +ε echo at index 0, both from the flipped end state.
@@ -184,8 +206,15 @@ class EmulatorCore:
         pair_pi = np.repeat(-pi[:, None], 2, axis=1)
         acc = np.zeros((forcing.shape[0], len(kernels.ACCUMULATORS), forcing.shape[2]), dtype=np.int64)
         counters = np.zeros(4, dtype=np.int64)
-        kernels.echo_chunk(forcing, nudges, pair_phi, pair_pi, acc, *self._kernel_args(), forcing_obs, counters)
-        report = self._report(counters, input=input_sat, nudge=nudge_sat)
+        stream_counts = np.zeros(3, dtype=np.int64)
+        floats = forcing.dtype.kind == "f"
+        obs_scale = self._forcing_scale(self.epsilon_used) if floats else np.ones(forcing.shape[2])
+        conversion = self._conversion(self.epsilon_used if floats else 1.0)
+        kernels.echo_chunk(forcing, nudges, pair_phi, pair_pi, acc, *self._kernel_args(), forcing_obs, counters,
+                           conversion, obs_scale, stream_counts)
+        _checked(stream_counts)
+        report = self._report(counters, input=input_sat + stream_counts[kernels.INPUT_SATURATED],
+                              nudge=nudge_sat + stream_counts[kernels.NUDGE_SATURATED])
         return EchoInt(dict(zip(kernels.ACCUMULATORS, np.moveaxis(acc, 1, 0))), forcing_obs,
                        np.moveaxis(pair_phi, 1, 0).copy(), np.moveaxis(pair_pi, 1, 0).copy(), report)
 
@@ -199,10 +228,21 @@ class EmulatorCore:
                           RuntimeWarning, stacklevel=4)
         return self.stats
 
-    def _quantize_inputs(self, forcing, phi, pi):
-        self._check_shapes(np.shape(forcing), np.shape(phi), np.shape(pi))
-        quantized = [self.config.state.quantize(x) for x in (forcing, phi, pi)]
+    def _quantize_state(self, forcing_shape, phi, pi):
+        self._check_shapes(forcing_shape, np.shape(phi), np.shape(pi))
+        quantized = [self.config.state.quantize(x) for x in (phi, pi)]
         return [codes for codes, _ in quantized], sum(n for _, n in quantized)
+
+    def stream_codes(self, stream, prescale: float = 1.0) -> tuple[np.ndarray, int]:
+        """A stream as state codes: integer streams are codes already; floats are quantised (Q of
+        stream·prescale). Returns (codes, saturated) — for cores whose hardware takes codes."""
+        if stream.dtype.kind == "f":
+            return self.config.state.quantize(stream, prescale=prescale)
+        return stream, 0
+
+    def stream_values(self, codes, like) -> np.ndarray:
+        """Output codes in the form the float API returns: values in ``like``'s float dtype."""
+        return (codes * self.config.state.lsb).astype(like.dtype, copy=False) if like.dtype.kind == "f" else codes
 
     def _check_codes(self, *arrays):
         arrays = [np.ascontiguousarray(x, dtype=np.int64) for x in arrays]
@@ -221,29 +261,50 @@ class EmulatorCore:
             raise ValueError(f"expected forcing (B, L, {size}) and phi, pi (B, {size}); "
                              f"got {forcing}, {phi}, {pi}")
 
+    def _forcing_scale(self, epsilon: float) -> np.ndarray:
+        """Per oscillator, ∂L/∂f per unit of the forcing observable difference (module docstring)."""
+        cfg, p = self.config, self.params
+        kappa = -1.0 / (2.0 * epsilon)
+        if p.kind == "linear":
+            return kappa * p.delta * -cfg.state.lsb
+        return kappa * p.delta * (p.c / p.w) * 2.0 ** -cfg.unit_frac
+
     def _gradients(self, run: EchoInt, epsilon: float):
         """The estimators of the module docstring, from the integer accumulators."""
         cfg, p = self.config, self.params
         kappa = -1.0 / (2.0 * epsilon)
-        state2 = 2.0 ** (-2 * cfg.state_frac)
+        state2 = 2.0 ** (cfg.acc_shift - 2 * cfg.state_frac)  # the product accumulators' LSB
         unit = 2.0 ** -cfg.unit_frac
         acc = run.accumulators
         mm, pp = acc["mm"] * state2, acc["pp"] * state2
         grads = {"a": kappa * p.delta * mm / 2}
         if p.kind == "linear":
-            forcing_scale = kappa * p.delta * -cfg.state.lsb
             grads.update({name: np.zeros_like(mm) for name in ("w", "b", "c")},
                          delta=kappa * (p.a * mm / 2 - acc["fm"] * state2 + pp / 4))
         else:
             t, lc = acc["t"] * unit, acc["lc"] * unit
-            tm = acc["tm"] * unit * cfg.state.lsb
+            tm = acc["tm"] * unit * cfg.state.lsb * 2.0 ** cfg.acc_shift
             gain = p.c / p.w
-            forcing_scale = kappa * p.delta * gain * unit
             grads.update(b=kappa * p.delta * gain * t, c=kappa * p.delta * lc / p.w,
                          w=kappa * p.delta * p.c * (tm / p.w - lc / p.w ** 2),
                          delta=kappa * (p.a * mm / 2 + gain * lc + pp / 4))
-        grad_forcing = run.forcing_observable * forcing_scale  # one pass over (B, L, P)
+        grad_forcing = run.forcing_observable  # the float API's kernels scaled it already
+        if grad_forcing.dtype.kind != "f":
+            grad_forcing = grad_forcing * self._forcing_scale(epsilon)
         return grad_forcing, {name: grads[name] for name in PARAM_NAMES}
+
+
+def _float_stream(stream) -> np.ndarray:
+    """A float stream as a contiguous float32 or float64 array (other inputs become float64)."""
+    array = np.asarray(stream)
+    dtype = array.dtype if array.dtype in (np.float32, np.float64) else np.float64
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def _checked(stream_counts) -> np.ndarray:
+    if stream_counts[kernels.NAN_SAMPLES]:
+        raise ValueError("cannot quantise NaN")
+    return stream_counts
 
 
 def check_echo_shapes(forcing, nudges) -> None:

@@ -36,10 +36,12 @@ from dataclasses import dataclass, fields
 import numpy as np
 from numba import njit
 
-# The accumulator guard: per-step terms stay below 2^60 for word_bits ≤ MAX_WORD_BITS, so an
-# accumulator clamped to ±ACC_LIMIT cannot wrap around in int64 before the clamp sees it.
+# The accumulator guard: a per-step term (a difference of two products of words, shifted right by
+# FormatConfig.acc_shift) stays below 2^62, so an accumulator clamped to ±ACC_LIMIT cannot wrap around
+# in int64 before the clamp sees it. A single product of two 32-bit words is below 2^62.
 ACC_LIMIT = 1 << 62
-MIN_WORD_BITS, MAX_WORD_BITS = 16, 30
+MIN_WORD_BITS, MAX_WORD_BITS = 12, 32
+TABLE_BITS = 10  # segments of the function tables (2^10), fewer for a state with few fraction bits
 
 
 @njit(cache=True, inline="always")
@@ -58,20 +60,27 @@ def clamp(x, lim):
     return min(max(x, -lim), lim)
 
 
+@njit(cache=True, inline="always")
+def quantize_value(x, gain, lim):
+    """Q(x·gain) of one float: (code, whether it saturated, whether it was NaN)."""
+    scaled = x * gain
+    magnitude = min(abs(scaled), float(lim) + 1.0)
+    whole = math.floor(magnitude)
+    code = np.int64(whole) + (magnitude - whole >= 0.5)
+    saturated = code > lim
+    code = min(code, lim)
+    return (-code if scaled < 0 else code), saturated, scaled != scaled
+
+
 @njit(cache=True)
 def _quantize(x, gain, lim, out):
     """out = Q(x·gain) elementwise (int64, same size); returns the number of saturated entries."""
     flat = x.ravel()
     saturated = nans = 0
     for i in range(flat.shape[0]):
-        scaled = flat[i] * gain
-        nans += scaled != scaled
-        magnitude = min(abs(scaled), float(lim) + 1.0)
-        whole = math.floor(magnitude)
-        code = np.int64(whole) + (magnitude - whole >= 0.5)
-        saturated += code > lim
-        code = min(code, lim)
-        out[i] = -code if scaled < 0 else code
+        out[i], clamped, nan = quantize_value(flat[i], gain, lim)
+        saturated += clamped
+        nans += nan
     if nans:
         raise ValueError("cannot quantise NaN")
     return saturated
@@ -132,7 +141,9 @@ class FormatConfig:
       * ``delta_frac`` = n − 2 [Q2.22, ±2]: the step δ. The half step h = δ/2 is the same integer read
         with one more fractional bit (Q1.23), so h is exactly δ/2.
       * ``unit_frac`` = n − 2 [Q2.22]: the outputs of the tanh / sigmoid / Φ tables and of log cosh.
-      * ``table_bits`` = 10: each function table has 2^10 linear segments (see ``tables``).
+      * ``table_bits`` = 10: each function table has 2^10 linear segments (see ``tables``), or the
+        finest the state can index when it has few fraction bits: segments of at least two state LSBs
+        over the shortest table range [0, 8), so at most state_frac + 2 bits.
       * ``min_nudge_lsbs`` = 2^(state_frac − 6) [1024]: the echo's largest quantised nudge is at least
         this many state LSBs, i.e. 2^−6 in state units whatever the word (see ``core``).
     """
@@ -144,7 +155,7 @@ class FormatConfig:
     w_frac: int | None = None
     c_frac: int | None = None
     unit_frac: int | None = None
-    table_bits: int = 10
+    table_bits: int | None = None
     min_nudge_lsbs: int | None = None
 
     def __post_init__(self):
@@ -157,11 +168,19 @@ class FormatConfig:
         for name, value in derived.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
+        if self.table_bits is None:
+            object.__setattr__(self, "table_bits", min(TABLE_BITS, self.state_frac + 2))
         if self.min_nudge_lsbs is None:
             object.__setattr__(self, "min_nudge_lsbs", 1 << max(self.state_frac - 6, 0))
         for f in fields(self):
             if f.name.endswith("_frac") and not 1 <= getattr(self, f.name) <= n - 2:
                 raise ValueError(f"{f.name} must be in [1, word_bits − 2], got {getattr(self, f.name)}")
+
+    @property
+    def acc_shift(self) -> int:
+        """Low bits the echo's product accumulators drop per step: 0 up to 31-bit words; at 32 bits two
+        products differ by up to 2^63, so each step's term is rounded to 2 fewer fraction bits."""
+        return max(0, 2 * self.word_bits - 62)
 
     def fixed(self, frac_bits: int) -> Fixed:
         return Fixed(self.word_bits, frac_bits)

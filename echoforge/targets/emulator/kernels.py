@@ -21,10 +21,12 @@ Echo (PAPER.md §2). From the forward's end state (ϕ, π) and integer nudges q 
 σ = ±1: ϕ_e = ϕ, π_e = clamp(−π + σ·q[L−1]); then for k = L−1 … 0: one step consuming f[k], and if
 k > 0, π_e = clamp(π_e + σ·q[k−1]). The −ε echo's nudge is exactly −q. At each step the observables
 at the half step (m, z, π before, π' after) are formed per echo, and their difference (+ minus −)
-accumulated per (batch, oscillator) into int64 accumulators, each clamped to ±2^62 (counted):
+accumulated per (batch, oscillator) into int64 accumulators, each clamped to ±2^62 (counted).
+The product accumulators add each step's difference as R(x⁺y⁺ − x⁻y⁻, g), g = ``acc_shift`` (0 up to
+31-bit words, 2 at 32 bits, so a step's term stays below 2^62):
 
-    MM: m²  (frac 2S)     PP: π² + π'²  (frac 2S)     FM: f·m  (frac 2S, linear only)
-    T:  T(z) (frac U)     TM: T(z)·m  (frac U + S)     LC: G(z)  (frac U)       (nonlinear only)
+    MM: m²  (frac 2S − g)     PP: π² + π'²  (frac 2S − g)     FM: f·m  (frac 2S − g, linear only)
+    T:  T(z) (frac U)     TM: T(z)·m  (frac U + S − g)     LC: G(z)  (frac U)       (nonlinear only)
 
 and the per-step forcing observable difference, at forward index k: m (frac S, linear) or T(z)
 (frac U, nonlinear). Constant per-oscillator factors (a, c, 1/w, δ, 1/2ε) are applied by the host when
@@ -34,27 +36,84 @@ it converts the accumulators to gradients (``core``): Σ_k c·x_k/w = (c/w)·Σ_
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
-from .fixed import ACC_LIMIT, FormatConfig, clamp, round_shift
+from .fixed import ACC_LIMIT, FormatConfig, clamp, quantize_value, round_shift
 from .tables import odd_lookup, odd_lookup_and_integral
 
 # Saturation counters the kernels keep (the host adds param / input / nudge).
 STATE, FORCE, PREACT, ACCUMULATOR = range(4)
 KERNEL_COUNTERS = ("state", "force", "preact", "accumulator")
+# What converting float streams counts (``stream_counts``): saturated forcing, saturated nudges, NaNs.
+INPUT_SATURATED, NUDGE_SATURATED, NAN_SAMPLES = range(3)
 # Accumulator rows of the echo.
 MM, PP, FM, T, TM, LC = range(6)
 ACCUMULATORS = ("mm", "pp", "fm", "t", "tm", "lc")
 # Scratch rows of one step: mid position m, pre-activation z, T(z), G(z) (echo only).
 MID, PREACT_Z, TANH, LOGCOSH = range(4)
 # The right-shifts of the product rescales, in the order of ``product_shifts``.
-H_SHIFT, DELTA_SHIFT, A_SHIFT, W_SHIFT, CT_SHIFT, SEG_SHIFT, G_SHIFT = range(7)
+H_SHIFT, DELTA_SHIFT, A_SHIFT, W_SHIFT, CT_SHIFT, SEG_SHIFT, G_SHIFT, ACC_SHIFT = range(8)
 
 
 def product_shifts(config: FormatConfig, seg_shift: int) -> tuple:
-    """(h, δ, a, w, c·T, table segment, G's final) right-shifts for the kernels."""
+    """(h, δ, a, w, c·T, table segment, G's final, accumulator) right-shifts for the kernels."""
     return (config.delta_frac + 1, config.delta_frac, config.a_frac, config.w_frac,
-            config.c_frac + config.unit_frac - config.state_frac, seg_shift, config.state_frac)
+            config.c_frac + config.unit_frac - config.state_frac, seg_shift, config.state_frac,
+            config.acc_shift)
+
+# ---- streams: integer codes, or floats converted on the fly ------------------------------------------
+# The kernels take the forcing and nudge streams either as integer codes (the integer API, what the
+# hardware receives) or as floats, quantised sample by sample with exactly ``fixed``'s Q (forcing at
+# gain 2^S, nudges at ε·2^S); their outputs — positions, the forcing observable — are integer codes or,
+# when the output array is float, the codes times a scale. The float API so makes one pass over each
+# stream instead of quantise → integer array → kernel → integer array → dequantise.
+
+
+def stream_code(x, gain, lim):
+    """A stream sample as a state code: (code, saturated, NaN)."""
+
+
+@overload(stream_code, jit_options={"cache": True})
+def _stream_code(x, gain, lim):
+    if isinstance(x, types.Integer):
+        return lambda x, gain, lim: (np.int64(x), False, False)
+    return lambda x, gain, lim: quantize_value(x, gain, lim)
+
+
+def store(out, p, code, scale):
+    """out[p] = code, or code·scale into a float array."""
+
+
+@overload(store, jit_options={"cache": True})
+def _store(out, p, code, scale):
+    if isinstance(out.dtype, types.Integer):
+        def put_code(out, p, code, scale):
+            out[p] = code
+        return put_code
+
+    def put_value(out, p, code, scale):
+        out[p] = code * scale
+    return put_value
+
+
+@njit(cache=True)
+def _load_row(dst, src, gain, lim, stream_counts, saturated_slot):
+    """dst = the state codes of stream row src (int64); counts saturated samples and NaNs."""
+    saturated = nans = 0
+    for p in range(src.shape[0]):
+        dst[p], clamped, nan = stream_code(src[p], gain, lim)
+        saturated += clamped
+        nans += nan
+    stream_counts[saturated_slot] += saturated
+    stream_counts[NAN_SAMPLES] += nans
+
+
+@njit(cache=True)
+def _emit_row(dst, codes, scale):
+    for p in range(codes.shape[0]):
+        store(dst, p, codes[p], scale)
+
 
 # The loops below run over one row of oscillators at a time, the way hardware pipelines a bank: the
 # arithmetic loops vectorise, the table look-ups get loops of their own. Each loop writes arrays that are
@@ -69,15 +128,62 @@ def _copy(dst, src):
         dst[p] = src[p]
 
 
+@njit(cache=True, inline="always")
+def _saturate(raw, lim):
+    """(clamp(raw, lim), whether it clamped)."""
+    value = clamp(raw, lim)
+    return value, value != raw
+
+
+@njit(cache=True, inline="always")
+def _drift_lane(phi, pi, d, h_shift, lim):
+    """clamp(ϕ + R(δ·π, δ_frac + 1)) and whether it clamped."""
+    return _saturate(phi + round_shift(d * pi, h_shift), lim)
+
+
+@njit(cache=True, inline="always")
+def _kick_drift_lane(m, pi, coupling, a, d, shifts, lim):
+    """F = clamp(R(a·m, a_frac) + coupling); π' = clamp(π − R(δ·F, δ_frac)); ϕ' = clamp(m + R(δ·π', δ_frac + 1)).
+
+    Returns (ϕ', π', force clamps, state clamps).
+    """
+    force, force_clamped = _saturate(round_shift(a * m, shifts[A_SHIFT]) + coupling, lim)
+    pi, pi_clamped = _saturate(pi - round_shift(d * force, shifts[DELTA_SHIFT]), lim)
+    phi, phi_clamped = _drift_lane(m, pi, d, shifts[H_SHIFT], lim)
+    return phi, pi, force_clamped, pi_clamped + phi_clamped
+
+
 @njit(cache=True)
 def _drift(phi, pi, d, h_shift, lim, out):
     """out = clamp(ϕ + R(δ·π, δ_frac + 1)); returns the number of clamps."""
     n = 0
     for p in range(phi.shape[0]):
-        raw = phi[p] + round_shift(d[p] * pi[p], h_shift)
-        out[p] = clamp(raw, lim)
-        n += out[p] != raw
+        out[p], clamped = _drift_lane(phi[p], pi[p], d[p], h_shift, lim)
+        n += clamped
     return n
+
+
+@njit(cache=True)
+def _linear_row(phi, pi, f, a, d, shifts, lim, out, gain, lsb, stream_counts):
+    """One whole linear step of a row in one loop (F = R(a·m) − f), (ϕ, π) in place, out = ϕ'.
+
+    f and out are stream rows (codes, or floats converted on the fly). Returns (force clamps, state
+    clamps). The forward's hot loop: one pass over memory per step.
+    """
+    n_force = n_state = n_input = n_nan = 0
+    for p in range(phi.shape[0]):
+        code, input_clamped, nan = stream_code(f[p], gain, lim)
+        m, m_clamped = _drift_lane(phi[p], pi[p], d[p], shifts[H_SHIFT], lim)
+        phi_new, pi_new, force_clamped, state_clamps = _kick_drift_lane(m, pi[p], -code, a[p], d[p], shifts, lim)
+        phi[p], pi[p] = phi_new, pi_new
+        store(out, p, phi_new, lsb)
+        n_force += force_clamped
+        n_state += m_clamped + state_clamps
+        n_input += input_clamped
+        n_nan += nan
+    stream_counts[INPUT_SATURATED] += n_input
+    stream_counts[NAN_SAMPLES] += n_nan
+    return n_force, n_state
 
 
 @njit(cache=True)
@@ -113,14 +219,10 @@ def _kick_drift(phi, pi, m, f, t, a, d, c, nonlinear, shifts, lim):
     n_force = n_state = 0
     for p in range(phi.shape[0]):
         coupling = round_shift(c[p] * t[p], shifts[CT_SHIFT]) if nonlinear else -f[p]
-        raw_force = round_shift(a[p] * m[p], shifts[A_SHIFT]) + coupling
-        force = clamp(raw_force, lim)
-        raw_pi = pi[p] - round_shift(d[p] * force, shifts[DELTA_SHIFT])
-        pi[p] = clamp(raw_pi, lim)
-        raw_phi = m[p] + round_shift(d[p] * pi[p], shifts[H_SHIFT])
-        phi[p] = clamp(raw_phi, lim)
-        n_force += force != raw_force
-        n_state += (pi[p] != raw_pi) + (phi[p] != raw_phi)
+        phi[p], pi[p], force_clamped, state_clamps = _kick_drift_lane(m[p], pi[p], coupling, a[p], d[p], shifts,
+                                                                      lim)
+        n_force += force_clamped
+        n_state += state_clamps
     return n_force, n_state
 
 
@@ -144,23 +246,34 @@ def _step(phi, pi, f, params, nonlinear, shifts, lim, tanh_values, tanh_integral
 
 
 @njit(cache=True)
-def forward(forcing, phi0, pi0, params, nonlinear, shifts, lim, tanh_values, tanh_integral, positions):
+def forward(forcing, phi0, pi0, params, nonlinear, shifts, lim, tanh_values, tanh_integral, positions,
+            conversion, stream_counts):
     """Integrate every lane over forcing (B, L, P) from (phi0, pi0) (B, P); params (5, P) codes.
 
     ``shifts`` from ``product_shifts``. Fills ``positions``
     (B, L, P) with ϕ after each step (outputs are allocated by the caller: numpy gives big arrays huge
-    pages, numba's allocator does not). Returns (ϕ, π, counters (4,)).
+    pages, numba's allocator does not). Streams as the section above says; ``conversion`` is
+    (forcing gain, nudge gain, state LSB), ``stream_counts`` (3,) is added to. Returns (ϕ, π, counters (4,)).
     """
     nb, nt, npos = forcing.shape
+    gain, _, lsb = conversion
     phi = phi0.copy()
     pi = pi0.copy()
     scratch = np.zeros((4, npos), dtype=np.int64)
+    f = np.empty(npos, dtype=np.int64)
     counters = np.zeros(4, dtype=np.int64)
     for bi in range(nb):
         for k in range(nt):
-            _step(phi[bi], pi[bi], forcing[bi, k], params, nonlinear, shifts, lim, tanh_values, tanh_integral,
-                  scratch, counters, False)
-            _copy(positions[bi, k], phi[bi])
+            if nonlinear:
+                _load_row(f, forcing[bi, k], gain, lim, stream_counts, INPUT_SATURATED)
+                _step(phi[bi], pi[bi], f, params, nonlinear, shifts, lim, tanh_values, tanh_integral,
+                      scratch, counters, False)
+                _emit_row(positions[bi, k], phi[bi], lsb)
+            else:
+                n_force, n_state = _linear_row(phi[bi], pi[bi], forcing[bi, k], params[0], params[1], shifts, lim,
+                                               positions[bi, k], gain, lsb, stream_counts)
+                counters[FORCE] += n_force
+                counters[STATE] += n_state
     return phi, pi, counters
 
 
@@ -177,9 +290,10 @@ def _nudge(pi_plus, pi_minus, q, lim):
 
 
 @njit(cache=True)
-def _difference(out, plus, minus):
+def _difference(out, plus, minus, scale):
+    """out = plus − minus, as codes or (a float out) times the per-lane scale."""
     for p in range(out.shape[0]):
-        out[p] = plus[p] - minus[p]
+        store(out, p, plus[p] - minus[p], scale[p])
 
 
 @njit(cache=True)
@@ -194,62 +308,67 @@ def _accumulate(acc, plus, minus):
 
 
 @njit(cache=True)
-def _accumulate_products(acc, x_plus, y_plus, x_minus, y_minus):
-    """acc += x⁺·y⁺ − x⁻·y⁻, clamped to ±ACC_LIMIT; returns the number of clamps."""
+def _accumulate_products(acc, x_plus, y_plus, x_minus, y_minus, shift):
+    """acc += R(x⁺·y⁺ − x⁻·y⁻, shift), clamped to ±ACC_LIMIT; returns the number of clamps."""
     n = 0
     for p in range(acc.shape[0]):
-        raw = acc[p] + (x_plus[p] * y_plus[p] - x_minus[p] * y_minus[p])
+        raw = acc[p] + round_shift(x_plus[p] * y_plus[p] - x_minus[p] * y_minus[p], shift)
         acc[p] = clamp(raw, ACC_LIMIT)
         n += acc[p] != raw
     return n
 
 
 @njit(cache=True)
-def _observe(scratch, pi_before, pi_after, f, nonlinear, acc, forcing_obs):
+def _observe(scratch, pi_before, pi_after, f, nonlinear, acc_shift, acc, forcing_obs, obs_scale):
     """Accumulate one echo step's half-step observable differences (+ε echo − −ε echo).
 
     ``scratch`` (4, 2, P) and the momenta (2, P) are the pair's; ``acc`` (6, P) and ``forcing_obs`` (P,)
-    the batch element's rows. Returns the number of accumulator clamps.
+    the batch element's rows (a float ``forcing_obs`` receives the differences times ``obs_scale``).
+    Returns the number of accumulator clamps.
     """
     m_p, m_m = scratch[MID, 0], scratch[MID, 1]
-    n = _accumulate_products(acc[MM], m_p, m_p, m_m, m_m)
-    n += _accumulate_products(acc[PP], pi_before[0], pi_before[0], pi_before[1], pi_before[1])
-    n += _accumulate_products(acc[PP], pi_after[0], pi_after[0], pi_after[1], pi_after[1])
+    n = _accumulate_products(acc[MM], m_p, m_p, m_m, m_m, acc_shift)
+    n += _accumulate_products(acc[PP], pi_before[0], pi_before[0], pi_before[1], pi_before[1], acc_shift)
+    n += _accumulate_products(acc[PP], pi_after[0], pi_after[0], pi_after[1], pi_after[1], acc_shift)
     if not nonlinear:
-        n += _accumulate_products(acc[FM], f, m_p, f, m_m)
-        _difference(forcing_obs, m_p, m_m)
+        n += _accumulate_products(acc[FM], f, m_p, f, m_m, acc_shift)
+        _difference(forcing_obs, m_p, m_m, obs_scale)
         return n
     t_p, t_m = scratch[TANH, 0], scratch[TANH, 1]
     n += _accumulate(acc[T], t_p, t_m)
-    n += _accumulate_products(acc[TM], t_p, m_p, t_m, m_m)
+    n += _accumulate_products(acc[TM], t_p, m_p, t_m, m_m, acc_shift)
     n += _accumulate(acc[LC], scratch[LOGCOSH, 0], scratch[LOGCOSH, 1])
-    _difference(forcing_obs, t_p, t_m)
+    _difference(forcing_obs, t_p, t_m, obs_scale)
     return n
 
 
 @njit(cache=True)
 def echo_chunk(forcing, nudges, phi, pi, acc, params, nonlinear, shifts, lim, tanh_values, tanh_integral,
-                forcing_obs, counters):
+               forcing_obs, counters, conversion, obs_scale, stream_counts):
     """For k = K−1 … 0: π± ±= q[k], one step of the pair on f[k], accumulate the half-step observables.
 
-    ``phi``, ``pi`` (B, 2, P), ``acc`` (B, 6, P) and ``counters`` (4,) are updated in place; fills
-    ``forcing_obs`` (B, K, P). The whole-sequence echo is this over one chunk (EmulatorCore.echo_int); the streaming
-    device runs it chunk by chunk.
+    ``phi``, ``pi`` (B, 2, P), ``acc`` (B, 6, P), ``counters`` (4,) and ``stream_counts`` (3,) are
+    updated in place; fills ``forcing_obs`` (B, K, P). Streams as ``forward``'s; a float
+    ``forcing_obs`` is scaled per oscillator by ``obs_scale`` (P,). The whole-sequence echo is this
+    over one chunk (EmulatorCore.echo_int); the streaming device runs it chunk by chunk.
     """
     nb, nt, npos = forcing.shape
+    gain, nudge_gain, _ = conversion
     lanes = 2 * npos
     pair_params = np.concatenate((params, params), axis=1)
     pi_before = np.empty((2, npos), dtype=np.int64)
     f = np.empty((2, npos), dtype=np.int64)
+    q = np.empty(npos, dtype=np.int64)
     scratch = np.zeros((4, 2, npos), dtype=np.int64)
     for bi in range(nb):
         phi_b, pi_b = phi[bi], pi[bi]
         for k in range(nt - 1, -1, -1):
-            counters[STATE] += _nudge(pi_b[0], pi_b[1], nudges[bi, k], lim)
-            _copy(f[0], forcing[bi, k])
-            _copy(f[1], forcing[bi, k])
+            _load_row(q, nudges[bi, k], nudge_gain, lim, stream_counts, NUDGE_SATURATED)
+            counters[STATE] += _nudge(pi_b[0], pi_b[1], q, lim)
+            _load_row(f[0], forcing[bi, k], gain, lim, stream_counts, INPUT_SATURATED)
+            _copy(f[1], f[0])
             _copy(pi_before.reshape(lanes), pi_b.reshape(lanes))
             _step(phi_b.reshape(lanes), pi_b.reshape(lanes), f.reshape(lanes), pair_params, nonlinear, shifts, lim,
                   tanh_values, tanh_integral, scratch.reshape(4, lanes), counters, True)
-            counters[ACCUMULATOR] += _observe(scratch, pi_before, pi_b, forcing[bi, k], nonlinear, acc[bi],
-                                              forcing_obs[bi, k])
+            counters[ACCUMULATOR] += _observe(scratch, pi_before, pi_b, f[0], nonlinear, shifts[ACC_SHIFT],
+                                              acc[bi], forcing_obs[bi, k], obs_scale)

@@ -16,8 +16,8 @@ other::
                only lifts the signal above the echo's rounding (one LSB per shear). The echo's
                deviation from the forward path grows with the summed nudges and must stay inside
                the state's headroom: on BasicMotions it saturated at 2^-7, so 2^-10 leaves 8×.
-    table_bits ← 10 (the default), fewer when the state has under 8 fraction bits: the finest
-               function tables the state format can index (`table_bits`)
+    table_bits ← FormatConfig's rule: 10, fewer when the state has under 8 fraction bits (the
+               finest function tables the state format can index)
 
 and refuses what the emulator cannot represent, one rule at a time, with a one-line `LoweringError`
 that names the node and the rule (`RULES`, then `representable` and `param-range`).
@@ -43,7 +43,6 @@ from echoforge.models.core import PARAM_NAMES, OscillatorParams
 
 from .core import EmulatorCore
 from .fixed import MAX_WORD_BITS, MIN_WORD_BITS, FormatConfig
-from .tables import PHI_RANGE_LOG2, SIGMOID_RANGE_LOG2, TANH_RANGE_LOG2
 
 TARGET = "emulator"
 PROGRAM_VERSION = "1.0"
@@ -115,20 +114,12 @@ RULES = (formats, arithmetic, word_length, shared_state_format, state_headroom)
 # ------------------------------------------------------------------------------------ lowering
 
 
-def table_bits(state_frac: int) -> int:
-    """The emulator's 2^10-segment function tables, or the finest the state format can index
-    (segments of two state LSBs over the shortest table range) when it has few fraction bits."""
-    shortest_range = min(TANH_RANGE_LOG2, SIGMOID_RANGE_LOG2, PHI_RANGE_LOG2)
-    return min(FormatConfig.table_bits, state_frac + shortest_range - 1)
-
-
 def format_config(node: Node) -> FormatConfig:
     """The emulator configuration a bank's HWIR formats stand for (see the module docstring)."""
     fracs = {f"{role}_frac": node.formats[role].frac_bits for role in ("a", "delta", "w", "c")
              if role in node.formats}
     state = node.formats["positions"]
-    config = FormatConfig(word_bits=state.word_bits, state_frac=state.frac_bits,
-                          table_bits=table_bits(state.frac_bits), **fracs)
+    config = FormatConfig(word_bits=state.word_bits, state_frac=state.frac_bits, **fracs)
     if node.attrs["hru_kind"] != "linear":
         return config
     linear_nudge = 1 << (config.word_bits - 1 - LINEAR_NUDGE_RANGE_LOG2)

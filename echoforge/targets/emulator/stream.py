@@ -28,6 +28,7 @@ class ForwardStream:
 
     def __init__(self, core: EmulatorCore, phi, pi):
         self._args = core._kernel_args()
+        self._conversion = core._conversion()  # unused on code streams
         self.phi = np.array(phi, dtype=np.int64)
         self.pi = np.array(pi, dtype=np.int64)
         self.counters = _counters()
@@ -36,7 +37,8 @@ class ForwardStream:
         """Consume the next chunk; return the positions after each of its steps (B, K, P)."""
         forcing = np.ascontiguousarray(forcing, dtype=np.int64)
         positions = np.empty_like(forcing)
-        self.phi, self.pi, counters = kernels.forward(forcing, self.phi, self.pi, *self._args, positions)
+        self.phi, self.pi, counters = kernels.forward(forcing, self.phi, self.pi, *self._args, positions,
+                                                      self._conversion, np.zeros(3, dtype=np.int64))
         self.counters += counters
         return positions
 
@@ -47,6 +49,7 @@ class EchoStream:
 
     def __init__(self, core: EmulatorCore, phi, pi):
         self._args = core._kernel_args()
+        self._conversion = core._conversion()  # unused on code streams
         phi, pi = np.asarray(phi, dtype=np.int64), np.asarray(pi, dtype=np.int64)
         # The pair's state as (B, 2, P): index 1 is the pair (+ε, −ε), each batch row contiguous.
         self._phi = np.ascontiguousarray(np.stack([phi, phi], axis=1))
@@ -59,7 +62,8 @@ class EchoStream:
         forcing = np.ascontiguousarray(forcing, dtype=np.int64)
         nudges = np.ascontiguousarray(nudges, dtype=np.int64)
         observable = np.empty_like(forcing)
-        kernels.echo_chunk(forcing, nudges, self._phi, self._pi, self.accumulators, *self._args, observable, self.counters)
+        kernels.echo_chunk(forcing, nudges, self._phi, self._pi, self.accumulators, *self._args, observable, self.counters,
+                           self._conversion, np.ones(forcing.shape[2]), np.zeros(3, dtype=np.int64))
         return observable
 
     @property
