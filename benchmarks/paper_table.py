@@ -1,7 +1,9 @@
-"""Reproduce the paper's Table 1 rows for SCP1/SCP2: BPTT vs RHEL, linear and nonlinear, over seeds.
+"""Reproduce the paper's Table 1 rows for SCP1/SCP2 — and any config, such as the adding problem:
+BPTT vs RHEL over seeds.
 
 Each run is `echoforge train CONFIG --learning RULE --seed S` in its own process; the table reports
-mean ± std test accuracy at the best-validation checkpoint and the wall time per run.
+mean ± std of the test metric (accuracy, or MSE for regression) at the best-validation checkpoint and
+the wall time per run.
 
     python benchmarks/paper_table.py --configs configs/scp1-linear.yaml configs/scp1-nonlinear.yaml \
         --seeds 0 1 2 [--write]
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,20 +35,30 @@ def run(config: Path, rule: str, seed: int, runs: Path) -> dict:
     return json.loads(summary_path.read_text())
 
 
-def mean_std(values: list[float]) -> str:
+# How each task's test metric is shown: (summary key, scale, decimals, column name).
+METRICS = {"accuracy": ("accuracy", 100, 1, "test acc. (%)"), "mse": ("mse", 1, 4, "test MSE")}
+
+
+def metric_of(summary: dict) -> str:
+    return "accuracy" if "accuracy" in summary["test"] else "mse"
+
+
+def mean_std(values: list[float], scale: float, decimals: int) -> str:
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.1f} ± {100 * spread:.1f}"
+    return f"{scale * statistics.mean(values):.{decimals}f} ± {scale * spread:.{decimals}f}"
 
 
 def table(results: dict) -> str:
-    lines = ["| config | BPTT test acc. (%) | RHEL test acc. (%) | RHEL − BPTT (points) | "
-             "s/run BPTT | s/run RHEL | seeds |", "|---|---|---|---|---|---|---|"]
+    lines = ["| config | metric | BPTT | RHEL | RHEL − BPTT | s/run BPTT | s/run RHEL | seeds |",
+             "|---|---|---|---|---|---|---|---|"]
     for config, by_rule in results.items():
-        acc = {rule: [s["test"]["accuracy"] for s in runs] for rule, runs in by_rule.items()}
+        key, scale, decimals, name = METRICS[metric_of(by_rule["rhel"][0])]
+        values = {rule: [s["test"][key] for s in runs] for rule, runs in by_rule.items()}
         secs = {rule: statistics.mean(s["seconds"] for s in runs) for rule, runs in by_rule.items()}
-        gap = 100 * (statistics.mean(acc["rhel"]) - statistics.mean(acc["bptt"]))
-        lines.append(f"| {config} | {mean_std(acc['bptt'])} | {mean_std(acc['rhel'])} | {gap:+.1f} | "
-                     f"{secs['bptt']:.0f} | {secs['rhel']:.0f} | {len(acc['rhel'])} |")
+        gap = scale * (statistics.mean(values["rhel"]) - statistics.mean(values["bptt"]))
+        lines.append(f"| {config} | {name} | {mean_std(values['bptt'], scale, decimals)} | "
+                     f"{mean_std(values['rhel'], scale, decimals)} | {gap:+.{decimals}f} | "
+                     f"{secs['bptt']:.0f} | {secs['rhel']:.0f} | {len(values['rhel'])} |")
     return "\n".join(lines)
 
 
@@ -61,16 +74,27 @@ def main() -> None:
         results[config.stem] = {rule: [run(config, rule, seed, args.runs) for seed in args.seeds]
                                 for rule in ("bptt", "rhel")}
     report = "\n\n".join([
-        "## Paper Table 1 on 2 CPU cores: SCP1 / SCP2 (benchmarks/paper_table.py)",
-        "Test accuracy at the best-validation checkpoint, mean ± std over seeds (each seed changes the "
+        f"## BPTT vs RHEL on real and long tasks: {', '.join(results)} (benchmarks/paper_table.py)",
+        "Test metric at the best-validation checkpoint, mean ± std over seeds (each seed changes the "
         "70/15/15 split, the initialisation and dropout). Configs in `configs/` say how they scale the "
         "paper's hyper-parameters down. s/run is wall time on the 2-core machine while other jobs "
         "shared it — an upper bound; `echoforge train` on an idle machine is faster.",
         table(results)])
+    if args.write:
+        figures = [copy_curves(args.runs, config.stem, args.seeds[0]) for config in args.configs]
+        report += "\n\nLearning curves (RHEL, seed {}): {}".format(
+            args.seeds[0], ", ".join(f"`docs/{figure.name}`" for figure in figures))
     print(report)
     if args.write:
         from results_doc import write_section
         write_section("paper_table_" + "_".join(c.stem for c in args.configs), report)
+
+
+def copy_curves(runs: Path, config: str, seed: int) -> Path:
+    """The RHEL run's learning-curve plot, kept beside the results."""
+    figure = ROOT / "docs" / f"{config}-rhel-curves.png"
+    shutil.copyfile(runs / f"{config}-rhel-seed{seed}" / "curves.png", figure)
+    return figure
 
 
 if __name__ == "__main__":
