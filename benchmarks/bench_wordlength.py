@@ -11,13 +11,12 @@ length compiles it for the emulator (formats calibrated on the training split) a
   torch model's BPTT gradient: cosine and norm ratio for the bank parameters (oscillator parameters
   and input maps B) and for ∂L/∂x. The float64 RHEL row is the same measurement on the float core.
 
-Word lengths are the emulator's, 16..30 bits, not the 12..32 first asked for: below 16 the state
-format cannot hold a trained bank's range with fraction bits to spare (here block 1's positions reach
-~820: eleven integer bits with the sign, twelve with the bit of headroom — all of a 12-bit word), and
-above 30 the product of two words plus the echo's accumulator guard no longer fits int64
-(targets/emulator/fixed.py).
+Word lengths 12..32 bits, the emulator's range. At 12–14 bits the trained model still fits (block 1's
+positions reach ~820: eleven integer bits with the sign, so a 12-bit word keeps one fraction bit and the
+function tables shrink to what such a state can index); at 32 bits the echo's product accumulators
+drop two bits a step so that they stay inside int64 (targets/emulator/fixed.py).
 
-    python benchmarks/bench_wordlength.py [--run DIR] [--words 16 18 20 24 28 30] [--write]
+    python benchmarks/bench_wordlength.py [--run DIR] [--words 12 14 16 18 20 24 28 30 32] [--write]
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ from echoforge.targets.emulator.emulated import EmulatedModel
 from echoforge.targets.emulator.lower import lower
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-WORDS = (16, 18, 20, 24, 28, 30)
+WORDS = (12, 14, 16, 18, 20, 24, 28, 30, 32)
 GOAL_POINTS, GOAL_COSINE = 1.0, 0.999  # at the default word length
 
 
