@@ -130,6 +130,22 @@ def test_logcosh_is_even():
     assert np.array_equal(g, g[::-1])
 
 
+@pytest.mark.parametrize("word_bits", [12, 24, 32])
+def test_the_kernels_row_lookups_are_the_table_definitions(word_bits):
+    """The kernels look tables up a row at a time, in split loops; every code gives the scalar
+    definition's bits (FixedFunctions), including the clamp beyond the table and both signs."""
+    from echoforge.targets.emulator.kernels import SCRATCH_ROWS, LOOKUP, _tanh_rows
+    config = FormatConfig(word_bits=word_bits)
+    functions, table = FixedFunctions(config), FixedFunctions(config).tanh_table
+    limit = config.state.limit
+    codes = np.unique(np.concatenate([np.random.default_rng(0).integers(-limit, limit + 1, 4000),
+                                      np.arange(-600, 600), [-limit, limit]]))
+    t, logcosh = np.empty_like(codes), np.empty_like(codes)
+    lookup = np.empty((SCRATCH_ROWS - LOOKUP, codes.size), dtype=np.int64)
+    _tanh_rows(codes, t, logcosh, table.values, table.integral, table.seg_shift, config.state_frac, lookup, True)
+    assert np.array_equal(t, functions.tanh(codes)) and np.array_equal(logcosh, functions.logcosh(codes))
+
+
 def test_logcosh_is_the_integral_of_the_integer_tanh():
     # Differences of G over one LSB are the tanh table's values: G is its running integral.
     g = FUNCTIONS.logcosh(CODES) * UNIT

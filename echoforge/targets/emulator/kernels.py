@@ -40,7 +40,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from .fixed import ACC_LIMIT, FormatConfig, clamp, quantize_value, round_shift
-from .tables import odd_lookup, odd_lookup_and_integral
+from .tables import integrate_segment, interpolate, segment_of, segment_values
 
 # Saturation counters the kernels keep (the host adds param / input / nudge).
 STATE, FORCE, PREACT, ACCUMULATOR = range(4)
@@ -50,8 +50,10 @@ INPUT_SATURATED, NUDGE_SATURATED, NAN_SAMPLES = range(3)
 # Accumulator rows of the echo.
 MM, PP, FM, T, TM, LC = range(6)
 ACCUMULATORS = ("mm", "pp", "fm", "t", "tm", "lc")
-# Scratch rows of one step: mid position m, pre-activation z, T(z), G(z) (echo only).
-MID, PREACT_Z, TANH, LOGCOSH = range(4)
+# Scratch rows of one step: mid position m, pre-activation z, T(z), G(z) (echo only), then the five
+# rows of the table look-ups.
+MID, PREACT_Z, TANH, LOGCOSH, LOOKUP = range(5)
+SCRATCH_ROWS = LOOKUP + 5
 # The right-shifts of the product rescales, in the order of ``product_shifts``.
 H_SHIFT, DELTA_SHIFT, A_SHIFT, W_SHIFT, CT_SHIFT, SEG_SHIFT, G_SHIFT, ACC_SHIFT = range(8)
 
@@ -197,16 +199,55 @@ def _preact(m, f, w, b, w_shift, lim, z):
     return n
 
 
-@njit(cache=True)
-def _tanh_row(z, t, values, seg_shift):
-    for p in range(z.shape[0]):
-        t[p] = odd_lookup(z[p], values, seg_shift)
+# The table look-ups of a row, split so that only the table reads are scalar: a vectorised loop finds
+# each lane's segment, a scalar loop reads the tables (no loop that stores to an array can gather from
+# another array LLVM cannot prove distinct), vectorised loops interpolate and integrate. Bit for bit
+# ``tables.odd_lookup`` and ``tables.even_integral``.
 
 
 @njit(cache=True)
-def _tanh_logcosh_row(z, t, lc, values, integral, seg_shift, in_frac):
+def _segments_row(z, seg_shift, last, index, offset):
     for p in range(z.shape[0]):
-        t[p], lc[p] = odd_lookup_and_integral(z[p], values, integral, seg_shift, in_frac)
+        index[p], offset[p] = segment_of(abs(z[p]), seg_shift, last)
+
+
+@njit(cache=True)
+def _table_reads_row(index, values, low, rise):
+    for p in range(index.shape[0]):
+        low[p], rise[p] = segment_values(index[p], values)
+
+
+@njit(cache=True)
+def _integral_reads_row(index, integral, base):
+    for p in range(index.shape[0]):
+        base[p] = integral[np.uint64(index[p])]
+
+
+@njit(cache=True)
+def _interpolate_row(z, offset, low, rise, seg_shift, t):
+    """t = sign(z)·(T[i] + R(d·r, s))."""
+    for p in range(z.shape[0]):
+        sign = z[p] >> 63
+        y = interpolate(offset[p], low[p], rise[p], seg_shift)
+        t[p] = (y ^ sign) - sign
+
+
+@njit(cache=True)
+def _integrate_row(offset, low, rise, base, seg_shift, in_frac, g):
+    for p in range(offset.shape[0]):
+        g[p] = integrate_segment(base[p], offset[p], low[p], rise[p], seg_shift, in_frac)
+
+
+@njit(cache=True)
+def _tanh_rows(z, t, logcosh, values, integral, seg_shift, in_frac, lookup, with_logcosh):
+    """t = T(z) and, with_logcosh, logcosh = G(z), for a row; ``lookup`` (5, P) is scratch."""
+    index, offset, low, rise, base = lookup[0], lookup[1], lookup[2], lookup[3], lookup[4]
+    _segments_row(z, seg_shift, values.shape[0] - 2, index, offset)
+    _table_reads_row(index, values, low, rise)
+    _interpolate_row(z, offset, low, rise, seg_shift, t)
+    if with_logcosh:
+        _integral_reads_row(index, integral, base)
+        _integrate_row(offset, low, rise, base, seg_shift, in_frac, logcosh)
 
 
 @njit(cache=True)
@@ -235,11 +276,8 @@ def _step(phi, pi, f, params, nonlinear, shifts, lim, tanh_values, tanh_integral
     counters[STATE] += _drift(phi, pi, d, shifts[H_SHIFT], lim, m)
     if nonlinear:
         counters[PREACT] += _preact(m, f, w, b, shifts[W_SHIFT], lim, z)
-        if with_logcosh:
-            _tanh_logcosh_row(z, t, scratch[LOGCOSH], tanh_values, tanh_integral, shifts[SEG_SHIFT],
-                              shifts[G_SHIFT])
-        else:
-            _tanh_row(z, t, tanh_values, shifts[SEG_SHIFT])
+        _tanh_rows(z, t, scratch[LOGCOSH], tanh_values, tanh_integral, shifts[SEG_SHIFT], shifts[G_SHIFT],
+                   scratch[LOOKUP:], with_logcosh)
     n_force, n_state = _kick_drift(phi, pi, m, f, t, a, d, c, nonlinear, shifts, lim)
     counters[FORCE] += n_force
     counters[STATE] += n_state
@@ -259,7 +297,7 @@ def forward(forcing, phi0, pi0, params, nonlinear, shifts, lim, tanh_values, tan
     gain, _, lsb = conversion
     phi = phi0.copy()
     pi = pi0.copy()
-    scratch = np.zeros((4, npos), dtype=np.int64)
+    scratch = np.zeros((SCRATCH_ROWS, npos), dtype=np.int64)
     f = np.empty(npos, dtype=np.int64)
     counters = np.zeros(4, dtype=np.int64)
     for bi in range(nb):
@@ -359,7 +397,7 @@ def echo_chunk(forcing, nudges, phi, pi, acc, params, nonlinear, shifts, lim, ta
     pi_before = np.empty((2, npos), dtype=np.int64)
     f = np.empty((2, npos), dtype=np.int64)
     q = np.empty(npos, dtype=np.int64)
-    scratch = np.zeros((4, 2, npos), dtype=np.int64)
+    scratch = np.zeros((SCRATCH_ROWS, 2, npos), dtype=np.int64)
     for bi in range(nb):
         phi_b, pi_b = phi[bi], pi[bi]
         for k in range(nt - 1, -1, -1):
@@ -369,6 +407,6 @@ def echo_chunk(forcing, nudges, phi, pi, acc, params, nonlinear, shifts, lim, ta
             _copy(f[1], f[0])
             _copy(pi_before.reshape(lanes), pi_b.reshape(lanes))
             _step(phi_b.reshape(lanes), pi_b.reshape(lanes), f.reshape(lanes), pair_params, nonlinear, shifts, lim,
-                  tanh_values, tanh_integral, scratch.reshape(4, lanes), counters, True)
+                  tanh_values, tanh_integral, scratch.reshape(SCRATCH_ROWS, lanes), counters, True)
             counters[ACCUMULATOR] += _observe(scratch, pi_before, pi_b, f[0], nonlinear, shifts[ACC_SHIFT],
                                               acc[bi], forcing_obs[bi, k], obs_scale)

@@ -75,28 +75,45 @@ _ONE = np.uint64(1)
 
 
 @njit(cache=True, inline="always")
-def _segment(x, values, seg_shift):
-    """(i, r, T[i], d) for x ≥ 0: segment i (clamped to the last breakpoint), offset r in it, and
-    the segment's start value and rise d = T[i+1] − T[i]. i is unsigned, so indexing skips numba's
-    negative-index wraparound (this is a hot loop)."""
-    i = min(x >> seg_shift, values.shape[0] - 2)
-    r = x - (i << seg_shift)
-    i = np.uint64(i)
-    low = values[i]
-    return i, r, low, values[i + _ONE] - low
+def segment_of(x, seg_shift, last):
+    """(i, r) for x ≥ 0: segment i, clamped to the last breakpoint ``last`` = N, and offset r in it."""
+    i = min(x >> seg_shift, last)
+    return i, x - (i << seg_shift)
 
 
 @njit(cache=True, inline="always")
-def _interpolate(r, low, d, seg_shift):
+def segment_values(i, values):
+    """(T[i], d = T[i+1] − T[i]). i is made unsigned, so indexing skips numba's negative-index
+    wraparound (this is a hot loop)."""
+    i = np.uint64(i)
+    low = values[i]
+    return low, values[i + _ONE] - low
+
+
+@njit(cache=True, inline="always")
+def _segment(x, values, seg_shift):
+    """(i, r, T[i], d) for x ≥ 0: segment, offset in it, its start value and rise."""
+    i, r = segment_of(x, seg_shift, values.shape[0] - 2)
+    low, d = segment_values(i, values)
+    return np.uint64(i), r, low, d
+
+
+@njit(cache=True, inline="always")
+def interpolate(r, low, d, seg_shift):
     """T[i] + R(d·r, s); d·r ≥ 0 (tables are monotone), where R is the plain add-half-and-shift."""
     return low + ((d * r + (1 << (seg_shift - 1))) >> seg_shift)
 
 
 @njit(cache=True, inline="always")
-def _integrate(i, r, low, d, integral, seg_shift, in_frac):
-    """R(C[i] + T[i]·r + R(d·r², s + 1), S); every term is ≥ 0 (tables rise from 0)."""
-    fine = integral[i] + low * r + ((d * r * r + (1 << seg_shift)) >> (seg_shift + 1))
+def integrate_segment(base, r, low, d, seg_shift, in_frac):
+    """R(C[i] + T[i]·r + R(d·r², s + 1), S) with base = C[i]; every term is ≥ 0 (tables rise from 0)."""
+    fine = base + low * r + ((d * r * r + (1 << seg_shift)) >> (seg_shift + 1))
     return (fine + (1 << (in_frac - 1))) >> in_frac
+
+
+@njit(cache=True, inline="always")
+def _integrate(i, r, low, d, integral, seg_shift, in_frac):
+    return integrate_segment(integral[i], r, low, d, seg_shift, in_frac)
 
 
 @njit(cache=True, inline="always")
@@ -104,7 +121,7 @@ def odd_lookup(z, values, seg_shift):
     """sign(z)·(T[i] + R(d·r, s)): the tabulated odd function at input code z."""
     sign = z >> 63
     _, r, low, d = _segment((z ^ sign) - sign, values, seg_shift)
-    y = _interpolate(r, low, d, seg_shift)
+    y = interpolate(r, low, d, seg_shift)
     return (y ^ sign) - sign
 
 
@@ -120,7 +137,7 @@ def odd_lookup_and_integral(z, values, integral, seg_shift, in_frac):
     """(odd_lookup(z), even_integral(z)) sharing one segment look-up (the echo needs both)."""
     sign = z >> 63
     i, r, low, d = _segment((z ^ sign) - sign, values, seg_shift)
-    y = _interpolate(r, low, d, seg_shift)
+    y = interpolate(r, low, d, seg_shift)
     return (y ^ sign) - sign, _integrate(i, r, low, d, integral, seg_shift, in_frac)
 
 
