@@ -70,6 +70,8 @@ def add_devices(commands) -> None:
 def run_board_serve(args) -> int:
     from dataclasses import replace
 
+    from echoforge.targets.emulator.stream import warm_up
+
     from .board import Board, Faults, parse_reset_at
     from .commands import Capabilities
 
@@ -82,6 +84,7 @@ def run_board_serve(args) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {value}")
     capabilities = replace(Capabilities(), **{name: value for name, value in sizes.items() if value is not None})
     board = Board(capabilities, faults)
+    warm_up()  # the board is ready when it announces itself
     stop = threading.Event()
 
     def announce(uri: str) -> None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from echoforge.models.core import OscillatorParams
+
 from . import kernels
 from .core import EmulatorCore
 
@@ -74,3 +76,17 @@ class EchoStream:
     @property
     def pi(self) -> np.ndarray:
         return np.moveaxis(self._pi, 1, 0).copy()
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the kernels the streams run, for both bank kinds, so that
+    a board answers its first FORWARD or ECHO in milliseconds rather than after a compile that can
+    outlast a host's timeout."""
+    ones = np.ones(2)
+    for kind in ("linear", "nonlinear"):
+        core = EmulatorCore()
+        core.load(OscillatorParams(kind, a=ones, delta=0.5 * ones, w=ones, b=0 * ones, c=0.5 * ones))
+        codes = np.zeros((1, 2, 2), dtype=np.int64)
+        forward = ForwardStream(core, codes[:, 0], codes[:, 0])
+        forward.run(codes)
+        EchoStream(core, forward.phi, forward.pi).run(codes, codes)
