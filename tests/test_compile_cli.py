@@ -99,6 +99,20 @@ def test_export_then_compile_the_onnx_file(tiny_run, tmp_path):
     assert (tmp_path / "out" / "program.yaml").exists()
 
 
+def test_headroom_bits_widen_the_integer_part(tiny_run, tmp_path, capsys):
+    states = {}
+    for headroom in ("1", "3"):
+        assert main(["compile", str(tiny_run), "-o", str(tmp_path / headroom), "--headroom-bits", headroom,
+                     "--no-progress"]) == 0
+        states[headroom] = [line.split("state ")[1] for line in capsys.readouterr().out.splitlines()
+                            if ": " in line and "oscillators, state" in line]
+    # Two more bits of headroom: two more integer bits (two fewer fraction bits) in every bank's state.
+    int_bits = {h: [int(s[1:].split(".")[0]) for s in states[h]] for h in states}
+    assert [b + 2 for b in int_bits["1"]] == int_bits["3"]
+    result = echoforge("compile", tiny_run, "-o", tmp_path / "bad", "--headroom-bits", "-1")
+    assert result.returncode == 2 and "argument --headroom-bits: expected a number ≥ 0" in result.stderr
+
+
 def test_onnx_without_data_is_a_one_line_error(tiny_run, tmp_path, capsys):
     onnx_file = tmp_path / "tiny.onnx"
     assert main(["export", str(tiny_run), "-o", str(onnx_file)]) == 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..argtypes import positive_int
+from ..argtypes import non_negative_float, positive_int
 
 TARGETS = ("emulator",)  # targets with a lowering
 WITHOUT_RUN = (".onnx", ".yaml", ".yml")  # model files that carry no training config
@@ -58,6 +58,9 @@ def add_compile(commands) -> None:
     parser.add_argument("--data", metavar="DATASET",
                         help="calibration and validation data (default: the run's dataset)")
     parser.add_argument("--word-bits", type=int, help="word length (default: the target's)")
+    parser.add_argument("--headroom-bits", type=non_negative_float, default=1.0,
+                        help="bits of range kept above the calibrated values (default 1; more for training "
+                             "in the loop, where the ranges grow as the parameters move)")
     parser.add_argument("--samples", type=positive_int, default=64,
                         help="training sequences the formats are calibrated on (default 64)")
     parser.add_argument("--seed", type=int, help="data split seed (default: the run's, else 0)")
@@ -108,7 +111,7 @@ def run_compile(args) -> int:
     options = _compile_dataset(Path(args.model), args)
     data = _load(options)
     samples = data.train.x[:args.samples]
-    ir = compile_model(args.model, args.target, samples, word_bits=args.word_bits)
+    ir = compile_model(args.model, args.target, samples, word_bits=args.word_bits, headroom_bits=args.headroom_bits)
     program = lower(ir, dataset=options)
     emulated = EmulatedModel(program)
     validation = compare(emulated, data.val.x, data.val.y, f"{options['name']} val",
