@@ -107,10 +107,27 @@ def layer_report(layers, batch, length, size, inputs):
         "|---|---|---|---|---|",
     ]
     for kind, timings in layers.items():
-        for pass_name in ("forward", "echo"):
-            flt, emu = timings[(pass_name, "float core")], timings[(pass_name, "emulator")]
+        for pass_name in ("forward", "echo", "gradient step"):
+            flt, emu = (timings[(pass_name, core)] if pass_name != "gradient step" else
+                        timings[("forward", core)] + timings[("echo", core)] for core in ("float core", "emulator"))
             lines.append(f"| {kind} | {pass_name} | {flt:.3f} | {emu:.3f} | {flt / emu:.2f}× |")
     return "\n".join(lines)
+
+
+def goal_lines(results, layers, steps):
+    """The issue's goals, checked on this run's numbers."""
+    rates = {(kind, pass_name): steps * (2 if pass_name == "echo" else 1) / seconds / 1e6
+             for kind, timings in results.items() for (pass_name, contender), seconds in timings.items()
+             if contender == "emulator (integer API)"}
+    slowest = min(rates, key=rates.get)
+    slower = [f"{kind} {pass_name} ({timings[(pass_name, 'float core')] / timings[(pass_name, 'emulator')]:.2f}×)"
+              for kind, timings in layers.items() for pass_name in ("forward", "echo")
+              if timings[(pass_name, "emulator")] > timings[(pass_name, "float core")]]
+    return [f"Goal ≥ 100 M oscillator-steps/s on one core: slowest pass {slowest[0]} {slowest[1]} at "
+            f"{rates[slowest]:.0f} M/s — {'met' if rates[slowest] >= 100 else 'not met'}.",
+            "Goal no slower than the float torch HRU: "
+            + ("met in every pass." if not slower else "slower in " + ", ".join(slower) + "; a whole RHEL "
+               "gradient step (forward + echoes) is compared in the last rows.")]
 
 
 def report(results, batch, length, size, repeats, command):
@@ -161,8 +178,9 @@ def main(argv=None):
     layers = {kind: measure_layer(kind, args.batch, args.length, args.size, args.inputs, args.repeats)
               for kind in KINDS}
     command = "python benchmarks/bench_emulator.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = (report(results, args.batch, args.length, args.size, args.repeats, command.strip()) + "\n\n"
-            + layer_report(layers, args.batch, args.length, args.size, args.inputs))
+    text = "\n\n".join([report(results, args.batch, args.length, args.size, args.repeats, command.strip()),
+                        layer_report(layers, args.batch, args.length, args.size, args.inputs),
+                        "\n".join(goal_lines(results, layers, args.batch * args.length * args.size))])
     print(text)
     if args.write:
         write_section("bench_emulator", "## Fixed-point emulator speed (benchmarks/bench_emulator.py)\n\n"
