@@ -325,6 +325,9 @@ def plot_curves(records: list[dict], path: Path, regression: bool) -> None:
     left.legend()
     right.plot(steps, [-r["val_metric"] if regression else r["val_metric"] for r in records])
     right.set(xlabel="step", ylabel="MSE" if regression else "accuracy", title="validation")
+    if regression:  # errors span decades; a spike would flatten the rest on a linear axis
+        left.set_yscale("log")
+        right.set_yscale("log")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
