@@ -57,19 +57,18 @@ class TimedEmulatorCore(EmulatorCore):
         super().__init__(config)
         self.seconds = 0.0
 
-    def _forward(self, *args):
+    def _timed(self, run, *args):
         started = time.perf_counter()
         try:
-            return super()._forward(*args)
+            return run(*args)
         finally:
             self.seconds += time.perf_counter() - started
 
+    def _forward(self, *args):
+        return self._timed(super()._forward, *args)
+
     def _echo(self, *args):
-        started = time.perf_counter()
-        try:
-            return super()._echo(*args)
-        finally:
-            self.seconds += time.perf_counter() - started
+        return self._timed(super()._echo, *args)
 
 
 def parameter_groups(model: HSSM) -> dict[str, list[str]]:

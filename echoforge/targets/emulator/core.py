@@ -242,7 +242,9 @@ class EmulatorCore:
 
     def stream_values(self, codes, like) -> np.ndarray:
         """Output codes in the form the float API returns: values in ``like``'s float dtype."""
-        return (codes * self.config.state.lsb).astype(like.dtype, copy=False) if like.dtype.kind == "f" else codes
+        if like.dtype.kind != "f":
+            return codes
+        return self.config.state.dequantize(codes).astype(like.dtype, copy=False)
 
     def _check_codes(self, *arrays):
         arrays = [np.ascontiguousarray(x, dtype=np.int64) for x in arrays]

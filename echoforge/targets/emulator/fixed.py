@@ -42,6 +42,7 @@ from numba import njit
 ACC_LIMIT = 1 << 62
 MIN_WORD_BITS, MAX_WORD_BITS = 12, 32
 TABLE_BITS = 10  # segments of the function tables (2^10), fewer for a state with few fraction bits
+SHORTEST_TABLE_RANGE_LOG2 = 3  # the tanh and Φ tables cover [0, 8) (tables.py)
 
 
 @njit(cache=True, inline="always")
@@ -169,7 +170,7 @@ class FormatConfig:
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         if self.table_bits is None:
-            object.__setattr__(self, "table_bits", min(TABLE_BITS, self.state_frac + 2))
+            object.__setattr__(self, "table_bits", min(TABLE_BITS, self.state_frac + SHORTEST_TABLE_RANGE_LOG2 - 1))
         if self.min_nudge_lsbs is None:
             object.__setattr__(self, "min_nudge_lsbs", 1 << max(self.state_frac - 6, 0))
         for f in fields(self):

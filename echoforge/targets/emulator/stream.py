@@ -31,6 +31,7 @@ class ForwardStream:
     def __init__(self, core: EmulatorCore, phi, pi):
         self._args = core._kernel_args()
         self._conversion = core._conversion()  # unused on code streams
+        self._stream_counts = np.zeros(3, dtype=np.int64)  # float-stream conversions: none here
         self.phi = np.array(phi, dtype=np.int64)
         self.pi = np.array(pi, dtype=np.int64)
         self.counters = _counters()
@@ -40,7 +41,7 @@ class ForwardStream:
         forcing = np.ascontiguousarray(forcing, dtype=np.int64)
         positions = np.empty_like(forcing)
         self.phi, self.pi, counters = kernels.forward(forcing, self.phi, self.pi, *self._args, positions,
-                                                      self._conversion, np.zeros(3, dtype=np.int64))
+                                                      self._conversion, self._stream_counts)
         self.counters += counters
         return positions
 
@@ -52,7 +53,9 @@ class EchoStream:
     def __init__(self, core: EmulatorCore, phi, pi):
         self._args = core._kernel_args()
         self._conversion = core._conversion()  # unused on code streams
+        self._stream_counts = np.zeros(3, dtype=np.int64)  # float-stream conversions: none here
         phi, pi = np.asarray(phi, dtype=np.int64), np.asarray(pi, dtype=np.int64)
+        self._unit_scale = np.ones(phi.shape[1])  # the observable stays in codes
         # The pair's state as (B, 2, P): index 1 is the pair (+ε, −ε), each batch row contiguous.
         self._phi = np.ascontiguousarray(np.stack([phi, phi], axis=1))
         self._pi = np.ascontiguousarray(np.stack([-pi, -pi], axis=1))
@@ -65,7 +68,7 @@ class EchoStream:
         nudges = np.ascontiguousarray(nudges, dtype=np.int64)
         observable = np.empty_like(forcing)
         kernels.echo_chunk(forcing, nudges, self._phi, self._pi, self.accumulators, *self._args, observable, self.counters,
-                           self._conversion, np.ones(forcing.shape[2]), np.zeros(3, dtype=np.int64))
+                           self._conversion, self._unit_scale, self._stream_counts)
         return observable
 
     @property

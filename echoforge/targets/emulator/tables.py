@@ -39,11 +39,11 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from .fixed import FormatConfig, round_shift
+from .fixed import SHORTEST_TABLE_RANGE_LOG2, FormatConfig, round_shift
 
-TANH_RANGE_LOG2 = 3      # tanh(8) = 1 − 2.3e−7: below one U LSB at U = 22
-SIGMOID_RANGE_LOG2 = 4   # sigmoid(x) − 1/2 = tanh(x/2)/2 needs twice the range
-PHI_RANGE_LOG2 = 3       # Φ(8) = 1 − 6e−16
+TANH_RANGE_LOG2 = SHORTEST_TABLE_RANGE_LOG2  # 3: tanh(8) = 1 − 2.3e−7, below one U LSB at U = 22
+SIGMOID_RANGE_LOG2 = 4                      # sigmoid(x) − 1/2 = tanh(x/2)/2 needs twice the range
+PHI_RANGE_LOG2 = SHORTEST_TABLE_RANGE_LOG2  # 3: Φ(8) = 1 − 6e−16
 
 
 @dataclass(frozen=True)
