@@ -23,9 +23,10 @@ import numba
 import numpy as np
 import torch
 
+from echoforge.models import kernels as float_kernels
 from echoforge.models.core import FloatCore, OscillatorParams
 from echoforge.models.hssm import HRU_KINDS
-from echoforge.targets.emulator import EmulatorCore
+from echoforge.targets.emulator import EmulatorCore, float_lanes, kernels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_doc import median_seconds, write_section  # noqa: E402
@@ -72,12 +73,13 @@ def measure(kind, batch, length, size, repeats):
     return {key: median_seconds(fn, repeats) for key, fn in contenders.items()}
 
 
-def measure_layer(kind, batch, length, size, inputs, repeats):
+def measure_layer(kind, batch, length, size, inputs, input_scale, repeats):
     """Seconds of the torch HRU layer's bank (input map B·u and oscillators, float32 streams) as users
-    call it — forward, and backward (RHEL's echoes with ∂L/∂u, ∂L/∂B) — on each core: {(pass, core): s}."""
+    call it — forward, and backward (RHEL's echoes with ∂L/∂u, ∂L/∂B) — on each core: {(pass, core): s},
+    and the emulator's saturation report of the forward."""
     torch.manual_seed(0)
     hru = HRU_KINDS[kind](inputs, size)
-    u = 0.3 * torch.randn(batch, length, inputs)
+    u = input_scale * torch.randn(batch, length, inputs)
     grad = torch.randn(batch, length, size)
 
     def forward():
@@ -93,24 +95,62 @@ def measure_layer(kind, batch, length, size, inputs, repeats):
         hru.bank(u[:1, :8].clone().requires_grad_()).backward(grad[:1, :8])  # warm-up
         timings[("forward", name)] = median_seconds(forward, repeats)
         timings[("echo", name)] = median_seconds(forward_backward, repeats) - timings[("forward", name)]
-    return timings
+    forward()
+    return timings, str(hru.core.stats)
 
 
-def layer_report(layers, batch, length, size, inputs):
+def measure_kernels(batch, length, size, repeats):
+    """Seconds of the bare linear forward kernels on float32 streams into preallocated outputs — what is
+    left of a forward once allocation and conversion are taken out: {contender: seconds}."""
+    params, forcing, _ = random_problem("linear", batch, length, size)
+    forcing = forcing.astype(np.float32)
+    core = EmulatorCore()
+    core.load(params)
+    codes, nonlinear, shifts, lim, *tables = core._kernel_args()
+    lanes = float_lanes.lane_params(codes, shifts)
+    zeros, zero_codes, counts = np.zeros((batch, size)), np.zeros((batch, size), dtype=np.int64), np.zeros(3, np.int64)
+    positions = np.empty_like(forcing)
+    contenders = {
+        "emulator, float64 lanes (`float_lanes`)": lambda: float_lanes.linear_forward(
+            forcing, zero_codes, zero_codes, codes, shifts, lim, lanes, positions, core._conversion(), counts),
+        "emulator, int64 lanes (`kernels`)": lambda: kernels.forward(
+            forcing, zero_codes, zero_codes, codes, nonlinear, shifts, lim, *tables, positions, core._conversion(),
+            counts),
+        "float HRU core (float64)": lambda: float_kernels.forward(
+            float_kernels.LINEAR, params.table(), forcing, zeros, zeros, positions, np.empty((0, 0, 0)), False),
+    }
+    for run in contenders.values():
+        run()  # warm-up
+    return {name: median_seconds(run, repeats) for name, run in contenders.items()}
+
+
+def kernel_report(kernel_timings, steps):
+    flt = kernel_timings["float HRU core (float64)"]
+    lines = ["The bare linear forward kernels (same problem, float32 streams, outputs preallocated — no "
+             "allocation, no checks): the arithmetic alone.", "",
+             "| kernel | seconds | M osc-steps/s | vs float core |", "|---|---|---|---|"]
+    lines += [f"| {name} | {seconds:.3f} | {steps / seconds / 1e6:.0f} | {flt / seconds:.2f}× |"
+              for name, seconds in kernel_timings.items()]
+    return "\n".join(lines)
+
+
+def layer_report(layers, batch, length, size, inputs, input_scale):
     lines = [
-        f"The torch HRU layer as training calls it: `hru.bank(u)` with u (batch {batch}, length {length}, "
-        f"{inputs} inputs) → {size} oscillators, float32 streams, on `FloatCore` and on `EmulatorCore` "
-        "(`hru.core = …`); echo = backward (RHEL's ±ε echoes, ∂L/∂u and ∂L/∂B), timed as forward + "
-        "backward minus forward.",
+        f"The torch HRU layer as training calls it: `hru.bank(u)` with u = {input_scale}·N(0, 1) (batch {batch}, "
+        f"length {length}, {inputs} inputs) → {size} oscillators at their initialisation, float32 streams, on "
+        "`FloatCore` and on `EmulatorCore` (`hru.core = …`); echo = backward (RHEL's ±ε echoes, ∂L/∂u and "
+        "∂L/∂B), timed as forward + backward minus forward. The input scale keeps the emulator's state in its "
+        "word, as a compiled model's is: a run that saturates is not reversible, and its clamped steps run "
+        "on the integer kernel.",
         "",
-        "| kind | pass | float core s | emulator s | emulator speed vs float |",
-        "|---|---|---|---|---|",
+        "| kind | pass | float core s | emulator s | emulator speed vs float | emulator forward |",
+        "|---|---|---|---|---|---|",
     ]
-    for kind, timings in layers.items():
+    for kind, (timings, saturation) in layers.items():
         for pass_name in ("forward", "echo", "gradient step"):
             flt, emu = (timings[(pass_name, core)] if pass_name != "gradient step" else
                         timings[("forward", core)] + timings[("echo", core)] for core in ("float core", "emulator"))
-            lines.append(f"| {kind} | {pass_name} | {flt:.3f} | {emu:.3f} | {flt / emu:.2f}× |")
+            lines.append(f"| {kind} | {pass_name} | {flt:.3f} | {emu:.3f} | {flt / emu:.2f}× | {saturation} |")
     return "\n".join(lines)
 
 
@@ -121,7 +161,7 @@ def goal_lines(results, layers, steps):
              if contender == "emulator (integer API)"}
     slowest = min(rates, key=rates.get)
     slower = [f"{kind} {pass_name} ({timings[(pass_name, 'float core')] / timings[(pass_name, 'emulator')]:.2f}×)"
-              for kind, timings in layers.items() for pass_name in ("forward", "echo")
+              for kind, (timings, _) in layers.items() for pass_name in ("forward", "echo")
               if timings[(pass_name, "emulator")] > timings[(pass_name, "float core")]]
     return [f"Goal ≥ 100 M oscillator-steps/s on one core: slowest pass {slowest[0]} {slowest[1]} at "
             f"{rates[slowest]:.0f} M/s — {'met' if rates[slowest] >= 100 else 'not met'}.",
@@ -171,15 +211,19 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--inputs", type=int, default=64, help="input width of the torch HRU layer")
+    parser.add_argument("--input-scale", type=float, default=0.03,
+                        help="standard deviation of the torch HRU layer's input (the emulator's state stays in range)")
     parser.add_argument("--write", action="store_true", help="replace this benchmark's section of docs/results.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     results = {kind: measure(kind, args.batch, args.length, args.size, args.repeats) for kind in KINDS}
-    layers = {kind: measure_layer(kind, args.batch, args.length, args.size, args.inputs, args.repeats)
-              for kind in KINDS}
+    kernel_timings = measure_kernels(args.batch, args.length, args.size, args.repeats)
+    layers = {kind: measure_layer(kind, args.batch, args.length, args.size, args.inputs, args.input_scale,
+                                  args.repeats) for kind in KINDS}
     command = "python benchmarks/bench_emulator.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = "\n\n".join([report(results, args.batch, args.length, args.size, args.repeats, command.strip()),
-                        layer_report(layers, args.batch, args.length, args.size, args.inputs),
+                        kernel_report(kernel_timings, args.batch * args.length * args.size),
+                        layer_report(layers, args.batch, args.length, args.size, args.inputs, args.input_scale),
                         "\n".join(goal_lines(results, layers, args.batch * args.length * args.size))])
     print(text)
     if args.write:

@@ -42,7 +42,7 @@ import numpy as np
 
 from echoforge.models.core import PARAM_NAMES, EchoResult, OscillatorParams
 
-from . import kernels
+from . import float_lanes, kernels
 from .fixed import FormatConfig, count_outside
 from .tables import FixedFunctions
 
@@ -191,10 +191,20 @@ class EmulatorCore:
         """The forward on a code stream (int64) or a float stream (positions then come as floats)."""
         positions = np.empty_like(forcing)
         stream_counts = np.zeros(3, dtype=np.int64)
-        phi, pi, counters = kernels.forward(forcing, phi, pi, *self._kernel_args(), positions, self._conversion(),
-                                            stream_counts)
+        phi, pi, counters = self._bank_forward(forcing, phi, pi, positions, stream_counts)
         report = self._report(counters, input=input_sat + _checked(stream_counts)[kernels.INPUT_SATURATED])
         return ForwardInt(positions, phi, pi, report)
+
+    def _bank_forward(self, forcing, phi, pi, positions, stream_counts):
+        """``kernels.forward``, or for a linear bank of up to 27 bits its float64-lane twin (the same bits
+        and counts, ``float_lanes``). Returns (ϕ, π, counters)."""
+        params, nonlinear, shifts, lim, *tables = self._kernel_args()
+        if float_lanes.applies(self.config, self.params.kind):
+            return float_lanes.linear_forward(forcing, phi, pi, params, shifts, lim,
+                                              float_lanes.lane_params(params, shifts), positions, self._conversion(),
+                                              stream_counts)
+        return kernels.forward(forcing, phi, pi, params, nonlinear, shifts, lim, *tables, positions,
+                               self._conversion(), stream_counts)
 
     def _echo(self, forcing, phi, pi, nudges, input_sat, nudge_sat) -> EchoInt:
         """The echo pair on code streams, or on float streams (nudges at ε_used; the forcing

@@ -29,8 +29,7 @@ class ForwardStream:
     """A forward pass of ``core`` from (phi, pi) (B, P) codes, fed forcing chunks (B, K, P) in time order."""
 
     def __init__(self, core: EmulatorCore, phi, pi):
-        self._args = core._kernel_args()
-        self._conversion = core._conversion()  # unused on code streams
+        self._core = core
         self._stream_counts = np.zeros(3, dtype=np.int64)  # float-stream conversions: none here
         self.phi = np.array(phi, dtype=np.int64)
         self.pi = np.array(pi, dtype=np.int64)
@@ -40,8 +39,8 @@ class ForwardStream:
         """Consume the next chunk; return the positions after each of its steps (B, K, P)."""
         forcing = np.ascontiguousarray(forcing, dtype=np.int64)
         positions = np.empty_like(forcing)
-        self.phi, self.pi, counters = kernels.forward(forcing, self.phi, self.pi, *self._args, positions,
-                                                      self._conversion, self._stream_counts)
+        self.phi, self.pi, counters = self._core._bank_forward(forcing, self.phi, self.pi, positions,
+                                                               self._stream_counts)
         self.counters += counters
         return positions
 

@@ -1,0 +1,149 @@
+"""The float64-lane linear forward gives the integer kernel's bits, clamps and counts, or hands over to it."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from numba import njit
+
+from echoforge.models.core import OscillatorParams
+from echoforge.targets.emulator import EmulatorCore, FormatConfig, kernels
+from echoforge.targets.emulator.fixed import quantize_value
+from echoforge.targets.emulator.float_lanes import CHUNK, FLOAT_EXACT_WORD_BITS, applies, lane_code
+
+torch.set_num_threads(1)
+
+
+def linear_core(size, config, seed=0):
+    rng = np.random.default_rng(seed)
+    core = EmulatorCore(config)
+    core.load(OscillatorParams("linear", a=rng.uniform(0.0, 4.0, size), delta=rng.uniform(0.1, 0.9, size)))
+    return core
+
+
+def integer_reference(core, forcing, phi, pi):
+    """``kernels.forward`` itself on the same streams: (positions, ϕ, π, counters, stream counts)."""
+    positions = np.empty_like(forcing)
+    stream_counts = np.zeros(3, dtype=np.int64)
+    phi, pi, counters = kernels.forward(forcing, phi, pi, *core._kernel_args(), positions, core._conversion(),
+                                        stream_counts)
+    return positions, phi, pi, counters, stream_counts
+
+
+def problem(config, dtype, seed=1, batch=6, length=2 * CHUNK + 17, size=19):
+    """Streams of three chunks on which some batch rows stay in range and others saturate: row 1's
+    forcing leaves the word now and then, row 2 starts with a state at the rail, row 3 runs clean for a
+    chunk and then has a force that clamps, row 4 has one sample beyond the word at its very end."""
+    rng = np.random.default_rng(seed)
+    state = config.state
+    forcing = rng.normal(0.0, 0.5, (batch, length, size))
+    forcing[1, ::37] *= 400.0
+    forcing[3, CHUNK + 100:CHUNK + 110] = 0.9 * state.max_value
+    forcing[4, -1, 5] = -2.0 * state.max_value
+    phi = state.quantize(rng.normal(0.0, 1.0, (batch, size)))[0]
+    pi = state.quantize(rng.normal(0.0, 1.0, (batch, size)))[0]
+    phi[2, 0] = state.limit
+    if dtype == np.int64:
+        return state.quantize(forcing)[0], phi, pi
+    return forcing.astype(dtype), phi, pi
+
+
+@pytest.mark.filterwarnings("ignore:fixed-point emulator saturated")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+@pytest.mark.parametrize("word_bits", [12, 18, 24, FLOAT_EXACT_WORD_BITS])
+def test_float_lanes_give_the_integer_kernels_bits_and_counts(word_bits, dtype):
+    config = FormatConfig(word_bits=word_bits)
+    core = linear_core(19, config)
+    assert applies(config, "linear")
+    forcing, phi, pi = problem(config, dtype)
+    positions, phi_ref, pi_ref, counters, stream_counts = integer_reference(core, forcing, phi, pi)
+    run = core._forward(forcing, phi, pi, input_sat=0)
+    assert run.positions.dtype == positions.dtype
+    assert np.array_equal(run.positions, positions)
+    assert np.array_equal(run.phi, phi_ref) and np.array_equal(run.pi, pi_ref)
+    saturation = run.saturation.counts
+    assert (saturation["state"], saturation["force"]) == (counters[kernels.STATE], counters[kernels.FORCE])
+    assert saturation["input"] == stream_counts[kernels.INPUT_SATURATED]
+    assert saturation["state"] > 0 and saturation["force"] > 0  # the handover was exercised
+    assert dtype == np.int64 or saturation["input"] > 0
+
+
+def test_a_word_past_float64_exactness_runs_the_integer_kernel():
+    assert not applies(FormatConfig(word_bits=FLOAT_EXACT_WORD_BITS + 1), "linear")
+    assert not applies(FormatConfig(), "nonlinear")
+
+
+def test_a_clean_run_counts_nothing_and_keeps_the_state():
+    config = FormatConfig()
+    core = linear_core(19, config)
+    forcing, phi, pi = problem(config, np.float32)
+    clean = forcing[[0, 5]], phi[[0, 5]], pi[[0, 5]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run = core._forward(*clean, input_sat=0)
+    assert not run.saturation.saturated
+    assert np.array_equal(run.phi, integer_reference(core, *clean)[1])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_is_refused_and_infinity_saturates_as_in_the_integer_kernel(bad):
+    config = FormatConfig()
+    core = linear_core(19, config)
+    forcing, phi, pi = problem(config, np.float32)
+    forcing, phi, pi = forcing[[0, 5]], phi[[0, 5]], pi[[0, 5]]  # otherwise clean rows
+    forcing[1, 7, 3] = bad
+    if math.isnan(bad):
+        with pytest.raises(ValueError, match="NaN"):
+            core.forward(forcing, config.state.dequantize(phi), config.state.dequantize(pi))
+        return
+    with pytest.warns(RuntimeWarning, match="input=1"):
+        run = core._forward(forcing, phi, pi, input_sat=0)
+    assert np.array_equal(run.positions, integer_reference(core, forcing, phi, pi)[0])
+
+
+@njit
+def lane_codes(x, gain):
+    out = np.empty(x.shape[0])
+    for i in range(x.shape[0]):
+        out[i] = lane_code(x[i], gain)
+    return out
+
+
+@njit
+def quantized(x, gain, lim):
+    out = np.empty(x.shape[0])
+    for i in range(x.shape[0]):
+        out[i] = quantize_value(np.float64(x[i]), gain, lim)[0]
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lane_codes_are_the_normative_quantisation(dtype):
+    """Ties, the samples just either side of them, the float ``+ ½`` trap, tiny and subnormal samples."""
+    config = FormatConfig()
+    gain = 2.0 ** config.state_frac
+    ties = (np.arange(-2000, 2000) + 0.5) / gain
+    samples = np.concatenate([ties, np.nextafter(ties.astype(dtype), dtype(np.inf)),
+                              np.nextafter(ties.astype(dtype), dtype(-np.inf)),
+                              [0.49999997 / gain, 0.49999999999999994 / gain, 1e-30, -1e-30, 1e-45, 0.0, -0.0,
+                               3.0, -127.99, 100.123456789]]).astype(dtype)
+    rng = np.random.default_rng(0)
+    samples = np.concatenate([samples, rng.normal(0.0, 20.0, 10_000).astype(dtype)])
+    expected = quantized(samples, gain, float(config.state.limit))
+    assert np.array_equal(lane_codes(samples, gain), expected)
+
+
+def test_products_that_fall_on_ties_round_away_from_zero():
+    """a = δ = ½: a·m, δ·F and δ·π/2 land on a half every other step — the cases trunc(x + ½) and the
+    hardware's round-to-even disagree on."""
+    config = FormatConfig()
+    core = EmulatorCore(config)
+    core.load(OscillatorParams("linear", a=np.full(19, 0.5), delta=np.full(19, 0.5)))
+    forcing, phi, pi = problem(config, np.float32)
+    rows = [0, 5]
+    forcing, phi, pi = forcing[rows], phi[rows], pi[rows]
+    run = core._forward(forcing, phi, pi, input_sat=0)
+    assert not run.saturation.saturated
+    assert np.array_equal(run.positions, integer_reference(core, forcing, phi, pi)[0])
