@@ -10,7 +10,7 @@ from numba import njit
 
 from echoforge.models.core import OscillatorParams
 from echoforge.targets.emulator import EmulatorCore, FormatConfig, kernels
-from echoforge.targets.emulator.fixed import quantize_value
+from echoforge.targets.emulator.fixed import ACC_LIMIT, quantize_value
 from echoforge.targets.emulator.float_lanes import CHUNK, FLOAT_EXACT_WORD_BITS, applies, lane_code
 
 torch.set_num_threads(1)
@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 def linear_core(size, config, seed=0):
     rng = np.random.default_rng(seed)
     core = EmulatorCore(config)
-    core.load(OscillatorParams("linear", a=rng.uniform(0.0, 4.0, size), delta=rng.uniform(0.1, 0.9, size)))
+    core.load(OscillatorParams("linear", a=rng.uniform(0.5, 3.0, size), delta=rng.uniform(0.1, 0.9, size)))
     return core
 
 
@@ -68,6 +68,55 @@ def test_float_lanes_give_the_integer_kernels_bits_and_counts(word_bits, dtype):
     assert saturation["input"] == stream_counts[kernels.INPUT_SATURATED]
     assert saturation["state"] > 0 and saturation["force"] > 0  # the handover was exercised
     assert dtype == np.int64 or saturation["input"] > 0
+
+
+NUDGE_PRESCALE = 0.3  # ε: the nudge codes are Q(ε·g)
+
+
+def integer_echo_reference(core, forcing, nudges, phi, pi, acc, obs_scale, conversion):
+    """``kernels.echo_chunk`` itself on copies of the pair state: (observable, ϕ, π, acc, counters, stream counts)."""
+    phi, pi, acc = phi.copy(), pi.copy(), acc.copy()
+    observable = np.empty_like(forcing)
+    counters, stream_counts = np.zeros(4, dtype=np.int64), np.zeros(3, dtype=np.int64)
+    kernels.echo_chunk(forcing, nudges, phi, pi, acc, *core._kernel_args(), observable, counters, conversion, obs_scale,
+                       stream_counts)
+    return observable, phi, pi, acc, counters, stream_counts
+
+
+def echo_problem(core, config, dtype, seed=2):
+    """The forward problem's streams and end state as an echo pair, nudges of some 20 LSBs, with
+    row 1 nudged beyond the word now and then and row 5's accumulators at their limits."""
+    forcing, phi, pi = problem(config, dtype, seed=seed)
+    rng = np.random.default_rng(seed)
+    nudges = rng.normal(0.0, 20 * config.state.lsb / NUDGE_PRESCALE, forcing.shape)  # q of some 20 LSBs
+    nudges[1, ::53, 2] = 3.0 * config.state.max_value / NUDGE_PRESCALE
+    if dtype == np.int64:
+        nudges = config.state.quantize(nudges, prescale=NUDGE_PRESCALE)[0]
+    else:
+        nudges = nudges.astype(dtype)
+    pair_phi = np.ascontiguousarray(np.stack([phi, phi], axis=1))
+    pair_pi = np.ascontiguousarray(np.stack([-pi, -pi], axis=1))
+    acc = np.zeros((forcing.shape[0], len(kernels.ACCUMULATORS), forcing.shape[2]), dtype=np.int64)
+    acc[5, :, 3], acc[5, :, 4] = ACC_LIMIT, -ACC_LIMIT
+    obs_scale = rng.uniform(0.5, 2.0, forcing.shape[2])
+    return forcing, nudges, pair_phi, pair_pi, acc, obs_scale
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+@pytest.mark.parametrize("word_bits", [12, 18, 24, FLOAT_EXACT_WORD_BITS])
+def test_the_float_lane_echo_gives_the_integer_kernels_bits_and_counts(word_bits, dtype):
+    config = FormatConfig(word_bits=word_bits)
+    core = linear_core(19, config)
+    forcing, nudges, phi, pi, acc, obs_scale = echo_problem(core, config, dtype)
+    conversion = core._conversion(NUDGE_PRESCALE)
+    expected = integer_echo_reference(core, forcing, nudges, phi, pi, acc, obs_scale, conversion)
+    observable = np.empty_like(forcing)
+    counters, stream_counts = np.zeros(4, dtype=np.int64), np.zeros(3, dtype=np.int64)
+    core._bank_echo(forcing, nudges, phi, pi, acc, observable, counters, conversion, obs_scale, stream_counts)
+    for got, want in zip((observable, phi, pi, acc, counters, stream_counts), expected):
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert counters[kernels.STATE] > 0 and counters[kernels.FORCE] > 0 and counters[kernels.ACCUMULATOR] > 0
+    assert dtype == np.int64 or stream_counts[kernels.NUDGE_SATURATED] > 0
 
 
 def test_a_word_past_float64_exactness_runs_the_integer_kernel():
@@ -137,7 +186,7 @@ def test_lane_codes_are_the_normative_quantisation(dtype):
 
 def test_products_that_fall_on_ties_round_away_from_zero():
     """a = δ = ½: a·m, δ·F and δ·π/2 land on a half every other step — the cases trunc(x + ½) and the
-    hardware's round-to-even disagree on."""
+    hardware's round-to-even disagree on. Forward and echo."""
     config = FormatConfig()
     core = EmulatorCore(config)
     core.load(OscillatorParams("linear", a=np.full(19, 0.5), delta=np.full(19, 0.5)))
@@ -147,3 +196,12 @@ def test_products_that_fall_on_ties_round_away_from_zero():
     run = core._forward(forcing, phi, pi, input_sat=0)
     assert not run.saturation.saturated
     assert np.array_equal(run.positions, integer_reference(core, forcing, phi, pi)[0])
+    echo = core.echo_int(config.state.quantize(forcing)[0], run.phi, run.pi,
+                         config.state.quantize(forcing, prescale=0.05)[0])
+    pair = np.stack([run.phi, run.phi], axis=1), np.stack([-run.pi, -run.pi], axis=1)
+    acc = np.zeros((len(rows), len(kernels.ACCUMULATORS), 19), dtype=np.int64)
+    expected = integer_echo_reference(core, config.state.quantize(forcing)[0], config.state.quantize(forcing, prescale=0.05)[0],
+                                      *pair, acc, np.ones(19), core._conversion())
+    assert not echo.saturation.saturated
+    assert np.array_equal(echo.forcing_observable, expected[0])
+    assert all(np.array_equal(echo.accumulators[name], expected[3][:, i]) for i, name in enumerate(kernels.ACCUMULATORS))

@@ -206,6 +206,17 @@ class EmulatorCore:
         return kernels.forward(forcing, phi, pi, params, nonlinear, shifts, lim, *tables, positions,
                                self._conversion(), stream_counts)
 
+    def _bank_echo(self, forcing, nudges, phi, pi, acc, forcing_obs, counters, conversion, obs_scale, stream_counts):
+        """``kernels.echo_chunk`` (arguments as there), or its float64-lane twin like ``_bank_forward``."""
+        params, nonlinear, shifts, lim, *tables = self._kernel_args()
+        if float_lanes.applies(self.config, self.params.kind):
+            float_lanes.linear_echo(forcing, nudges, phi, pi, acc, params, shifts, lim,
+                                    float_lanes.lane_params(params, shifts), forcing_obs, counters, conversion,
+                                    obs_scale, stream_counts)
+        else:
+            kernels.echo_chunk(forcing, nudges, phi, pi, acc, params, nonlinear, shifts, lim, *tables, forcing_obs,
+                               counters, conversion, obs_scale, stream_counts)
+
     def _echo(self, forcing, phi, pi, nudges, input_sat, nudge_sat) -> EchoInt:
         """The echo pair on code streams, or on float streams (nudges at ε_used; the forcing
         observable then comes out as ∂L/∂f)."""
@@ -220,8 +231,8 @@ class EmulatorCore:
         floats = forcing.dtype.kind == "f"
         obs_scale = self._forcing_scale(self.epsilon_used) if floats else np.ones(forcing.shape[2])
         conversion = self._conversion(self.epsilon_used if floats else 1.0)
-        kernels.echo_chunk(forcing, nudges, pair_phi, pair_pi, acc, *self._kernel_args(), forcing_obs, counters,
-                           conversion, obs_scale, stream_counts)
+        self._bank_echo(forcing, nudges, pair_phi, pair_pi, acc, forcing_obs, counters, conversion, obs_scale,
+                        stream_counts)
         _checked(stream_counts)
         report = self._report(counters, input=input_sat + stream_counts[kernels.INPUT_SATURATED],
                               nudge=nudge_sat + stream_counts[kernels.NUDGE_SATURATED])

@@ -50,7 +50,7 @@ class EchoStream:
     (forcing, nudges) chunks (B, K, P) in reverse time order; nudges are the +ε codes q."""
 
     def __init__(self, core: EmulatorCore, phi, pi):
-        self._args = core._kernel_args()
+        self._core = core
         self._conversion = core._conversion()  # unused on code streams
         self._stream_counts = np.zeros(3, dtype=np.int64)  # float-stream conversions: none here
         phi, pi = np.asarray(phi, dtype=np.int64), np.asarray(pi, dtype=np.int64)
@@ -66,8 +66,8 @@ class EchoStream:
         forcing = np.ascontiguousarray(forcing, dtype=np.int64)
         nudges = np.ascontiguousarray(nudges, dtype=np.int64)
         observable = np.empty_like(forcing)
-        kernels.echo_chunk(forcing, nudges, self._phi, self._pi, self.accumulators, *self._args, observable, self.counters,
-                           self._conversion, self._unit_scale, self._stream_counts)
+        self._core._bank_echo(forcing, nudges, self._phi, self._pi, self.accumulators, observable, self.counters,
+                              self._conversion, self._unit_scale, self._stream_counts)
         return observable
 
     @property
