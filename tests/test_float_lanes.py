@@ -56,7 +56,7 @@ def problem(config, dtype, seed=1, batch=6, length=2 * CHUNK + 17, size=19):
 def test_float_lanes_give_the_integer_kernels_bits_and_counts(word_bits, dtype):
     config = FormatConfig(word_bits=word_bits)
     core = linear_core(19, config)
-    assert applies(config, "linear")
+    assert applies(config, "linear", core.param_codes)
     forcing, phi, pi = problem(config, dtype)
     positions, phi_ref, pi_ref, counters, stream_counts = integer_reference(core, forcing, phi, pi)
     run = core._forward(forcing, phi, pi, input_sat=0)
@@ -119,9 +119,19 @@ def test_the_float_lane_echo_gives_the_integer_kernels_bits_and_counts(word_bits
     assert dtype == np.int64 or stream_counts[kernels.NUDGE_SATURATED] > 0
 
 
-def test_a_word_past_float64_exactness_runs_the_integer_kernel():
-    assert not applies(FormatConfig(word_bits=FLOAT_EXACT_WORD_BITS + 1), "linear")
-    assert not applies(FormatConfig(), "nonlinear")
+@pytest.mark.filterwarnings("ignore:fixed-point emulator saturated")
+def test_banks_the_float_lanes_do_not_run_get_the_integer_kernel():
+    """Past 27 bits, nonlinear, or a < 0 (the product's sign is no longer the state's): same bits."""
+    codes = np.ones((5, 3), dtype=np.int64)
+    assert not applies(FormatConfig(word_bits=FLOAT_EXACT_WORD_BITS + 1), "linear", codes)
+    assert not applies(FormatConfig(), "nonlinear", codes)
+    config = FormatConfig()
+    core = EmulatorCore(config)
+    core.load(OscillatorParams("linear", a=np.linspace(-1.0, 1.0, 19), delta=np.full(19, 0.5)))
+    assert not applies(config, "linear", core.param_codes)
+    forcing, phi, pi = problem(config, np.float32)
+    assert np.array_equal(core._forward(forcing, phi, pi, input_sat=0).positions,
+                          integer_reference(core, forcing, phi, pi)[0])
 
 
 def test_a_clean_run_counts_nothing_and_keeps_the_state():

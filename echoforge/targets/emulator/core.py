@@ -199,7 +199,7 @@ class EmulatorCore:
         """``kernels.forward``, or for a linear bank of up to 27 bits its float64-lane twin (the same bits
         and counts, ``float_lanes``). Returns (ϕ, π, counters)."""
         params, nonlinear, shifts, lim, *tables = self._kernel_args()
-        if float_lanes.applies(self.config, self.params.kind):
+        if float_lanes.applies(self.config, self.params.kind, params):
             return float_lanes.linear_forward(forcing, phi, pi, params, shifts, lim,
                                               float_lanes.lane_params(params, shifts), positions, self._conversion(),
                                               stream_counts)
@@ -209,7 +209,7 @@ class EmulatorCore:
     def _bank_echo(self, forcing, nudges, phi, pi, acc, forcing_obs, counters, conversion, obs_scale, stream_counts):
         """``kernels.echo_chunk`` (arguments as there), or its float64-lane twin like ``_bank_forward``."""
         params, nonlinear, shifts, lim, *tables = self._kernel_args()
-        if float_lanes.applies(self.config, self.params.kind):
+        if float_lanes.applies(self.config, self.params.kind, params):
             float_lanes.linear_echo(forcing, nudges, phi, pi, acc, params, shifts, lim,
                                     float_lanes.lane_params(params, shifts), forcing_obs, counters, conversion,
                                     obs_scale, stream_counts)
