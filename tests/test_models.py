@@ -82,6 +82,18 @@ def test_echo_retraces_every_intermediate_state():
     np.testing.assert_allclose(back[:, :-1], positions[:, -2::-1], rtol=0, atol=1e-12)
 
 
+def test_the_retrace_error_of_a_bank_at_rest_is_relative_to_the_nudges_response():
+    """A forward that ends at 0 (a bank whose state never left rest) used to divide by 1e-300."""
+    from echoforge.models.hru import EchoMonitor
+    monitor = EchoMonitor()
+    pair = np.array([[0.5, -0.2], [-0.5, 0.2]])  # the ±ε echoes end as mirror images: mean 0
+    monitor.record((pair, pair), np.zeros(2), np.zeros(2))
+    assert monitor.retrace_error == 0.0
+    with pytest.warns(RuntimeWarning, match="relative error 2.00e-02"):
+        monitor.record((pair + 0.01, pair), np.zeros(2), np.zeros(2))
+    assert monitor.retrace_error == pytest.approx(0.02)
+
+
 def test_chaotic_regime_is_detected_and_reported():
     torch.manual_seed(0)
     hru = NonlinHRU(6, 16, step=1.5).double()

@@ -46,9 +46,13 @@ class EchoMonitor:
         self.retrace_error = float("nan")
 
     def record(self, final_state, phi_end, pi_end) -> None:
+        """The echo pair's mean end state (the forward started at rest, so it should be 0) relative to
+        the larger of the forward's end state and the pair's half-difference (the nudges' response):
+        a bank whose state stays at 0 still gets a finite, meaningful number."""
         phis, pis = final_state
         drift = max(np.abs(phis.mean(axis=0)).max(), np.abs(pis.mean(axis=0)).max())
-        scale = max(np.abs(phi_end).max(), np.abs(pi_end).max(), 1e-300)
+        response = max(np.abs(phis[0] - phis[1]).max(), np.abs(pis[0] - pis[1]).max()) / 2
+        scale = max(np.abs(phi_end).max(), np.abs(pi_end).max(), response, 1e-300)
         self.retrace_error = float(drift / scale)
         if self.retrace_error > RETRACE_WARN:
             warnings.warn(
