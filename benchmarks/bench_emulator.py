@@ -145,7 +145,7 @@ def measure_kernels(batch, length, size, repeats):
 def kernel_report(kernel_timings, steps):
     flt = kernel_timings["float HRU core (float64)"]
     lines = ["The bare linear forward kernels (same problem, float32 streams, outputs preallocated — no "
-             "allocation, no checks): the arithmetic alone.", "",
+             "allocation, no validation of the inputs): the arithmetic alone.", "",
              "| kernel | seconds | M osc-steps/s | vs float core |", "|---|---|---|---|"]
     lines += [f"| {name} | {seconds:.3f} | {steps / seconds / 1e6:.0f} | {flt / seconds:.2f}× |"
               for name, seconds in kernel_timings.items()]
