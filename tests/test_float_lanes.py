@@ -1,4 +1,4 @@
-"""The float64-lane linear forward gives the integer kernel's bits, clamps and counts, or hands over to it."""
+"""The float64-lane linear forward and echo give the integer kernels' bits, clamps and counts, or hand over to them."""
 
 import math
 import warnings
