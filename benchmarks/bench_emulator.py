@@ -125,12 +125,11 @@ def measure_kernels(batch, length, size, repeats):
     core = EmulatorCore()
     core.load(params)
     codes, nonlinear, shifts, lim, *tables = core._kernel_args()
-    lanes = float_lanes.lane_params(codes, shifts)
     zeros, zero_codes, counts = np.zeros((batch, size)), np.zeros((batch, size), dtype=np.int64), np.zeros(3, np.int64)
     positions = np.empty_like(forcing)
     contenders = {
         "emulator, float64 lanes (`float_lanes`)": lambda: float_lanes.linear_forward(
-            forcing, zero_codes, zero_codes, codes, shifts, lim, lanes, positions, core._conversion(), counts),
+            forcing, zero_codes, zero_codes, codes, shifts, lim, core._lanes, positions, core._conversion(), counts),
         "emulator, int64 lanes (`kernels`)": lambda: kernels.forward(
             forcing, zero_codes, zero_codes, codes, nonlinear, shifts, lim, *tables, positions, core._conversion(),
             counts),

@@ -109,6 +109,7 @@ class EmulatorCore:
         self.stats: SaturationReport | None = None   # of the last run
         self.epsilon_used: float | None = None       # of the last echo
         self._param_saturation = 0
+        self._lanes: np.ndarray | None = None           # float_lanes' parameters when it runs this bank
 
     # ---- contract --------------------------------------------------------------------------------
 
@@ -125,6 +126,9 @@ class EmulatorCore:
         self._param_saturation = saturated
         self.params = OscillatorParams(params.kind, **{
             name: self.config.param(name).dequantize(code) for name, code in zip(PARAM_NAMES, codes)})
+        shifts = self._kernel_args()[2]
+        self._lanes = (float_lanes.lane_params(self.param_codes, shifts)
+                       if float_lanes.applies(self.config, params.kind, self.param_codes) else None)
 
     def forward(self, forcing, phi, pi):
         """Floats in and out: positions in the forcing's float dtype (float32 stays float32), the end
@@ -199,20 +203,18 @@ class EmulatorCore:
         """``kernels.forward``, or for a linear bank of up to 27 bits its float64-lane twin (the same bits
         and counts, ``float_lanes``). Returns (ϕ, π, counters)."""
         params, nonlinear, shifts, lim, *tables = self._kernel_args()
-        if float_lanes.applies(self.config, self.params.kind, params):
-            return float_lanes.linear_forward(forcing, phi, pi, params, shifts, lim,
-                                              float_lanes.lane_params(params, shifts), positions, self._conversion(),
-                                              stream_counts)
+        if self._lanes is not None:
+            return float_lanes.linear_forward(forcing, phi, pi, params, shifts, lim, self._lanes, positions,
+                                              self._conversion(), stream_counts)
         return kernels.forward(forcing, phi, pi, params, nonlinear, shifts, lim, *tables, positions,
                                self._conversion(), stream_counts)
 
     def _bank_echo(self, forcing, nudges, phi, pi, acc, forcing_obs, counters, conversion, obs_scale, stream_counts):
         """``kernels.echo_chunk`` (arguments as there), or its float64-lane twin like ``_bank_forward``."""
         params, nonlinear, shifts, lim, *tables = self._kernel_args()
-        if float_lanes.applies(self.config, self.params.kind, params):
-            float_lanes.linear_echo(forcing, nudges, phi, pi, acc, params, shifts, lim,
-                                    float_lanes.lane_params(params, shifts), forcing_obs, counters, conversion,
-                                    obs_scale, stream_counts)
+        if self._lanes is not None:
+            float_lanes.linear_echo(forcing, nudges, phi, pi, acc, params, shifts, lim, self._lanes, forcing_obs,
+                                    counters, conversion, obs_scale, stream_counts)
         else:
             kernels.echo_chunk(forcing, nudges, phi, pi, acc, params, nonlinear, shifts, lim, *tables, forcing_obs,
                                counters, conversion, obs_scale, stream_counts)

@@ -11,7 +11,7 @@ the product's sign is x's, so
 
 which is ``fixed.round_shift`` (ties away from zero, odd-symmetric) as long as x·y·2^−s ± ½ is exact:
 at most 2·(n − 1) + 1 ≤ 53 significant bits for in-range operands. (Forming the product first and then
-adding copysign(½, x·y) gives the same bits with one instruction more per product: 1.4× slower.)
+adding copysign(½, x·y) gives the same bits with one instruction more per product.)
 
 Clamps (forward). A linear step clamps m, F, π' and ϕ' (and the input sample); where none would fire,
 clamping is the identity. So a batch row runs CHUNK steps at a time without clamps, keeping per lane
@@ -47,7 +47,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from .fixed import ACC_LIMIT, FormatConfig
-from .kernels import A_SHIFT, DELTA_SHIFT, FM, FORCE, H_SHIFT, MM, PP, STATE, _linear_row, echo_chunk
+from .kernels import A_SHIFT, DELTA_SHIFT, FM, H_SHIFT, MM, PP, echo_chunk, forward
 
 # Codes below 2^26 and products of two plus a half below 2^53: float64 holds every step exactly.
 FLOAT_EXACT_WORD_BITS = 27
@@ -158,17 +158,10 @@ def _fast_chunk(forcing, phi, pi, lanes, lim, positions, gain, lsb, m, momenta, 
     return True
 
 
-@njit(cache=True)
-def _integer_chunk(forcing, phi, pi, params, shifts, lim, positions, gain, lsb, stream_counts, counters):
-    """``kernels.forward``'s linear steps over one batch row's chunk; returns the clamps it counted."""
-    clamps = 0
-    for k in range(forcing.shape[0]):
-        n_force, n_state = _linear_row(phi, pi, forcing[k], params[0], params[1], shifts, lim, positions[k], gain,
-                                       lsb, stream_counts)
-        counters[FORCE] += n_force
-        counters[STATE] += n_state
-        clamps += n_force + n_state
-    return clamps
+@njit(cache=True, inline="always")
+def _one_row(x):
+    """A batch row's (K, P) slice as a (1, K, P) array, C-contiguous, for the integer kernels."""
+    return x.reshape((1, x.shape[0], x.shape[1]))
 
 
 @njit(cache=True)
@@ -183,15 +176,19 @@ def linear_forward(forcing, phi0, pi0, params, shifts, lim, lanes, positions, co
     pi = pi0.copy()
     counters = np.zeros(4, dtype=np.int64)
     m, momenta, peak = np.empty(npos), np.empty(npos), np.empty(npos)
+    no_table = np.zeros(1, dtype=np.int64)
     for bi in range(nb):
         clamping = False
         for start in range(0, nt, CHUNK):
             stop = min(start + CHUNK, nt)
             chunk, out = forcing[bi, start:stop], positions[bi, start:stop]
             if clamping or not _fast_chunk(chunk, phi[bi], pi[bi], lanes, lim, out, gain, lsb, m, momenta, peak):
-                clamps = _integer_chunk(chunk, phi[bi], pi[bi], params, shifts, lim, out, gain, lsb, stream_counts,
-                                        counters)
-                clamping = clamps > 0
+                row_phi, row_pi, row_counters = forward(_one_row(chunk), phi[bi:bi + 1], pi[bi:bi + 1], params, False,
+                                                        shifts, lim, no_table, no_table, _one_row(out), conversion,
+                                                        stream_counts)
+                phi[bi], pi[bi] = row_phi[0], row_pi[0]
+                counters += row_counters
+                clamping = row_counters.sum() > 0
     return phi, pi, counters
 
 
@@ -230,7 +227,7 @@ def _fast_echo_chunk(forcing, nudges, phi, pi, acc, lanes, lim, out, conversion,
     (``out`` then holds garbage to be overwritten). ``scratch`` from ``_echo_scratch``. With acc_shift 0
     (words ≤ 31 bits) an accumulator adds x⁺y⁺ − x⁻y⁻ exactly; a difference of squares is formed as
     (x⁺ − x⁻)(x⁺ + x⁻), exact since its value is below 2^53. The steps are calls of ``_echo_row``: a
-    loop nest running time backwards over 2-D rows did not vectorise (7× slower).
+    loop nest running time backwards over 2-D rows did not vectorise.
     """
     gain, nudge_gain, _ = conversion
     phi_p, phi_m, pi_p, pi_m, mm, pp, fm, peak = scratch
@@ -294,8 +291,8 @@ def linear_echo(forcing, nudges, phi, pi, acc, params, shifts, lim, lanes, forci
                     or not _fast_echo_chunk(chunk, chunk_nudges, phi[bi], pi[bi], acc[bi], lanes, lim, out,
                                             conversion, obs_scale, scratch)):
                 row_counters[:] = 0
-                echo_chunk(forcing[bi:bi + 1, start:stop], nudges[bi:bi + 1, start:stop], phi[bi:bi + 1],
-                           pi[bi:bi + 1], acc[bi:bi + 1], params, False, shifts, lim, no_table, no_table,
-                           forcing_obs[bi:bi + 1, start:stop], row_counters, conversion, obs_scale, stream_counts)
+                echo_chunk(_one_row(chunk), _one_row(chunk_nudges), phi[bi:bi + 1], pi[bi:bi + 1], acc[bi:bi + 1],
+                           params, False, shifts, lim, no_table, no_table, _one_row(out), row_counters, conversion,
+                           obs_scale, stream_counts)
                 counters += row_counters
                 clamping = row_counters.sum() > 0
