@@ -24,6 +24,7 @@ import numba
 import numpy as np
 import torch
 
+from echoforge.argtypes import non_negative_float
 from echoforge.models import kernels as float_kernels
 from echoforge.models.core import FloatCore, OscillatorParams
 from echoforge.models.hssm import HRU_KINDS
@@ -231,7 +232,7 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--inputs", type=int, default=64, help="input width of the torch HRU layer")
-    parser.add_argument("--input-scale", type=float, default=0.03,
+    parser.add_argument("--input-scale", type=non_negative_float, default=0.03,
                         help="standard deviation of the torch HRU layer's input (the emulator's state stays in range)")
     parser.add_argument("--write", action="store_true", help="replace this benchmark's section of docs/results.md")
     args = parser.parse_args(argv)
