@@ -11,15 +11,20 @@ from numba import njit
 from echoforge.models.core import OscillatorParams
 from echoforge.targets.emulator import EmulatorCore, FormatConfig, kernels
 from echoforge.targets.emulator.fixed import ACC_LIMIT, quantize_value
-from echoforge.targets.emulator.float_lanes import CHUNK, FLOAT_EXACT_WORD_BITS, applies, lane_code
+from echoforge.targets.emulator.float_lanes import (CHUNK, FLOAT_EXACT_WORD_BITS, PRODUCT_LIMIT, _round_product,
+                                                    applies, lane_code, lane_params)
 
 torch.set_num_threads(1)
 
 
 def linear_core(size, config, seed=0):
+    """A linear bank with a in [0.5, 3) and δ in [0.1, 0.9), scaled down at 27 bits where those codes
+    times the state's limit would pass PRODUCT_LIMIT."""
     rng = np.random.default_rng(seed)
+    scale = 0.2 if config.word_bits == FLOAT_EXACT_WORD_BITS else 1.0
     core = EmulatorCore(config)
-    core.load(OscillatorParams("linear", a=rng.uniform(0.5, 3.0, size), delta=rng.uniform(0.1, 0.9, size)))
+    core.load(OscillatorParams("linear", a=scale * rng.uniform(0.5, 3.0, size),
+                               delta=scale * rng.uniform(0.1, 0.9, size)))
     return core
 
 
@@ -120,18 +125,49 @@ def test_the_float_lane_echo_gives_the_integer_kernels_bits_and_counts(word_bits
 
 
 @pytest.mark.filterwarnings("ignore:fixed-point emulator saturated")
-def test_banks_the_float_lanes_do_not_run_get_the_integer_kernel():
-    """Past 27 bits, nonlinear, or a < 0 (the product's sign is no longer the state's): same bits."""
+@pytest.mark.filterwarnings("ignore:fixed-point emulator saturated")
+@pytest.mark.parametrize("word_bits, a", [(24, np.linspace(-1.0, 1.0, 19)), (27, np.full(19, 3.0))])
+def test_banks_the_float_lanes_do_not_run_get_the_integer_kernel(word_bits, a):
+    """Past 27 bits, nonlinear, a < 0 (the product's sign is no longer the state's), or a product of a
+    parameter and a state code that could reach PRODUCT_LIMIT: same bits."""
     codes = np.ones((5, 3), dtype=np.int64)
     assert not applies(FormatConfig(word_bits=FLOAT_EXACT_WORD_BITS + 1), "linear", codes)
     assert not applies(FormatConfig(), "nonlinear", codes)
-    config = FormatConfig()
+    config = FormatConfig(word_bits=word_bits)
     core = EmulatorCore(config)
-    core.load(OscillatorParams("linear", a=np.linspace(-1.0, 1.0, 19), delta=np.full(19, 0.5)))
+    core.load(OscillatorParams("linear", a=a, delta=np.full(19, 0.5)))
     assert not applies(config, "linear", core.param_codes)
     forcing, phi, pi = problem(config, np.float32)
     assert np.array_equal(core._forward(forcing, phi, pi, input_sat=0).positions,
                           integer_reference(core, forcing, phi, pi)[0])
+
+
+@njit
+def rounded_products(x, y):
+    out = np.empty(x.shape[0])
+    for i in range(x.shape[0]):
+        out[i] = _round_product(np.float64(x[i]), y)
+    return out
+
+
+@pytest.mark.parametrize("shift", [0, 1, 2, 13, 22, 26])
+def test_a_rounded_product_is_the_round_shift_up_to_the_product_limit(shift):
+    """rint of x times the biased lane parameter is R(x·c, s) — ties away from zero — for every state
+    code x and a parameter code c as large as PRODUCT_LIMIT allows (module docstring, "Rounding")."""
+    lim = FormatConfig().state.limit
+    rng = np.random.default_rng(shift)
+    for code in (1, 3, 2 ** 13 + 1, ((PRODUCT_LIMIT - 1) // lim - 1) | 1):  # odd codes
+        assert code * lim < PRODUCT_LIMIT
+        x = rng.integers(-lim, lim + 1, 20_000)
+        if shift:  # every x·c ≡ 2^(s−1) mod 2^s in range is a tie; c odd has an inverse mod 2^s
+            tie = (2 ** (shift - 1) * pow(code, -1, 2 ** shift)) % 2 ** shift
+            x = np.concatenate([x, np.arange(tie - lim // 2 ** shift * 2 ** shift, lim + 1, 2 ** shift)[:20_000]])
+            x = np.concatenate([x, -x, [lim, -lim, 0]])
+        product = x * code
+        half = (1 << (shift - 1)) if shift else 0
+        expected = np.sign(product) * ((np.abs(product) + half) >> shift)
+        y = lane_params(np.array([[code], [code], [0], [0], [0]]), (shift + 1, shift, shift) + (0,) * 5)[0, 0]
+        assert np.array_equal(rounded_products(x, y), expected)
 
 
 def test_a_clean_run_counts_nothing_and_keeps_the_state():
@@ -183,7 +219,8 @@ def test_lane_codes_are_the_normative_quantisation(dtype):
     """Ties, the samples just either side of them, the float ``+ ½`` trap, tiny and subnormal samples."""
     config = FormatConfig()
     gain = 2.0 ** config.state_frac
-    ties = (np.arange(-2000, 2000) + 0.5) / gain
+    ties = np.concatenate([np.arange(-2000, 2000), np.arange(2 ** 23 - 2000, 2 ** 23 - 1)]) + 0.5
+    ties = np.concatenate([ties, -ties]) / gain
     samples = np.concatenate([ties, np.nextafter(ties.astype(dtype), dtype(np.inf)),
                               np.nextafter(ties.astype(dtype), dtype(-np.inf)),
                               [0.49999997 / gain, 0.49999999999999994 / gain, 1e-30, -1e-30, 1e-45, 0.0, -0.0,

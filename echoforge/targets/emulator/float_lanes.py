@@ -2,16 +2,27 @@
 
 Why. ``kernels.forward`` spends most of a linear step on int64 bookkeeping: 64-bit multiplies, the
 four-instruction round-shift R, a counted clamp per update. Up to 27-bit words every quantity of the
-step is an integer below 2^53 — codes below 2^26, a product of two codes plus a half below 2^52 — so
-float64 holds it exactly, and the rescale-and-round of a product is one fused multiply-add and a
-truncation. With y ≥ 0 (the parameters a, δ, h = δ/2 of a linear bank, with 2^−s folded in exactly)
-the product's sign is x's, so
+step other than a product is an integer below 2^53, so float64 holds it exactly, and the rescale-and-
+round of a product is one multiply and one round-to-nearest-even (``rint``), with the ties R sends
+away from zero steered there by the parameter itself.
 
-    R(x·y, s) = trunc(fma(x, y·2^−s, copysign(½, x)))
+Rounding. A parameter of the linear bank is y = c·2^−s (c ≥ 0 its code: a, δ, or h = δ read with one
+more fraction bit). The lanes hold y' = y + 2·ulp(y) (0 when c = 0), and for an in-range integer x
 
-which is ``fixed.round_shift`` (ties away from zero, odd-symmetric) as long as x·y·2^−s ± ½ is exact:
-at most 2·(n − 1) + 1 ≤ 53 significant bits for in-range operands. (Forming the product first and then
-adding copysign(½, x·y) gives the same bits with one instruction more per product.)
+    R(x·c, s) = rint(fl(x·y'))          provided lim·c < 2^49 (PRODUCT_LIMIT)
+
+which is ``fixed.round_shift``: ties away from zero, odd-symmetric. Proof. With z = x·y (exact) and
+W = fl(x·y'), W − z = x·2ulp(y) + (rounding of the product) and |W − z| < |x|·y·2^−50 ≤ |x|·c·2^−(s+50)
+< 2^−(s+1). A z that is not a tie lies at least 2^−s (s ≥ 1) or ½ (s = 0) from every half-integer, so W
+rounds like z. A tie z = k + ½ is a float, and x·y' − z = x·2ulp(y) exceeds ulp(z) ≤ |z|·2^−52 (as
+2ulp(y) > y·2^−52), so by monotone rounding W ≥ z + ulp(z) on x's side of z — strictly past the tie,
+and less than 2^−(s+1) past it: rint takes it away from zero. A bank with a larger product runs the
+integer kernels. A float32 forcing sample is a code the same way: z = x·2^S is exact with 24
+significant bits, and W = fl(x·2^S(1 + 2^−50)) moves a tie by |z|·2^−50 > ulp(z) and anything else by
+less than |z|·2^−49, while a non-tie below 2^23 is at least |z|·2^−24 (a float32 ulp) from a
+half-integer and one above is an integer; past 2^48 the code is beyond every word, whatever its last
+bits, and the chunk is run again. A float64 sample goes through floor and the remainder, as
+``fixed.quantize_value`` does.
 
 Clamps (forward). A linear step clamps m, F, π' and ϕ' (and the input sample); where none would fire,
 clamping is the identity. So a batch row runs CHUNK steps at a time without clamps, keeping per lane
@@ -32,10 +43,6 @@ Carrying m (forward only: the echo's nudge changes π between the two drifts). A
 ϕ' = m + R(δπ', h) and the next step's opening drift m_next = ϕ' + R(δπ', h) share their product, so
 the lanes carry m and π and form three products a step instead of four; the row's ϕ is m − R(δπ, h) at
 the end of a chunk (exact when clean).
-
-Streams. Forcing samples become codes as ``fixed.quantize_value`` makes them (gain 2^S, a power of
-two, so the scaling is exact): a float32 sample has 24 significant bits, so s + copysign(½, s) is exact
-or, for |s| < 2^−30, cannot reach 1; a float64 sample goes through floor and the remainder.
 """
 
 from __future__ import annotations
@@ -49,31 +56,38 @@ from numba.extending import overload
 from .fixed import ACC_LIMIT, FormatConfig
 from .kernels import A_SHIFT, DELTA_SHIFT, FM, H_SHIFT, MM, PP, echo_chunk, forward
 
-# Codes below 2^26 and products of two plus a half below 2^53: float64 holds every step exactly.
+# Codes below 2^26, sums of two products below 2^53: float64 holds every step's values exactly.
 FLOAT_EXACT_WORD_BITS = 27
+# lim·c below this for every parameter code c: a product rounds right (module docstring, "Rounding").
+PRODUCT_LIMIT = 2 ** 49
+# A float32 forcing sample's code: rint(x·2^S·GAIN_BIAS) (module docstring, "Rounding").
+GAIN_BIAS = 1.0 + 2.0 ** -50
 # Time steps a batch row runs between checks: what a value leaving the word costs to redo.
 CHUNK = 512
 
 
 def applies(config: FormatConfig, kind: str, param_codes: np.ndarray) -> bool:
-    """Whether this bank runs its forward and echo here: linear, words of at most 27 bits, and a ≥ 0,
-    δ ≥ 0 (as the linear HRU's relu and sigmoid make them) so that a product's sign is the state's."""
-    return (kind == "linear" and config.word_bits <= FLOAT_EXACT_WORD_BITS
-            and bool((param_codes[:2] >= 0).all()))
+    """Whether this bank runs its forward and echo here: linear, words of at most 27 bits, a ≥ 0 and
+    δ ≥ 0 (as the linear HRU's relu and sigmoid make them), and every product of a state code with a
+    parameter below PRODUCT_LIMIT."""
+    codes = param_codes[:2]
+    return (kind == "linear" and config.word_bits <= FLOAT_EXACT_WORD_BITS and bool((codes >= 0).all())
+            and int(codes.max(initial=0)) * config.state.limit < PRODUCT_LIMIT)
 
 
 def lane_params(param_codes: np.ndarray, shifts: tuple) -> np.ndarray:
-    """(a·2^−a_frac, δ·2^−δ_frac, δ·2^−(δ_frac+1)) per oscillator, (3, P) float64: R's shifts folded in."""
+    """y' for y = a·2^−a_frac, δ·2^−δ_frac, δ·2^−(δ_frac+1) per oscillator, (3, P) float64: R's shifts
+    folded in, and the bias that steers ties (module docstring, "Rounding")."""
     a, d = param_codes[0].astype(np.float64), param_codes[1].astype(np.float64)
-    return np.stack([np.ldexp(a, -shifts[A_SHIFT]), np.ldexp(d, -shifts[DELTA_SHIFT]),
-                     np.ldexp(d, -shifts[H_SHIFT])])
+    scaled = np.stack([np.ldexp(a, -shifts[A_SHIFT]), np.ldexp(d, -shifts[DELTA_SHIFT]),
+                       np.ldexp(d, -shifts[H_SHIFT])])
+    return np.where(scaled > 0, np.nextafter(np.nextafter(scaled, np.inf), np.inf), 0.0)
 
 
 @njit(cache=True, inline="always")
 def _round_product(x, y):
-    """R(x·y) for y ≥ 0 (a parameter with 2^−s folded in, or the gain): the product's sign is x's, so
-    x·y + copysign(½, x) is one FMA — exact, its value being below 2^53 — then truncated."""
-    return np.trunc(x * y + math.copysign(0.5, x))
+    """R(x·c, s) for a lane parameter y from ``lane_params`` (module docstring, "Rounding")."""
+    return np.rint(x * y)
 
 
 @njit(cache=True, inline="always")
@@ -93,8 +107,8 @@ def lane_code(x, gain):
 def _lane_code(x, gain):
     if isinstance(x, types.Integer):
         return lambda x, gain: np.float64(x)
-    if x == types.float32:  # x·2^S exact with 24 significant bits: s + ½ is exact (module docstring)
-        return lambda x, gain: _round_product(np.float64(x), gain)
+    if x == types.float32:  # module docstring, "Rounding"
+        return lambda x, gain: np.rint(np.float64(x) * (gain * GAIN_BIAS))
     return lambda x, gain: _careful_code(x, gain)  # 53 significant bits: s + ½ could round up
 
 
@@ -120,8 +134,20 @@ def _lane_output(value, lsb, out):
     return lambda value, lsb, out: value * lsb
 
 
-# fastmath "contract" only: it lets LLVM fuse x·y + z into one FMA, which rounds nothing here because
-# every product is exact; nothing is reassociated and NaN / infinity keep their meaning.
+@njit(cache=True, inline="always")
+def linear_step(code, m, momentum, a, d, h):
+    """One leapfrog step from the carried opening drift m and momentum π, unclamped, on lane parameters
+    (a, δ, h): (ϕ', the next step's m, π', F)."""
+    force = _round_product(m, a) - code
+    momentum = momentum - _round_product(force, d)
+    half = _round_product(momentum, h)
+    position = m + half
+    return position, position + half, momentum, force
+
+
+# fastmath "contract" only: it fuses the range check's sum of squares into FMAs (a bound, not a value:
+# one term beyond lim² still takes the sum beyond it); nothing is reassociated, NaN / infinity keep
+# their meaning, and no product is contracted, each being rounded by rint before anything is added.
 @njit(cache=True, fastmath={"contract"})
 def _fast_chunk(forcing, phi, pi, lanes, lim, positions, gain, lsb, m, momenta, peak):
     """Steps one batch row over forcing (K, P) from codes (ϕ, π) (P,), unclamped, writing ``positions``.
@@ -139,11 +165,7 @@ def _fast_chunk(forcing, phi, pi, lanes, lim, positions, gain, lsb, m, momenta, 
     for k in range(forcing.shape[0]):
         for p in range(npos):
             code = lane_code(forcing[k, p], gain)
-            force = _round_product(m[p], a[p]) - code
-            momentum = momenta[p] - _round_product(force, d[p])
-            half = _round_product(momentum, h[p])
-            position = m[p] + half
-            mid = position + half
+            position, mid, momentum, force = linear_step(code, m[p], momenta[p], a[p], d[p], h[p])
             m[p] = mid
             momenta[p] = momentum
             positions[k, p] = lane_output(position, lsb, positions)
@@ -192,7 +214,7 @@ def linear_forward(forcing, phi0, pi0, params, shifts, lim, lanes, positions, co
     return phi, pi, counters
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=True)
 def _echo_row(forcing, nudges, out, a, d, h, gain, nudge_gain, obs_scale, phi_p, phi_m, pi_p, pi_m, mm, pp, fm, peak):
     """One echo step of the pair over a row of oscillators (unclamped; ``_fast_echo_chunk``)."""
     for p in range(phi_p.shape[0]):
