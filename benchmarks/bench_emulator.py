@@ -31,7 +31,7 @@ from echoforge.models.hssm import HRU_KINDS
 from echoforge.targets.emulator import EmulatorCore, float_lanes, kernels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_doc import median_seconds, write_section  # noqa: E402
+from results_doc import turns_seconds, write_section  # noqa: E402
 
 KINDS = ("linear", "nonlinear")
 # ∂L/∂positions fed to the layer's backward: a loss's gradient is small per position (a unit-variance
@@ -78,7 +78,7 @@ def measure(kind, batch, length, size, repeats):
         ("echo", "emulator (integer API)"): lambda: core.echo_int(codes, phi_q, pi_q, nudge_codes),
         ("echo", "float HRU core (float64)"): lambda: float_core.echo(forcing, phi, pi, nudges, 0.01),
     }
-    return {key: median_seconds(fn, repeats) for key, fn in contenders.items()}
+    return {key: statistics.median(times) for key, times in turns_seconds(contenders, repeats).items()}
 
 
 def measure_layer(kind, batch, length, size, inputs, input_scale, repeats):
@@ -101,12 +101,15 @@ def measure_layer(kind, batch, length, size, inputs, input_scale, repeats):
     for core in cores.values():
         hru.core = core
         hru.bank(u[:1, :8].clone().requires_grad_()).backward(grad[:1, :8])  # warm-up
-    seconds = {}
-    for _ in range(repeats):  # the cores take turns, so that a busy spell on the machine hits both
-        for name, core in cores.items():
+    def on(core, run):
+        def run_on_core():
             hru.core = core
-            for pass_name, run in (("forward", forward), ("forward + echo", forward_backward)):
-                seconds.setdefault((pass_name, name), []).append(median_seconds(run, 1))
+            run()
+        return run_on_core
+
+    seconds = turns_seconds({(pass_name, name): on(core, run) for name, core in cores.items()
+                             for pass_name, run in (("forward", forward), ("forward + echo", forward_backward))},
+                            repeats)
     timings = {}
     for name in cores:
         timings[("forward", name)] = statistics.median(seconds[("forward", name)])
@@ -169,16 +172,16 @@ def measure_kernels(batch, length, size, repeats):
             emulator_positions = positions.copy() if emulator_positions is None else emulator_positions
             if not np.array_equal(positions, emulator_positions):
                 raise AssertionError(f"{name} gives other positions than the emulator's kernels")
-    return {name: median_seconds(run, repeats) for name, run in contenders.items()}
+    return {name: statistics.median(times) for name, times in turns_seconds(contenders, repeats).items()}
 
 
 def kernel_report(kernel_timings, steps):
     flt = kernel_timings[FLOAT_KERNEL]
     lines = ["The bare linear forward kernels (same problem, float32 streams, outputs preallocated — no "
              "allocation, no validation of the inputs): the arithmetic alone. The third row is the float lanes' "
-             "exact step with the range checks that make it safe taken out (the same positions on this in-range "
-             "problem, checked; wrong bits once a value leaves the word): no exact kernel of this arithmetic can "
-             "beat it.", "",
+             "exact step with its range checks taken out (the same positions on this in-range problem, checked; "
+             "wrong bits once a value leaves the word): what the exact arithmetic costs without the checks that "
+             "keep it exact when a value saturates.", "",
              "| kernel | seconds | M osc-steps/s | vs float core |", "|---|---|---|---|"]
     lines += [f"| {name} | {seconds:.3f} | {steps / seconds / 1e6:.0f} | {flt / seconds:.2f}× |"
               for name, seconds in kernel_timings.items()]
@@ -234,7 +237,8 @@ def report(results, batch, length, size, repeats, command):
         f"(torch.set_num_threads(1), numba kernels are single-threaded); Python {platform.python_version()}, "
         f"numpy {np.__version__}, numba {numba.__version__}, torch {torch.__version__}.",
         "",
-        f"Batch {batch}, length {length}, {size} oscillators; median of {repeats} runs after warm-up. "
+        f"Batch {batch}, length {length}, {size} oscillators; median of {repeats} runs after warm-up, the "
+        "contenders taking turns call by call (in this table and the next two). "
         "An oscillator-step advances one oscillator by one leapfrog step: a forward makes "
         "batch·length·oscillators of them, an echo call — the ±ε *pair*, RHEL's two echoes, each a "
         "full trajectory — twice as many (the pair-steps/s column counts the pair once). The float "

@@ -30,9 +30,16 @@ def write_section(name: str, body: str) -> None:
 
 def median_seconds(fn, repeats: int) -> float:
     """Median wall time of `repeats` calls of fn."""
-    times = []
+    return statistics.median(turns_seconds({None: fn}, repeats)[None])
+
+
+def turns_seconds(contenders: dict, repeats: int) -> dict:
+    """Wall times of `repeats` calls of each contender, the contenders taking turns call by call, so that
+    a busy spell on a shared machine hits them all: {name: [seconds, ...]}."""
+    times = {name: [] for name in contenders}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
