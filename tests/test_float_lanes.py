@@ -142,6 +142,13 @@ def test_banks_the_float_lanes_do_not_run_get_the_integer_kernel(word_bits, a):
                           integer_reference(core, forcing, phi, pi)[0])
 
 
+def test_every_linear_bank_up_to_25_bits_runs_in_float_lanes():
+    """A parameter code is at most the word's limit, and limit² < PRODUCT_LIMIT up to 25 bits."""
+    for word_bits in range(12, 26):
+        config = FormatConfig(word_bits=word_bits)
+        assert applies(config, "linear", np.full((5, 3), config.state.limit))
+
+
 @njit
 def rounded_products(x, y):
     out = np.empty(x.shape[0])

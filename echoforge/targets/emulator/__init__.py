@@ -4,8 +4,8 @@ Read the module docstrings in order for the normative definitions an FPGA port i
 ``fixed`` (formats, rounding, saturation), ``tables`` (integer tanh, log cosh, sigmoid, GELU),
 ``kernels`` (the integer leapfrog, its reversibility, the echo and its accumulators), ``core``
 (quantisation of parameters and nudges, the choice of ε, gradients from the accumulators).
-``float_lanes`` is not a definition but a faster implementation of ``kernels``' linear forward, the
-same bits for words up to 27 bits.
+``float_lanes`` is not a definition but a faster implementation of ``kernels``' linear forward and
+echo, the same bits, for the linear banks its docstring names (every one up to 25-bit words).
 """
 
 from .core import EchoInt, EmulatorCore, ForwardInt, SaturationReport
