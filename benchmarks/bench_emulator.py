@@ -101,6 +101,7 @@ def measure_layer(kind, batch, length, size, inputs, input_scale, repeats):
     for core in cores.values():
         hru.core = core
         hru.bank(u[:1, :8].clone().requires_grad_()).backward(grad[:1, :8])  # warm-up
+
     def on(core, run):
         def run_on_core():
             hru.core = core
@@ -165,13 +166,15 @@ def measure_kernels(batch, length, size, repeats):
         FLOAT_KERNEL: lambda: float_kernels.forward(
             float_kernels.LINEAR, params.table(), forcing, zeros, zeros, positions, np.empty((0, 0, 0)), False),
     }
-    emulator_positions = None
+    reference = None
     for name, run in contenders.items():
         run()  # warm-up; the emulator's three must agree on this in-range problem
-        if name != FLOAT_KERNEL:
-            emulator_positions = positions.copy() if emulator_positions is None else emulator_positions
-            if not np.array_equal(positions, emulator_positions):
-                raise AssertionError(f"{name} gives other positions than the emulator's kernels")
+        if name == FLOAT_KERNEL:
+            continue
+        if reference is None:
+            reference = positions.copy()
+        elif not np.array_equal(positions, reference):
+            raise AssertionError(f"{name} gives other positions than the emulator's kernels")
     return {name: statistics.median(times) for name, times in turns_seconds(contenders, repeats).items()}
 
 
