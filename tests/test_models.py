@@ -147,6 +147,23 @@ def test_linear_hru_rhel_equals_bptt(epsilon, complex_state, chunk, monkeypatch)
         assert relative_error(r, b) <= 1e-10, name
 
 
+@pytest.mark.parametrize("chunk", [4096, 37])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_float_core_echo_equals_its_stream(chunk, batch, monkeypatch):
+    """echo writes a chunk's ∂L/∂f into its result in place where that slice is contiguous and copies it
+    otherwise: the numbers echo_stream hands out chunk by chunk, either way."""
+    monkeypatch.setattr("echoforge.models.core.CHUNK", chunk)
+    rng = np.random.default_rng(0)
+    core = FloatCore(OscillatorParams("linear", a=rng.uniform(0.2, 1.0, 6), delta=rng.uniform(0.3, 0.7, 6)))
+    forcing, nudges = rng.normal(size=(2, batch, 300, 6))
+    zeros = np.zeros((batch, 6))
+    _, phi, pi = core.forward(forcing, zeros, zeros)
+    whole = core.echo(forcing, phi, pi, nudges, 0.01).grad_forcing
+    streamed = np.full_like(whole, np.nan)
+    core.echo_stream(forcing, phi, pi, nudges, 0.01, lambda s, grad: streamed.__setitem__((slice(None), s), grad))
+    assert np.array_equal(whole, streamed)
+
+
 # 3. Nonlinear HRU: the finite-ε bias falls as ε².
 
 def test_nonlinear_rhel_error_falls_as_epsilon_squared():

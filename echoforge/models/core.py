@@ -163,17 +163,20 @@ class FloatCore:
         grad_forcing = np.empty(forcing.shape, _stream_dtype(forcing))
 
         def keep(s, grad):
-            grad_forcing[:, s] = grad
+            if not np.may_share_memory(grad, grad_forcing):  # a chunk written elsewhere
+                grad_forcing[:, s] = grad
 
-        result = self.echo_stream(forcing, phi, pi, nudges, epsilon, keep)
+        result = self.echo_stream(forcing, phi, pi, nudges, epsilon, keep, out=grad_forcing)
         result.grad_forcing = grad_forcing
         return result
 
-    def echo_stream(self, forcing, phi, pi, nudges, epsilon, sink) -> EchoResult:
+    def echo_stream(self, forcing, phi, pi, nudges, epsilon, sink, out=None) -> EchoResult:
         """The echoes chunk by chunk, latest first, handing each chunk's ∂L/∂f to sink(slice, array).
 
         Returns the EchoResult without grad_forcing: a caller that turns ∂L/∂f into something
-        smaller as it arrives never holds the whole gradient stream.
+        smaller as it arrives never holds the whole gradient stream. With ``out`` (B, L, P), a chunk
+        whose slice of it is contiguous is written there in place (sink gets that view), saving a
+        sequence-sized allocation and copy when the whole sequence is one chunk.
         """
         if not epsilon > 0:
             raise ValueError(f"epsilon must be positive, got {epsilon}")
@@ -184,7 +187,8 @@ class FloatCore:
         acc = np.zeros((len(PARAM_NAMES), batch, size))
         for s in reversed(time_chunks(length)):
             before = nudges[:, s.start - 1] if s.start > 0 else np.zeros((batch, size))
-            grad = np.empty((batch, s.stop - s.start, size), _stream_dtype(forcing))
+            grad = out[:, s] if out is not None and out[:, s].flags.c_contiguous else \
+                np.empty((batch, s.stop - s.start, size), _stream_dtype(forcing))
             kernels.echo_chunk(kind, table, _stream(forcing[:, s]), _stream(nudges[:, s]),
                                _f64(before), float(epsilon), state, acc, grad)
             sink(s, grad)
