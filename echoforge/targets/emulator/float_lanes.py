@@ -22,7 +22,8 @@ significant bits, and W = fl(x·2^S(1 + 2^−50)) moves a tie by |z|·2^−50 > 
 less than |z|·2^−49, while a non-tie below 2^23 is at least |z|·2^−24 (a float32 ulp) from a
 half-integer and one above is an integer; past 2^48 the code is beyond every word, whatever its last
 bits, and the chunk is run again. A float64 sample goes through floor and the remainder, as
-``fixed.quantize_value`` does.
+``fixed.quantize_value`` does. (fl and rint round to nearest, even on ties: the floating-point mode
+that Python, numpy and torch run in and never change.)
 
 Clamps (forward). A linear step clamps m, F, π' and ϕ' (and the input sample); where none would fire,
 clamping is the identity. So a batch row runs CHUNK steps at a time without clamps, keeping per lane
