@@ -161,12 +161,7 @@ class FloatCore:
 
     def echo(self, forcing, phi, pi, nudges, epsilon) -> EchoResult:
         grad_forcing = np.empty(forcing.shape, _stream_dtype(forcing))
-
-        def keep(s, grad):
-            if not np.may_share_memory(grad, grad_forcing):  # a chunk written elsewhere
-                grad_forcing[:, s] = grad
-
-        result = self.echo_stream(forcing, phi, pi, nudges, epsilon, keep, out=grad_forcing)
+        result = self.echo_stream(forcing, phi, pi, nudges, epsilon, lambda s, grad: None, out=grad_forcing)
         result.grad_forcing = grad_forcing
         return result
 
@@ -174,9 +169,9 @@ class FloatCore:
         """The echoes chunk by chunk, latest first, handing each chunk's ∂L/∂f to sink(slice, array).
 
         Returns the EchoResult without grad_forcing: a caller that turns ∂L/∂f into something
-        smaller as it arrives never holds the whole gradient stream. With ``out`` (B, L, P), a chunk
-        whose slice of it is contiguous is written there in place (sink gets that view), saving a
-        sequence-sized allocation and copy when the whole sequence is one chunk.
+        smaller as it arrives never holds the whole gradient stream. With ``out`` (B, L, P), every
+        chunk also lands in it, written there in place where that slice is contiguous,
+        which saves a sequence-sized allocation and copy when the whole sequence is one chunk.
         """
         if not epsilon > 0:
             raise ValueError(f"epsilon must be positive, got {epsilon}")
@@ -187,10 +182,13 @@ class FloatCore:
         acc = np.zeros((len(PARAM_NAMES), batch, size))
         for s in reversed(time_chunks(length)):
             before = nudges[:, s.start - 1] if s.start > 0 else np.zeros((batch, size))
-            grad = out[:, s] if out is not None and out[:, s].flags.c_contiguous else \
+            kept = None if out is None else out[:, s]
+            grad = kept if kept is not None and kept.flags.c_contiguous else \
                 np.empty((batch, s.stop - s.start, size), _stream_dtype(forcing))
             kernels.echo_chunk(kind, table, _stream(forcing[:, s]), _stream(nudges[:, s]),
                                _f64(before), float(epsilon), state, acc, grad)
+            if kept is not None and grad is not kept:
+                kept[...] = grad
             sink(s, grad)
         step = self.params.delta
         scale = np.array([step, np.ones_like(step), step, step, step])[:, None, :] / (-2.0 * epsilon)

@@ -200,8 +200,8 @@ class EmulatorCore:
         return ForwardInt(positions, phi, pi, report)
 
     def _bank_forward(self, forcing, phi, pi, positions, stream_counts):
-        """``kernels.forward``, or for a linear bank of up to 27 bits its float64-lane twin (the same bits
-        and counts, ``float_lanes``). Returns (ϕ, π, counters)."""
+        """``kernels.forward``, or for a bank ``float_lanes`` takes (set at ``load``) its float64-lane twin
+        (the same bits and counts). Returns (ϕ, π, counters)."""
         params, nonlinear, shifts, lim, *tables = self._kernel_args()
         if self._lanes is not None:
             return float_lanes.linear_forward(forcing, phi, pi, params, shifts, lim, self._lanes, positions,
