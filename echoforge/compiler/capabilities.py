@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .ir import INTEGRATOR
@@ -16,7 +17,9 @@ class Capabilities:
     the device buffers per transfer; ``device_kinds`` are the node kinds the device can execute.
     Every fixed-point format must have at least ``min_int_bits`` (sign included) and
     ``min_frac_bits``; with ``shared_state_format`` a bank's forcing, positions, momenta and bias b
-    are one format, because the core adds them to each other.
+    are one format, because the core adds them to each other. ``rules`` are the target's own design
+    rules (resources, board limits), functions (ir, node, caps) yielding Findings like passes/drc.py's,
+    run after the common ones.
     """
 
     name: str
@@ -31,6 +34,7 @@ class Capabilities:
     min_int_bits: int = 2
     min_frac_bits: int = 1
     shared_state_format: bool = True
+    rules: tuple[Callable, ...] = ()
 
     def __post_init__(self):
         if self.default_word_bits not in self.word_bits:

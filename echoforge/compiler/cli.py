@@ -3,6 +3,7 @@ numbers that say what the hardware will do with it.
 
     echoforge export runs/bm -o bm.onnx
     echoforge compile runs/bm --target emulator -o build/bm [--data DATASET] [--word-bits N]
+    echoforge compile runs/bm --target fpga-up5k -o build/bm-fpga    # any registered target
     echoforge emulate build/bm [--data DATASET] [--split test] [--trace]
 
 A model from a run (directory or checkpoint) brings its dataset, split seed and time channel; an
@@ -18,7 +19,6 @@ from pathlib import Path
 
 from ..argtypes import non_negative_float, positive_int
 
-TARGETS = ("emulator",)  # targets with a lowering
 WITHOUT_RUN = (".onnx", ".yaml", ".yml")  # model files that carry no training config
 
 
@@ -53,7 +53,12 @@ def add_compile(commands) -> None:
                     "model.yaml, model.npz) and report.md / report.json — per-node formats, calibrated "
                     "ranges, headroom, saturation risk, and float vs fixed accuracy on the validation split.")
     parser.add_argument("model", help="run directory, checkpoint (.pt), ONNX (.onnx) or HWIR (.yaml)")
-    parser.add_argument("--target", choices=TARGETS, default="emulator", help="target (default emulator)")
+    from ..targets import targets
+
+    registered = targets()
+    parser.add_argument("--target", choices=sorted(registered), default="emulator", metavar="TARGET",
+                        help="; ".join(f"{name}: {t.summary}" for name, t in sorted(registered.items()))
+                        + " (default emulator)")
     parser.add_argument("--output", "-o", required=True, metavar="OUT", help="directory to write")
     parser.add_argument("--data", metavar="DATASET",
                         help="calibration and validation data (default: the run's dataset)")
@@ -67,6 +72,9 @@ def add_compile(commands) -> None:
     parser.add_argument("--time-channel", action=argparse.BooleanOptionalAction,
                         help="append the time channel to the data (default: as the run did)")
     _evaluation_options(parser)
+    for registered_target in registered.values():
+        if registered_target.add_options:
+            registered_target.add_options(parser.add_argument_group(f"--target {registered_target.name}"))
     parser.set_defaults(run=run_compile)
 
 
@@ -117,15 +125,21 @@ def run_compile(args) -> int:
     validation = compare(emulated, data.val.x, data.val.y, f"{options['name']} val",
                          batch_size=args.batch_size, progress=_progress(args))
     program_file = save_program(program, args.output)
+    build = _build_for_target(program, args, data, validation)
     calibration = {"data": f"{options['name']} train"}
-    write_report(build_report(program, validation, calibration), args.output)
+    write_report(build_report(program, validation, calibration, build), args.output)
     print(f"compiled {ir.provenance.source} for the {args.target} ({ir.target['word_bits']}-bit words): "
           f"{len(program.banks)} banks on the device, {len(ir.nodes) - len(program.banks)} nodes on the host")
     for bank in program.banks:
         print(f"  {bank.node}: {bank.params.size} {bank.params.kind} oscillators, state {bank.config.state}")
     print(f"expected change on {validation.describe()}")
     print(f"wrote {program_file} (+ model.yaml, model.npz, report.md, report.json)")
+    if build is not None:
+        print("\n".join([f"{build.title}:", *build.lines]))
     _refuse_saturation(validation, program_file, args.allow_saturation)
+    if build is not None and build.findings:
+        more = f" (and {len(build.findings) - 1} more in report.md)" if len(build.findings) > 1 else ""
+        raise ValueError(f"{program_file}: {args.target}: {build.findings[0]}{more}")
     return 0
 
 
@@ -154,6 +168,16 @@ def run_emulate(args) -> int:
 
 
 # ------------------------------------------------------------------------------------ helpers
+
+
+def _build_for_target(program, args, data, validation):
+    """The target's own artifacts and report section (RTL, synthesis, a board mapping), if it has any."""
+    from ..targets import BuildContext, target
+
+    chosen = target(args.target)
+    if chosen.build is None:
+        return None
+    return chosen.build(BuildContext(program, Path(args.output), args, data, validation))
 
 
 def _progress(args) -> bool | None:

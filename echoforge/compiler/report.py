@@ -151,19 +151,24 @@ def _node_entry(node, saturation: dict[str, int]) -> dict:
     return entry | ({"saturated": saturation} if saturation else {})
 
 
-def build_report(program, validation: Comparison, calibration: dict) -> dict:
-    """The compile report: target, calibration, banks, every node, findings, the measured change.
+def build_report(program, validation: Comparison, calibration: dict, build=None) -> dict:
+    """The compile report: target, calibration, banks, every node, findings, the measured change, and
+    what the target's build added (a TargetReport, under "build").
 
     `program` has ``ir`` and ``banks`` (each with ``to_yaml()``); `calibration` says which data
     calibrated the formats.
     """
     ir = program.ir
-    return {"source": ir.provenance.source, "target": ir.target,
-            "calibration": calibration | (ir.calibration or {}),
-            "validation": validation.to_json(),
-            "banks": [bank.to_yaml() for bank in program.banks],
-            "nodes": [_node_entry(node, validation.saturation.get(node.name, {})) for node in ir.nodes],
-            "findings": [f.to_yaml() for f in ir.findings]}
+    report = {"source": ir.provenance.source, "target": ir.target,
+              "calibration": calibration | (ir.calibration or {}),
+              "validation": validation.to_json(),
+              "banks": [bank.to_yaml() for bank in program.banks],
+              "nodes": [_node_entry(node, validation.saturation.get(node.name, {})) for node in ir.nodes],
+              "findings": [f.to_yaml() for f in ir.findings]}
+    if build is not None:
+        report["build"] = {"title": build.title, "lines": build.lines, "data": build.data,
+                           "findings": list(build.findings)}
+    return report
 
 
 def _param_formats(bank: dict) -> list[str]:
@@ -184,6 +189,9 @@ def render_markdown(report: dict) -> str:
              "## Nodes", "", *_node_table(report["nodes"]), "", "## Design-rule findings", ""]
     lines += [f"- {f['severity']} [{f['rule']}] node `{f['node']}`: {f['message']}"
               for f in report["findings"]] or ["None."]
+    if "build" in report:
+        build = report["build"]
+        lines += ["", f"## {build['title']}", "", *build["lines"]]
     return "\n".join(lines) + "\n"
 
 

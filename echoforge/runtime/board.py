@@ -20,6 +20,7 @@ import numpy as np
 
 from echoforge import __version__
 from echoforge.models.core import PARAM_NAMES, OscillatorParams
+from echoforge.targets import board as board_kind
 from echoforge.targets.emulator import EmulatorCore
 from echoforge.targets.emulator.kernels import product_shifts
 from echoforge.targets.emulator.stream import EchoStream, ForwardStream
@@ -86,6 +87,7 @@ class BoardDevice:
     def __init__(self, capabilities: Capabilities = Capabilities(), target: str = "emulator"):
         self.capabilities = capabilities
         self.target = target
+        self._kind = board_kind(target)  # the core behind the board (echoforge.targets registry)
         self.epoch = 0
         self.banks: list[_Bank] = []
         self.phase: _Phase | None = None
@@ -262,7 +264,7 @@ class BoardDevice:
             raise DeviceError(ErrorCode.BAD_PROGRAM, f"{word}-bit words, 2^{table}-segment tables: this board takes "
                                                      f"words of {caps.word_bits} bits, tables of {caps.table_bits}")
         try:
-            core = EmulatorCore(program.config)
+            core = self._kind.core(program.config)
             if min(product_shifts(program.config, core.functions.tanh_table.seg_shift)) < 0:
                 raise ValueError("c_frac + unit_frac < state_frac: the force c·T(z) has no valid rescale")
         except ValueError as error:
@@ -418,8 +420,8 @@ class Board:
     """
 
     def __init__(self, capabilities: Capabilities = Capabilities(), faults: Faults = Faults(),
-                 poll_interval: float = 0.05):
-        self.device = BoardDevice(capabilities)
+                 poll_interval: float = 0.05, target: str = "emulator"):
+        self.device = BoardDevice(capabilities, target)
         self.faults = faults
         self.poll_interval = poll_interval
         self.commands = Counter()  # by opcode name, and "total"

@@ -33,9 +33,14 @@ def add_board(commands) -> None:
     actions = board.add_subparsers(dest="action", required=True, metavar="ACTION")
     serve = actions.add_parser(
         "serve", help="serve the device protocol on a pseudo-terminal or a TCP port",
-        description="Serve the device protocol, backed by the bit-accurate emulator, until SIGINT or SIGTERM. "
+        description="Serve the device protocol, backed by the core of --target, until SIGINT or SIGTERM. "
                     "The first line of output is the URI to open. Fault rates are per frame, both directions.")
-    serve.add_argument("--target", choices=("emulator",), default="emulator", help="core behind the board")
+    from echoforge.targets import boards
+
+    kinds = boards()
+    serve.add_argument("--target", choices=sorted(kinds), default="emulator", metavar="TARGET",
+                       help="core behind the board: " + "; ".join(f"{name}: {kind.summary}"
+                                                                  for name, kind in sorted(kinds.items())))
     medium = serve.add_mutually_exclusive_group()
     medium.add_argument("--pty", action="store_true", help="serve on a new pseudo-terminal (the default)")
     medium.add_argument("--tcp", type=tcp_port, metavar="PORT", help="serve on a TCP port (0: any free one)")
@@ -83,7 +88,7 @@ def run_board_serve(args) -> int:
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {value}")
     capabilities = replace(Capabilities(), **{name: value for name, value in sizes.items() if value is not None})
-    board = Board(capabilities, faults)
+    board = Board(capabilities, faults, target=args.target)
     warm_up()  # the board is ready when it announces itself
     stop = threading.Event()
 

@@ -1,36 +1,118 @@
-"""Hardware targets, one subpackage each, and the registry of their capabilities.
+"""Hardware targets, one subpackage each, and the registry that finds them (DESIGN §4).
 
-A target's own package may come to define its capabilities; until then they are listed here. The
-registry is built on first use, so that importing a target does not load the compiler.
+A target is one folder ``targets/<name>/`` whose module ``target.py`` defines ``TARGETS`` (what
+``echoforge compile --target`` can compile for) and/or ``BOARDS`` (the cores ``echoforge board serve
+--target`` can put behind the device protocol). The registry imports every such module on first use,
+so nothing else in echoforge names a target; ``target.py`` modules must be cheap to import (the CLI
+imports them to build its parsers) and leave heavy work to their callables.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cache
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..compiler.capabilities import Capabilities
+    from ..compiler.report import Comparison
+    from .emulator.core import EmulatorCore
+    from .emulator.fixed import FormatConfig
+    from .emulator.lower import Program
+
+
+@dataclass(frozen=True)
+class TargetReport:
+    """What a target's build adds to the compile report: a report.md section, report.json["target"],
+    and findings — one-line problems (e.g. timing not met) that make `compile` exit 2."""
+
+    title: str
+    lines: list[str]
+    data: dict
+    findings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a target's build gets once the program is lowered, evaluated and saved in ``output``."""
+
+    program: Program
+    output: Path
+    args: argparse.Namespace
+    data: Any                 # models.data splits (.train/.val/.test, each with .x, .y)
+    validation: Comparison    # float vs fixed on the validation split
+
+
+@dataclass(frozen=True)
+class Target:
+    """A compile target: the limits its design rules check, its own compile options, and its build."""
+
+    name: str
+    capabilities: Capabilities
+    summary: str
+    add_options: Callable[[argparse.ArgumentParser], None] | None = None
+    build: Callable[[BuildContext], TargetReport] | None = None
+
+
+@dataclass(frozen=True)
+class BoardKind:
+    """A core a simulated board can serve: ``core(config)`` is a fresh, unloaded core for one bank's
+    formats that runs EmulatorCore's integer streams (``_bank_forward``, ``_bank_echo``)."""
+
+    name: str
+    summary: str
+    core: Callable[[FormatConfig], EmulatorCore]
 
 
 @cache
-def _registry() -> dict[str, Capabilities]:
-    from ..compiler.capabilities import Capabilities
-
-    # The emulator's word lengths are those its FormatConfig accepts (emulator/fixed.py); its rule
-    # frac ≤ word − 2 is Capabilities' default min_int_bits = 2.
-    from .emulator.fixed import MAX_WORD_BITS, MIN_WORD_BITS
-
-    emulator = Capabilities(name="emulator", max_oscillators=4096,
-                            word_bits=tuple(range(MIN_WORD_BITS, MAX_WORD_BITS + 1)),
-                            default_word_bits=24, delta_range=(0.0, 1.0),
-                            hru_kinds=("linear", "nonlinear"), max_stream_chunk=4096)
-    return {caps.name: caps for caps in (emulator,)}
+def _modules() -> tuple:
+    """Every targets/<name>/target.py, in name order."""
+    found = []
+    for package in sorted(pkgutil.iter_modules(__path__), key=lambda info: info.name):
+        if package.ispkg and (Path(__path__[0]) / package.name / "target.py").exists():
+            found.append(importlib.import_module(f"{__name__}.{package.name}.target"))
+    return tuple(found)
 
 
-def capabilities(target: str) -> Capabilities:
+def _named(attribute: str) -> dict:
+    entries = [entry for module in _modules() for entry in getattr(module, attribute, ())]
+    registry = {entry.name: entry for entry in entries}
+    if len(registry) != len(entries):
+        raise RuntimeError(f"two targets register the same {attribute} name: {[e.name for e in entries]}")
+    return registry
+
+
+@cache
+def targets() -> dict[str, Target]:
+    """Compile targets by name."""
+    return _named("TARGETS")
+
+
+@cache
+def boards() -> dict[str, BoardKind]:
+    """Servable board cores by name."""
+    return _named("BOARDS")
+
+
+def _lookup(registry: dict, name: str, what: str):
+    if name not in registry:
+        raise ValueError(f"unknown {what} {name!r} — use one of {', '.join(sorted(registry))}")
+    return registry[name]
+
+
+def target(name: str) -> Target:
+    return _lookup(targets(), name, "target")
+
+
+def board(name: str) -> BoardKind:
+    return _lookup(boards(), name, "board target")
+
+
+def capabilities(name: str) -> Capabilities:
     """The capabilities of a target by name."""
-    registry = _registry()
-    if target not in registry:
-        raise ValueError(f"unknown target {target!r} — use one of {', '.join(sorted(registry))}")
-    return registry[target]
+    return target(name).capabilities

@@ -118,7 +118,7 @@ RULES = (placed, device_node, hru_kind, integrator, oscillator_count, delta_rang
 
 def check_design_rules(ir: HWIR, caps: Capabilities) -> list[Finding]:
     """Every finding of every rule on every node, without raising."""
-    return [finding for node in ir.nodes for rule in RULES for finding in rule(ir, node, caps)]
+    return [finding for node in ir.nodes for rule in RULES + caps.rules for finding in rule(ir, node, caps)]
 
 
 def drc(ir: HWIR, caps: Capabilities) -> HWIR:

@@ -8,9 +8,19 @@ Read the module docstrings in order for the normative definitions an FPGA port i
 echo, the same bits, for the linear banks its docstring names (every one up to 25-bit words).
 """
 
-from .core import EchoInt, EmulatorCore, ForwardInt, SaturationReport
-from .fixed import Fixed, FormatConfig
-from .tables import FixedFunctions
+import importlib
+
+# Public name → submodule, loaded on first use (PEP 562): the target registry imports this package's
+# target.py to build the CLI's parsers, which must not compile kernels.
+_HOMES = {**dict.fromkeys(("EchoInt", "EmulatorCore", "ForwardInt", "SaturationReport"), "core"),
+          "Fixed": "fixed", "FormatConfig": "fixed", "FixedFunctions": "tables"}
+
+
+def __getattr__(name):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+
 
 __all__ = ["EchoInt", "EmulatorCore", "Fixed", "FixedFunctions", "FormatConfig", "ForwardInt",
            "SaturationReport"]

@@ -36,11 +36,12 @@ from dataclasses import dataclass, fields
 import numpy as np
 from numba import njit
 
+from .words import MAX_WORD_BITS, MIN_WORD_BITS
+
 # The accumulator guard: a per-step term (a difference of two products of words, shifted right by
 # FormatConfig.acc_shift) stays below 2^62, so an accumulator clamped to ±ACC_LIMIT cannot wrap around
 # in int64 before the clamp sees it. A single product of two 32-bit words is below 2^62.
 ACC_LIMIT = 1 << 62
-MIN_WORD_BITS, MAX_WORD_BITS = 12, 32
 TABLE_BITS = 10  # segments of the function tables (2^10), fewer for a state with few fraction bits
 SHORTEST_TABLE_RANGE_LOG2 = 3  # the tanh and Φ tables cover [0, 8) (tables.py)
 

@@ -44,7 +44,7 @@ from echoforge.models.core import PARAM_NAMES, OscillatorParams
 from .core import EmulatorCore
 from .fixed import MAX_WORD_BITS, MIN_WORD_BITS, FormatConfig
 
-TARGET = "emulator"
+TARGET = "emulator"  # every registered digital target runs these integer semantics
 PROGRAM_VERSION = "1.0"
 PROGRAM_FILE, HWIR_FILE = "program.yaml", "model.yaml"
 STATE_ROLES = ("forcing", "positions", "momenta")
@@ -192,11 +192,13 @@ def lower(ir: HWIR, *, where: str | None = None, dataset: dict | None = None) ->
 
     `where` names the HWIR in errors (default: its source).
     """
+    from echoforge.targets import targets
+
     where = where or ir.provenance.source
-    if not ir.target or ir.target.get("name") != TARGET:
-        compiled_for = ir.target and ir.target.get("name")
-        raise _refuse(where, None, "target", f"the HWIR was compiled for {compiled_for!r}",
-                      f"compile it for the {TARGET} (compile_model(source, '{TARGET}', samples))")
+    compiled_for = ir.target and ir.target.get("name")
+    if compiled_for not in targets():
+        raise _refuse(where, None, "target", f"the HWIR was compiled for {compiled_for!r}, no known target",
+                      f"compile it for one of {', '.join(sorted(targets()))} (echoforge compile --target)")
     banks = []
     for node in ir.nodes:
         if node.placement is None:
@@ -217,7 +219,7 @@ def save_program(program: Program, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_ir(program.ir, directory / HWIR_FILE)
-    document = {"program_version": PROGRAM_VERSION, "target": TARGET, "hwir": HWIR_FILE,
+    document = {"program_version": PROGRAM_VERSION, "target": program.ir.target["name"], "hwir": HWIR_FILE,
                 "dataset": program.dataset, "banks": [bank.to_yaml() for bank in program.banks]}
     path = directory / PROGRAM_FILE
     path.write_text(yaml.safe_dump(document, sort_keys=False, width=110))
