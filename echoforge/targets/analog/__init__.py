@@ -1,0 +1,1 @@
+"""The analog oscillator target: board descriptions, mapping, the analog twin, calibration, dissipation."""
