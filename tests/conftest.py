@@ -5,6 +5,19 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+DEFAULT_MARKS = "not slow"  # pyproject's addopts
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true",
+                     help="run the tests marked slow too (by default they are deselected; -m slow runs only them)")
+
+
+def pytest_configure(config):
+    """--runslow lifts the default `-m 'not slow'`; an explicit -m (given after addopts) wins over both."""
+    if config.getoption("runslow") and config.option.markexpr == DEFAULT_MARKS:
+        config.option.markexpr = ""
+
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
