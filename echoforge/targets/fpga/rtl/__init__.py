@@ -1,0 +1,122 @@
+"""Synthesizable Verilog-2005 for one oscillator bank, generated from templates (no HDL framework).
+
+``generate(bank, directory, batch=...)`` writes the bank's core: the lane-step of ``datapath`` (the
+emulator's int64 kernels, one named signed wire per operation, pipelined by ``pipeline``) inside the
+top module of ``top`` (register bus, lane issue, valid/ready streams, memories, counters), the function
+tables as $readmemh files holding the very integers the emulator reads (``tables.FixedFunctions``),
+the bank's parameter codes as the parameter memories' initial contents, and regmap.json.
+
+Everything a program changes at run time — parameters, oscillator count, lanes (up to the capacity),
+steps, mode, inputs — is data, so one generated design (one build of the simulator) serves every
+program of the same formats and kind.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from echoforge.targets.emulator.fixed import FormatConfig
+from echoforge.targets.emulator.kernels import ACCUMULATORS
+from echoforge.targets.emulator.tables import FixedFunctions
+
+from . import datapath, top
+from .datapath import PARAM_FIELDS
+from .top import TOP, Layout
+
+SOURCE = f"{TOP}.v"
+REGMAP = "regmap.json"
+MIN_LANE_BITS = 5  # the capacity is at least the pipeline depth, so a step's slot count fits its counter
+
+
+@dataclass(frozen=True)
+class RtlDesign:
+    """What ``generate`` wrote, and the numbers synthesis and the co-simulation need."""
+
+    directory: Path
+    top: str
+    sources: tuple[Path, ...]
+    init_files: tuple[Path, ...]   # $readmemh files named relative to ``directory``
+    regmap: Path
+    kind: str
+    word_bits: int
+    lanes: int                     # lane capacity (state memory depth)
+    oscillators: int               # oscillator capacity (parameter memory depth)
+    pipeline_depth: int            # least clocks per time step
+    latency: int                   # clocks from a lane's issue to its out beat
+    multipliers: tuple[tuple[str, int, int], ...]  # (wire, width a, width b), signed
+    memory_bits: int
+
+    def clocks_per_step(self, lanes: int) -> int:
+        """Clocks one time step takes for ``lanes`` lanes with no stalls: one per lane, bubbles below the depth."""
+        return max(lanes, self.pipeline_depth)
+
+
+def generate(bank, directory, *, batch: int = 1, lanes: int | None = None,
+             oscillators: int | None = None) -> RtlDesign:
+    """The Verilog of ``bank`` (lower.BankProgram) for ``batch`` rows (an echo needs 2·batch·P lanes)."""
+    size = bank.params.size
+    oscillators = oscillators or size
+    lanes = lanes or 2 * batch * size
+    if oscillators < size or lanes < 2 * size:
+        raise ValueError(f"a bank of {size} oscillators needs ≥ {size} oscillators and ≥ {2 * size} lanes "
+                         f"of capacity, got {oscillators} and {lanes}")
+    codes = bank.core().param_codes
+    return generate_core(bank.config, bank.params.kind, directory, lanes=lanes, oscillators=oscillators,
+                         param_codes=codes)
+
+
+def generate_core(config: FormatConfig, kind: str, directory, *, lanes: int, oscillators: int,
+                  param_codes: np.ndarray | None = None) -> RtlDesign:
+    """The Verilog of a ``kind`` bank at ``config``'s formats with capacity for ``lanes`` lanes (rounded
+    up to a power of two, at least 2^MIN_LANE_BITS) and ``oscillators``."""
+    if kind not in ("linear", "nonlinear"):
+        raise ValueError(f"unknown bank kind {kind!r}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    layout = Layout(config.word_bits, max(MIN_LANE_BITS, _bits(lanes)), max(1, _bits(oscillators)))
+    table = FixedFunctions(config).tanh_table if kind == "nonlinear" else None
+    path = datapath.build(config, kind, layout.lane_bits, layout.osc_bits, table)
+    if path.min_step_clocks > 1 << layout.lane_bits:
+        raise ValueError(f"pipeline depth {path.min_step_clocks} exceeds the lane capacity")
+    accumulators = [name for name in ACCUMULATORS if f"acc_{name}" in {m.name for m in path.memories}]
+    (directory / SOURCE).write_text(top.verilog(path, layout, kind, accumulators))
+    init_files = _write_init_files(directory, path.memories, table, param_codes, layout)
+    regmap = directory / REGMAP
+    regmap.write_text(json.dumps(top.register_map(layout, config, kind, path, accumulators), indent=1))
+    return RtlDesign(directory, TOP, (directory / SOURCE,), init_files, regmap, kind, config.word_bits,
+                     1 << layout.lane_bits, 1 << layout.osc_bits, path.min_step_clocks, path.last_stage,
+                     tuple(path.pipeline.multipliers), sum(m.width * m.depth for m in path.memories))
+
+
+def _write_init_files(directory: Path, memories, table, param_codes, layout: Layout) -> tuple[Path, ...]:
+    """Tables: T[0..N], T[1..N+1] and the integral C[0..N]; parameters: the codes, zero beyond P."""
+    contents = {}
+    if table is not None:
+        contents.update({"tanh_low.hex": table.values[:-1], "tanh_high.hex": table.values[1:],
+                         "tanh_integral.hex": table.integral})
+    codes = np.zeros((len(PARAM_FIELDS), 1 << layout.osc_bits), dtype=np.int64)
+    if param_codes is not None:
+        codes[:, :param_codes.shape[1]] = param_codes
+    contents.update({f"param_{name}.hex": codes[k] for k, name in enumerate(PARAM_FIELDS)})
+    widths = {m.init: m.width for m in memories if m.init}
+    written = []
+    for name, values in contents.items():
+        if name in widths:
+            (directory / name).write_text(hex_lines(values, widths[name]))
+            written.append(directory / name)
+    return tuple(written)
+
+
+def hex_lines(values, width: int) -> str:
+    """One two's-complement hex word per line, as $readmemh reads them."""
+    digits, mask = (width + 3) // 4, (1 << width) - 1
+    return "".join(f"{int(v) & mask:0{digits}x}\n" for v in np.asarray(values).ravel())
+
+
+def _bits(n: int) -> int:
+    """Address bits for n entries (n ≥ 1)."""
+    return max(0, int(n - 1).bit_length())

@@ -1,0 +1,296 @@
+"""The HRU lane-step as a staged netlist: targets/emulator/kernels.py written once more, in Verilog.
+
+One lane-step per clock. A lane is (batch row, oscillator) in the forward, (batch row, oscillator, ±)
+in the echo, the two echoes of a pair issued on consecutive clocks (+ then −), so the pair's
+observable differences are formed by holding the + lane's values one clock. Per lane-step, in the
+kernels' order and with their rounding R (``round_shift``: nearest, ties away) and clamps::
+
+    π_n = clamp(flip·π ± q)                                  nudge (echo; q = 0 in the forward)
+    m   = clamp(ϕ + R(δ·π_n, δ_frac + 1))
+    z   = clamp(R(w·m, w_frac) + f + b)                      nonlinear
+    t   = sign(z)·(T[i] + R((T[i+1] − T[i])·r, s))           i, r: segment of |z|; T from ROM
+    F   = clamp(R(a·m, a_frac) − f)  |  clamp(R(a·m, a_frac) + R(c·t, c_frac + U − S))
+    π'  = clamp(π_n − R(δ·F, δ_frac));   ϕ' = clamp(m + R(δ·π', δ_frac + 1))
+
+and in the echo the accumulators of the pair (+ minus −), each clamped to ±2^62:
+MM += R(m⁺² − m⁻², g), PP += R(π_n⁺² − π_n⁻², g) then += R(π'⁺² − π'⁻², g), FM += R(f·m⁺ − f·m⁻, g)
+(linear), T += t⁺ − t⁻, TM += R(t⁺m⁺ − t⁻m⁻, g), LC += G⁺ − G⁻ with G = log cosh from the integral ROM
+(nonlinear). The differences of products are formed in min(2W + 1, 64) bits, which is exactly the
+kernels' int64 (it wraps there only at 32-bit words, as int64 does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from echoforge.targets.emulator import kernels
+from echoforge.targets.emulator.fixed import ACC_LIMIT, FormatConfig
+from echoforge.targets.emulator.tables import OddTable
+
+from .pipeline import Pipeline, literal
+
+ACC_WIDTH = 64           # an accumulator word: ±2^62 needs 64 signed bits
+PARAM_FIELDS = ("a", "delta", "w", "b", "c")
+
+
+@dataclass
+class Memory:
+    """One simple dual-port memory (one synchronous read port, one write port)."""
+
+    name: str
+    width: int
+    depth: int
+    read_stage: int = 0          # the stage whose address reads it (data one stage later)
+    read_address: str = ""       # Verilog expression at read_stage
+    data: str = ""               # the read data's signal name
+    init: str | None = None      # $readmemh file
+    region: str | None = None    # register-map region the bus reaches it through (None: a ROM)
+    write: tuple[str, str, str] | None = None  # pipeline write (enable, address, data), Verilog
+
+
+@dataclass
+class Datapath:
+    pipeline: Pipeline
+    memories: list[Memory]
+    last_stage: int               # the stage the counters, accumulator writes and out beat sit in
+    min_step_clocks: int          # a lane's next step may read its state only after this many clocks
+    out_data: str                 # Verilog name of the out beat (W + 1 bits) at last_stage
+    out_valid: str                # whether this lane emits a beat, at last_stage
+    increments: dict[str, str] = field(default_factory=dict)  # counter → unsigned increment at last_stage
+
+
+class _Builder:
+    """Builds the lane-step; helpers keep one named wire per operation."""
+
+    def __init__(self, config: FormatConfig, kind: str, lane_bits: int, osc_bits: int, table: OddTable | None):
+        self.c = config
+        self.kind = kind
+        self.w = config.word_bits
+        self.lim = config.state.limit
+        self.p = Pipeline()
+        self.memories: list[Memory] = []
+        self.lane_bits, self.osc_bits = lane_bits, osc_bits
+        self.table = table
+        seg_shift = table.seg_shift if table is not None else 1
+        (self.h_shift, self.delta_shift, self.a_shift, self.w_shift, self.ct_shift, self.seg_shift,
+         self.g_shift, self.acc_shift) = kernels.product_shifts(config, seg_shift)
+
+    # ---- helpers --------------------------------------------------------------------------------
+
+    def read(self, memory: Memory, address: str, stage: int, bits: int | None = None) -> str:
+        """Read ``memory`` at the address signal's value in ``stage`` (its low ``bits``); the data is a
+        signal of stage + 1."""
+        memory.read_stage, memory.read_address = stage, self.p.at(address, stage)
+        if bits is not None:
+            memory.read_address += f"[{bits - 1}:0]"
+        memory.data = self.p.input(f"{memory.name}_rd", memory.width, stage + 1)
+        self.memories.append(memory)
+        return memory.data
+
+    def round_shift(self, name: str, x: str, shift: int, stage: int) -> str:
+        """R(x, shift): (x + 2^(s−1), or 2^(s−1) − 1 when x < 0) >>> s — nearest, ties away from zero."""
+        if shift == 0:
+            return x
+        w = self.p.width(x)
+        up, down = literal(1 << (shift - 1), w + 1), literal((1 << (shift - 1)) - 1, w + 1)
+        biased = self.p.wire(f"{name}_biased", w + 1, stage, f"{{{x}}} + (({{{x}}} < {literal(0, w)}) ? {down} : {up})")
+        return self.p.wire(name, w + 1 - shift, stage, f"{{{biased}}} >>> {shift}")
+
+    def clamp(self, name: str, x: str, stage: int, lim: int | None = None, width: int | None = None) -> tuple[str, str]:
+        """(clamp(x, ±lim) in ``width`` bits, the flag that it clamped)."""
+        lim = self.lim if lim is None else lim
+        width = self.w if width is None else width
+        w = self.p.width(x)
+        if lim >= 1 << (w - 1):  # x can never exceed it
+            return self.p.wire(name, width, stage, f"{{{x}}}"), self.p.wire(f"{name}_sat", 1, stage, "1'b0", signed=False)
+        high, low = literal(lim, w), literal(-lim, w)
+        over = self.p.wire(f"{name}_over", 1, stage, f"{{{x}}} > {high}", signed=False)
+        under = self.p.wire(f"{name}_under", 1, stage, f"{{{x}}} < {low}", signed=False)
+        value = self.p.wire(name, width, stage, f"{{{over}}} ? {literal(lim, width)} : "
+                                               f"({{{under}}} ? {literal(-lim, width)} : {{{x}}})")
+        return value, self.p.wire(f"{name}_sat", 1, stage, f"{{{over}}} | {{{under}}}", signed=False)
+
+    def add(self, name: str, stage: int, expression: str, *operands: str) -> str:
+        """A sum (or negation, selection) of ``operands``, wide enough never to wrap."""
+        width = max(self.p.width(x) for x in operands) + max(1, (len(operands) - 1).bit_length())
+        return self.p.wire(name, width, stage, expression)
+
+    def param(self, field_name: str, stage: int) -> str:
+        """Read one per-oscillator parameter in ``stage`` (available in stage + 1)."""
+        memory = Memory(f"param_{field_name}", self.w, 1 << self.osc_bits, init=f"param_{field_name}.hex",
+                        region="params")
+        return self.read(memory, "osc", stage)
+
+    # ---- the step -------------------------------------------------------------------------------
+
+    def build(self) -> Datapath:
+        p, w = self.p, self.w
+        p.input("live", 1, 0, reset=True, signed=False)   # a lane (not a bubble) is in this stage
+        p.input("echo", 1, 0, signed=False)               # mode: the ±ε pair
+        p.input("sigma", 1, 0, signed=False)              # the − lane of a pair
+        p.input("flip", 1, 0, signed=False)               # negate π as it is read (first step of a flip run)
+        p.input("lane", self.lane_bits, 0, signed=False)
+        p.input("pair", self.lane_bits, 0, signed=False)  # accumulator row: (batch row, oscillator)
+        p.input("osc", self.osc_bits, 0, signed=False)
+        p.input("f", w, 0)
+        p.input("q", w, 0)                                # the + nudge (0 in the forward)
+
+        state_depth = 1 << self.lane_bits
+        pi_mem = self.read(Memory("state_pi", w, state_depth, region="pi"), "lane", 0)
+        delta = self.param("delta", 0)
+        # stage 1: flip, nudge
+        pi_flip = p.wire("pi_flip", w, 1, f"{{flip}} ? -{{{pi_mem}}} : {{{pi_mem}}}")  # |π| ≤ lim: no overflow
+        q_lane = p.wire("q_lane", w, 1, f"{{sigma}} ? -{{q}} : {{q}}")
+        nudged = self.add("pi_nudged_raw", 1, f"{{{pi_flip}}} + {{{q_lane}}}", pi_flip, q_lane)
+        pi_n, nudge_sat = self.clamp("pi_n", nudged, 1)
+        phi_mem = self.read(Memory("state_phi", w, state_depth, region="phi"), "lane", 1)
+        # stage 2-3: drift to the half step
+        d_pi = p.multiply("delta_pi", delta, pi_n, 2)
+        d_pi_r = self.round_shift("delta_pi_r", d_pi, self.h_shift, 3)
+        m_raw = self.add("m_raw", 3, f"{{{phi_mem}}} + {{{d_pi_r}}}", phi_mem, d_pi_r)
+        m, m_sat = self.clamp("m", m_raw, 3)
+        if self.kind == "nonlinear":
+            coupling, stage, extra = self._tanh_force(m, 4)
+        else:
+            coupling, stage, extra = self.add("coupling", 5, "-{f}", "f"), 5, {}
+        # F = clamp(R(a·m) + coupling), a·m formed in the stage before
+        a = self.param("a", stage - 2)
+        a_m = p.multiply("a_m", a, m, stage - 1)
+        a_m_r = self.round_shift("a_m_r", a_m, self.a_shift, stage)
+        force_raw = self.add("force_raw", stage, f"{{{a_m_r}}} + {{{coupling}}}", a_m_r, coupling)
+        force, force_sat = self.clamp("kick_force", force_raw, stage)
+        # kick and drift
+        d_f = p.multiply("delta_force", delta, force, stage + 1)
+        d_f_r = self.round_shift("delta_force_r", d_f, self.delta_shift, stage + 2)
+        pi_raw = self.add("pi_raw", stage + 2, f"{{{pi_n}}} - {{{d_f_r}}}", pi_n, d_f_r)
+        pi_new, pi_sat = self.clamp("pi_new", pi_raw, stage + 2)
+        d_pi2 = p.multiply("delta_pi_new", delta, pi_new, stage + 3)
+        d_pi2_r = self.round_shift("delta_pi_new_r", d_pi2, self.h_shift, stage + 4)
+        phi_raw = self.add("phi_raw", stage + 4, f"{{{m}}} + {{{d_pi2_r}}}", m, d_pi2_r)
+        phi_new, phi_sat = self.clamp("phi_new", phi_raw, stage + 4)
+        write_stage = stage + 4
+        self._write_state("state_pi", pi_new, write_stage)
+        self._write_state("state_phi", phi_new, write_stage)
+        # the echo's observables, + lane held one clock, differences on the − lane
+        acc_stage = write_stage + 1
+        products = {"mm": p.multiply("m_sq", m, m, 4),
+                    "pp_before": p.multiply("pi_n_sq", pi_n, pi_n, 2),
+                    "pp_after": p.multiply("pi_new_sq", pi_new, pi_new, write_stage)}
+        if self.kind == "linear":
+            products["fm"] = p.multiply("f_m", "f", m, 4)
+            plain = {}
+            observable = m
+        else:
+            products["tm"] = p.multiply("t_m", extra["t"], m, extra["t_stage"])
+            plain = {"t": extra["t"], "lc": extra["g"]}
+            observable = extra["t"]
+        last, acc_flags, obs = self._accumulate(products, plain, observable, acc_stage)
+        out = p.wire("out_beat", w + 1, last, f"{{echo}} ? {{{obs}}} : {{{phi_new}}}")
+        out_valid = p.wire("out_lane", 1, last, "{live} & (~{echo} | {sigma})", signed=False)
+        flags = {"state": [nudge_sat, m_sat, pi_sat, phi_sat], "force": [force_sat],
+                 "preact": [extra["z_sat"]] if extra else [], "accumulator": acc_flags}
+        increments = {name: self._count(name, names, last) for name, names in flags.items()}
+        # a lane's state is read (π in stage 0) after its previous step wrote it (write_stage)
+        return Datapath(p, self.memories, last, write_stage + 1, p.at(out, last), p.at(out_valid, last), increments)
+
+    def _tanh_force(self, m: str, stage: int) -> tuple[str, int, dict]:
+        """z, t = T(z), G(z), and R(c·t): the nonlinear coupling. Returns (coupling, its stage, extras)."""
+        p, w, table = self.p, self.w, self.table
+        s, segments = self.seg_shift, table.values.shape[0] - 2
+        weight = self.param("w", stage - 1)
+        bias = self.param("b", stage)
+        w_m = p.multiply("w_m", weight, m, stage)
+        w_m_r = self.round_shift("w_m_r", w_m, self.w_shift, stage + 1)
+        z_raw = self.add("z_raw", stage + 1, f"{{{w_m_r}}} + {{f}} + {{{bias}}}", w_m_r, "f", bias)
+        z, z_sat = self.clamp("z", z_raw, stage + 1)
+        st = stage + 2
+        negative = p.wire("z_negative", 1, st, f"{{{z}}} < {literal(0, w)}", signed=False)
+        magnitude = p.wire("z_abs", w, st, f"{{{negative}}} ? -{{{z}}} : {{{z}}}")  # |z| ≤ lim
+        segment = p.wire("z_segment", w, st, f"{{{magnitude}}} >>> {s}")
+        clamped = p.wire("table_clamped", 1, st, f"{{{segment}}} > {literal(segments, w + 4)}", signed=False)
+        index = p.wire("table_index", segments.bit_length(), st, f"{{{clamped}}} ? {segments} : {{{segment}}}",
+                       signed=False)
+        # r = |z| − (i << s): up to the word beyond the clamp (where T rises no more: T[i+1] − T[i] = 0)
+        offset = p.wire("table_offset", w, st, f"{{{magnitude}}} - ({{{clamped}}} ? "
+                                               f"{literal(segments << s, w + 4)} : ({{{segment}}} <<< {s}))")
+        # within a segment r < 2^s: the rise products need only its low s bits (the rise is 0 beyond)
+        offset_low = p.wire("table_offset_low", s + 1, st, f"$signed({{1'b0, {{{offset}}}[{s - 1}:0]}})")
+        value_bits = int(table.values.max()).bit_length() + 1
+        integral_bits = int(table.integral.max()).bit_length() + 1
+        low = self.read(Memory("tanh_low", value_bits, segments + 1, init="tanh_low.hex"), index, st)
+        high = self.read(Memory("tanh_high", value_bits, segments + 1, init="tanh_high.hex"), index, st)
+        base = self.read(Memory("tanh_integral", integral_bits, segments + 1, init="tanh_integral.hex"), index, st)
+        st += 1
+        rise = p.wire("table_rise", value_bits, st, f"{{{high}}} - {{{low}}}")  # 0 ≤ rise ≤ high
+        rise_r = p.multiply("rise_offset", rise, offset_low, st)
+        low_r = p.multiply("low_offset", low, offset, st)
+        st += 1
+        half = literal(1 << (s - 1), p.width(rise_r) + 1)
+        y = p.wire("tanh_magnitude", value_bits + 1, st, f"{{{low}}} + (({{{rise_r}}} + {half}) >>> {s})")
+        t = p.wire("t", value_bits + 1, st, f"{{{negative}}} ? -{{{y}}} : {{{y}}}")
+        rise_r2 = p.multiply("rise_offset_sq", rise_r, offset_low, st)
+        c = self.param("c", st)
+        st += 1
+        c_t = p.multiply("c_t", c, t, st)
+        fine_bits = max(integral_bits, p.width(low_r), p.width(rise_r2)) + 2
+        one = literal(1 << s, p.width(rise_r2) + 1)
+        fine = p.wire("logcosh_fine", fine_bits, st,
+                      f"{{{base}}} + {{{low_r}}} + (({{{rise_r2}}} + {one}) >>> {s + 1})")
+        g = p.wire("logcosh", fine_bits, st + 1,
+                   f"({{{fine}}} + {literal(1 << (self.g_shift - 1), fine_bits)}) >>> {self.g_shift}")
+        st += 1
+        coupling = self.round_shift("c_t_r", c_t, self.ct_shift, st)
+        return coupling, st, {"t": t, "t_stage": st - 1, "g": g, "z_sat": z_sat}
+
+    def _write_state(self, name: str, value: str, stage: int) -> None:
+        memory = next(m for m in self.memories if m.name == name)
+        memory.write = (self.p.at("live", stage), self.p.at("lane", stage), self.p.at(value, stage))
+
+    def _accumulate(self, products: dict, plain: dict, observable: str, stage: int):
+        """Hold the + lane's terms, form the pair's differences, add them to the accumulator memories."""
+        p = self.p
+        diff_bits = min(2 * self.w + 1, 64)
+        terms, hold_regs = {}, []
+        hold = p.wire("hold_plus", 1, stage, "{live} & ~{sigma}", signed=False)
+        for name, x in {**products, **plain, "obs": observable}.items():
+            width = p.width(x)
+            held = f"held_{name}"
+            hold_regs.append(f"reg signed [{width - 1}:0] {held};")
+            p.verilog(stage, f"always @(posedge clk) if (advance && {{{hold}}}) {held} <= {{{x}}};")
+            p.input(held, width, stage)
+            if name == "obs":
+                continue
+            width_diff = diff_bits if name in products else width + 1
+            diff = p.wire(f"{name}_diff", width_diff, stage, f"{{{held}}} - {{{x}}}")
+            terms[name] = self.round_shift(f"{name}_term", diff, self.acc_shift, stage) if name in products else diff
+        p.text[:0] = hold_regs
+        obs = p.wire("obs_diff", self.w + 1, stage, f"{{held_obs}} - {{{observable}}}")
+        # accumulator memories: read with the pair's address in this stage, written in the next
+        last = stage + 1
+        update = p.wire("acc_update", 1, last, "{live} & {echo} & {sigma}", signed=False)
+        rows = [("mm", ["mm"]), ("pp", ["pp_before", "pp_after"])]
+        rows += [("fm", ["fm"])] if "fm" in products else [("t", ["t"]), ("tm", ["tm"]), ("lc", ["lc"])]
+        flags = []
+        for row, parts in rows:
+            memory = Memory(f"acc_{row}", ACC_WIDTH, 1 << (self.lane_bits - 1), region="acc")
+            value = self.read(memory, "pair", stage, bits=self.lane_bits - 1)
+            for k, part in enumerate(parts):
+                raw = p.wire(f"acc_{row}_raw{k}", ACC_WIDTH + 1, last, f"{{{value}}} + {{{terms[part]}}}")
+                value, flag = self.clamp(f"acc_{row}_{k}", raw, last, lim=ACC_LIMIT, width=ACC_WIDTH)
+                flags.append(flag)
+            memory.write = (p.at(update, last), f"{p.at('pair', last)}[{self.lane_bits - 2}:0]", p.at(value, last))
+        gated = [p.wire(f"{flag}_counted", 1, last, f"{{{update}}} & {{{flag}}}", signed=False) for flag in flags]
+        return last, gated, obs
+
+    def _count(self, name: str, flags: list[str], stage: int) -> str:
+        """The number of ``flags`` set, for a real lane, as an unsigned 4-bit increment."""
+        if not flags:
+            return "4'd0"
+        terms = " + ".join(f"{{3'd0, {{{flag}}}}}" for flag in flags)
+        live = self.p.at("live", stage)
+        return self.p.resolve(f"({live} ? ({terms}) : 4'd0)", stage)
+
+
+def build(config: FormatConfig, kind: str, lane_bits: int, osc_bits: int, table: OddTable | None) -> Datapath:
+    """The lane-step of one bank kind at ``config``'s formats, for 2^lane_bits lanes and 2^osc_bits oscillators."""
+    return _Builder(config, kind, lane_bits, osc_bits, table).build()

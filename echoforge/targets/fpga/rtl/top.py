@@ -1,0 +1,310 @@
+"""The top module around the lane-step: register bus, lane issue, streams, memories, counters.
+
+Issue. A run takes STEPS time steps; each step issues max(LANES, PIPELINE_DEPTH) slots, one per clock:
+slot j < LANES issues lane j (forward: lane = row·P + oscillator; echo: lane = 2·(row·P + oscillator)
++ σ, the + echo then the − echo), the others are bubbles, so a lane reads its state only after its
+previous step wrote it back. Stall: every pipeline register, memory port and counter moves on one
+enable, ``advance``, which is low while the issue slot needs an input beat that is not valid or the
+last stage holds an out beat that is not ready. So a beat is never dropped and nothing depends on when
+the streams are valid: the bits are those of the emulator whatever the gaps.
+
+Streams. In: one beat {q, f} (W bits each, two's complement) per (row, oscillator) per step, taken by
+the + lane (the − lane reuses it, negating q; the forward ignores q). Out: the forward emits ϕ' per
+lane, the echo the pair's forcing observable difference (m⁺ − m⁻ linear, T(z⁺) − T(z⁻) nonlinear) on
+its − lane; W + 1 bits, two's complement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from echoforge.targets.emulator.fixed import FormatConfig
+
+from .datapath import ACC_WIDTH, PARAM_FIELDS, Datapath, Memory
+
+TOP = "echoforge_bank"
+DATA_BITS = 64
+COUNTERS = ("state", "force", "preact", "accumulator")
+# Control registers (region "control"): name → (index, access, what)
+CONTROL = {
+    "START": (0, "w", "write 1: start a run with the settings below (ignored while busy)"),
+    "MODE": (1, "rw", "0 forward, 1 echo (the ±ε pair)"),
+    "FLIP": (2, "rw", "1: each lane's π is negated as its first step reads it (the echo's momentum flip)"),
+    "OSCILLATORS": (3, "rw", "P, oscillators per batch row (1 .. max_oscillators)"),
+    "LANES": (4, "rw", "lanes of the run: rows·P (forward), 2·rows·P (echo); ≤ max_lanes"),
+    "STEPS": (5, "rw", "time steps of the run (32 bits)"),
+    "STATUS": (6, "r", "bit 0: busy"),
+    "PIPELINE_DEPTH": (7, "r", "least clocks per time step (LANES below it leaves bubbles)"),
+    "CLOCKS_PER_STEP": (8, "r", "max(LANES, PIPELINE_DEPTH)"),
+    "COUNTER_STATE": (9, "r", "state saturations of the last run (ϕ, π, m and nudge clamps; saturating u32)"),
+    "COUNTER_FORCE": (10, "r", "force clamps"),
+    "COUNTER_PREACT": (11, "r", "pre-activation clamps (nonlinear)"),
+    "COUNTER_ACCUMULATOR": (12, "r", "echo accumulator clamps at ±2^62"),
+    "CONFIG": (13, "r", "word_bits | kind << 8 (0 linear, 1 nonlinear) | lane_bits << 16 | oscillator_bits << 24"),
+    "CYCLES": (14, "r", "clocks the last run was busy (stalls included)"),
+}
+REGIONS = ("control", "params", "phi", "pi", "acc")
+REGION_BITS = 3
+
+
+@dataclass(frozen=True)
+class Layout:
+    word_bits: int
+    lane_bits: int
+    osc_bits: int
+
+    @property
+    def index_bits(self) -> int:
+        return max(self.lane_bits, self.osc_bits + 3, self.lane_bits - 1 + 3, 4)
+
+    @property
+    def address_bits(self) -> int:
+        return REGION_BITS + self.index_bits
+
+    def base(self, region: str) -> int:
+        return REGIONS.index(region) << self.index_bits
+
+
+def register_map(layout: Layout, config: FormatConfig, kind: str, datapath: Datapath, accumulators) -> dict:
+    """The machine-readable register map (regmap.json)."""
+    w = layout.word_bits
+    return {
+        "top": TOP, "kind": kind, "word_bits": w, "format": {"state": str(config.state), **vars(config)},
+        "address_bits": layout.address_bits, "data_bits": DATA_BITS, "read_latency": 1,
+        "max_lanes": 1 << layout.lane_bits, "max_oscillators": 1 << layout.osc_bits,
+        "pipeline_depth": datapath.min_step_clocks,
+        "control": {"base": layout.base("control"),
+                    "registers": {name: {"address": layout.base("control") + index, "access": access, "what": what}
+                                  for name, (index, access, what) in CONTROL.items()}},
+        "params": {"base": layout.base("params"), "address": "base + oscillator·8 + field",
+                   "fields": {name: k for k, name in enumerate(PARAM_FIELDS)}, "bits": w,
+                   "what": "parameter codes in their formats (FormatConfig.param), two's complement"},
+        "phi": {"base": layout.base("phi"), "address": "base + lane", "bits": w, "what": "ϕ of each lane"},
+        "pi": {"base": layout.base("pi"), "address": "base + lane", "bits": w, "what": "π of each lane"},
+        "acc": {"base": layout.base("acc"), "address": "base + pair·8 + row", "bits": ACC_WIDTH,
+                "rows": {name: k for k, name in enumerate(accumulators)},
+                "what": "echo accumulators of pair (row·P + oscillator), clamped to ±2^62"},
+        "access": "memory regions are read and written only while STATUS.busy = 0; reads return the value "
+                  "sign-extended to 64 bits one clock after reg_addr",
+        "streams": {"in": {"bits": 2 * w, "beat": "{q, f}: the + nudge code (echo) and the forcing code, "
+                                                  "one per (row, oscillator) per step, echo steps in reverse time"},
+                    "out": {"bits": w + 1, "beat": "forward: ϕ' per lane; echo: the pair's forcing "
+                                                   "observable difference (m or T(z), + minus −)"}},
+    }
+
+
+def verilog(datapath: Datapath, layout: Layout, kind: str, accumulators) -> str:
+    """The whole top module (Verilog-2005)."""
+    w, lb, ob = layout.word_bits, layout.lane_bits, layout.osc_bits
+    ib, ab = layout.index_bits, layout.address_bits
+    config_word = w | (int(kind == "nonlinear") << 8) | (lb << 16) | (ob << 24)
+    controls = "\n".join(f"localparam R_{name} = {index};" for name, (index, _, _) in CONTROL.items())
+    sections = [
+        _HEADER.replace("@W@", str(w)).replace("@AB@", str(ab)),
+        f"localparam W = {w};\nlocalparam LB = {lb};\nlocalparam OB = {ob};\nlocalparam IB = {ib};\n"
+        f"localparam DEPTH = {datapath.min_step_clocks};\nlocalparam LAST = {datapath.last_stage};\n"
+        f"localparam [31:0] CONFIG_WORD = 32'h{config_word:08x};\n{controls}",
+        _CONTROL,
+        datapath.pipeline.emit(),
+        "// ---- memories ----",
+        *(_memory(m, layout, accumulators) for m in datapath.memories),
+        _readback(datapath.memories, accumulators),
+        _counters(datapath),
+        f"assign out_data = {datapath.out_data};\nassign out_pending = {datapath.out_valid};",
+        "endmodule",
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def _memory(memory: Memory, layout: Layout, accumulators) -> str:
+    """A 1R1W memory; the register bus owns its ports while the core is idle."""
+    n = memory.name
+    lines = [f"reg [{memory.width - 1}:0] {n} [0:{memory.depth - 1}];",
+             f"reg signed [{memory.width - 1}:0] {memory.data};"]
+    if memory.init:
+        lines.append(f'initial $readmemh("{memory.init}", {n});')
+    bus_index, bus_write = _bus_port(memory, layout, accumulators)
+    read_address = f"(busy ? {memory.read_address} : {bus_index})" if bus_index else memory.read_address
+    lines.append(f"always @(posedge clk) if (busy ? advance : 1'b1) {memory.data} <= {n}[{read_address}];")
+    writes = []
+    if memory.write:
+        enable, address, data = memory.write
+        writes.append(f"if (busy && advance && {enable}) {n}[{address}] <= {data};")
+    if bus_write:
+        writes.append(f"if (!busy && {bus_write}) {n}[{bus_index}] <= reg_wdata[{memory.width - 1}:0];")
+    if writes:
+        lines.append("always @(posedge clk) begin " + " ".join(writes) + " end")
+    return "\n".join(lines)
+
+
+def _bus_port(memory: Memory, layout: Layout, accumulators) -> tuple[str, str]:
+    """(the memory address the bus selects, the bus write condition) — empty for ROMs."""
+    region = memory.region
+    if region is None:
+        return "", ""
+    hit = f"reg_we && reg_region == 3'd{REGIONS.index(region)}"
+    if region in ("phi", "pi"):
+        return f"reg_index[{layout.lane_bits - 1}:0]", hit
+    field = (PARAM_FIELDS.index(memory.name.removeprefix("param_")) if region == "params"
+             else accumulators.index(memory.name.removeprefix("acc_")))
+    bits = layout.osc_bits if region == "params" else layout.lane_bits - 1
+    return f"reg_index[{bits + 2}:3]", f"{hit} && reg_index[2:0] == 3'd{field}"
+
+
+def _readback(memories: list[Memory], accumulators) -> str:
+    """reg_rdata: the addressed register or memory word, sign-extended, one clock after reg_addr."""
+    lines = ["// ---- register read-back ----"]
+    cases = []
+    for m in memories:
+        if m.region is None:
+            continue
+        lines.append(f"wire signed [63:0] {m.name}_bus = {m.data};")
+        if m.region in ("phi", "pi"):
+            cases.append((f"read_region == 3'd{REGIONS.index(m.region)}", f"{m.name}_bus"))
+        else:
+            field = (PARAM_FIELDS.index(m.name.removeprefix("param_")) if m.region == "params"
+                     else accumulators.index(m.name.removeprefix("acc_")))
+            cases.append((f"read_region == 3'd{REGIONS.index(m.region)} && read_field == 3'd{field}",
+                          f"{m.name}_bus"))
+    expression = "control_rdata"
+    for condition, value in reversed(cases):
+        expression = f"({condition}) ? {value} :\n    {expression}"
+    lines.append(f"assign reg_rdata = {expression};")
+    return "\n".join(lines)
+
+
+def _counters(datapath: Datapath) -> str:
+    lines = ["// ---- saturation counters (saturating u32, cleared by START) ----"]
+    for k, name in enumerate(COUNTERS):
+        lines += [f"wire [3:0] count_{name}_inc = {datapath.increments[name]};",
+                  f"wire [32:0] count_{name}_sum = {{1'b0, count_{name}}} + {{29'd0, count_{name}_inc}};",
+                  f"always @(posedge clk) if (rst || start) count_{name} <= 32'd0; "
+                  f"else if (busy && advance) count_{name} <= count_{name}_sum[32] ? 32'hffffffff : "
+                  f"count_{name}_sum[31:0];"]
+    return "\n".join(lines)
+
+
+_HEADER = """\
+// Generated by echoforge.targets.fpga.rtl: one oscillator bank, bit-exact to the emulator's int64
+// kernels (echoforge/targets/emulator/kernels.py). Do not edit: regenerate.
+`default_nettype none
+module echoforge_bank (
+    input  wire              clk,
+    input  wire              rst,
+    input  wire [@AB@-1:0]   reg_addr,
+    input  wire              reg_we,
+    input  wire [63:0]       reg_wdata,
+    output wire [63:0]       reg_rdata,
+    input  wire              in_valid,
+    output wire              in_ready,
+    input  wire [2*@W@-1:0]  in_data,
+    output wire              out_valid,
+    input  wire              out_ready,
+    output wire [@W@:0]      out_data,
+    output wire              busy
+);"""
+
+_CONTROL = """\
+// ---- register bus ----
+wire [2:0] reg_region = reg_addr[IB+2:IB];
+wire [IB-1:0] reg_index = reg_addr[IB-1:0];
+wire control_write = reg_we && reg_region == 3'd0;
+reg mode, flip_setting;
+reg [OB:0] oscillators;
+reg [LB:0] lanes;
+reg [31:0] steps;
+reg [31:0] count_state, count_force, count_preact, count_accumulator, cycles;
+reg running;
+reg [7:0] drain;
+assign busy = running || drain != 8'd0;
+wire start = control_write && reg_index == R_START && reg_wdata[0] && !busy;
+always @(posedge clk) begin
+    if (rst) begin
+        mode <= 1'b0; flip_setting <= 1'b0; oscillators <= 1; lanes <= 1; steps <= 32'd0;
+    end else if (control_write && !busy) begin
+        case (reg_index)
+            R_MODE: mode <= reg_wdata[0];
+            R_FLIP: flip_setting <= reg_wdata[0];
+            R_OSCILLATORS: oscillators <= reg_wdata[OB:0];
+            R_LANES: lanes <= reg_wdata[LB:0];
+            R_STEPS: steps <= reg_wdata[31:0];
+            default: ;
+        endcase
+    end
+end
+wire [LB:0] slots = (lanes > DEPTH) ? lanes : DEPTH;
+reg [63:0] control_rdata;
+reg [2:0] read_region, read_field;
+always @(posedge clk) begin
+    read_region <= reg_region;
+    read_field <= reg_index[2:0];
+    case (reg_index)
+        R_MODE: control_rdata <= {63'd0, mode};
+        R_FLIP: control_rdata <= {63'd0, flip_setting};
+        R_OSCILLATORS: control_rdata <= oscillators;
+        R_LANES: control_rdata <= lanes;
+        R_STEPS: control_rdata <= steps;
+        R_STATUS: control_rdata <= {63'd0, busy};
+        R_PIPELINE_DEPTH: control_rdata <= DEPTH;
+        R_CLOCKS_PER_STEP: control_rdata <= slots;
+        R_COUNTER_STATE: control_rdata <= count_state;
+        R_COUNTER_FORCE: control_rdata <= count_force;
+        R_COUNTER_PREACT: control_rdata <= count_preact;
+        R_COUNTER_ACCUMULATOR: control_rdata <= count_accumulator;
+        R_CONFIG: control_rdata <= CONFIG_WORD;
+        R_CYCLES: control_rdata <= cycles;
+        default: control_rdata <= 64'd0;
+    endcase
+end
+
+// ---- lane issue ----
+reg [31:0] step;
+reg [LB:0] slot;
+reg [LB-1:0] pair_count;
+reg [OB-1:0] osc_count;
+reg sigma_count;
+reg signed [W-1:0] f_hold, q_hold;
+wire slot_live = running && slot < lanes;
+wire need_in = slot_live && !(mode && sigma_count);
+wire out_pending;
+wire advance = (!need_in || in_valid) && (!out_pending || out_ready);
+assign in_ready = need_in && (!out_pending || out_ready);
+assign out_valid = out_pending && (!need_in || in_valid);
+wire signed [W-1:0] in_f = in_data[W-1:0];
+wire signed [W-1:0] in_q = in_data[2*W-1:W];
+// stage-0 signals of the lane-step
+wire live = slot_live;
+wire echo = mode;
+wire sigma = sigma_count;
+wire flip = flip_setting && step == 32'd0;
+wire [LB-1:0] lane = slot[LB-1:0];
+wire [LB-1:0] pair = pair_count;
+wire [OB-1:0] osc = osc_count;
+wire signed [W-1:0] f = sigma_count ? f_hold : in_f;
+wire signed [W-1:0] q = !mode ? {W{1'b0}} : (sigma_count ? q_hold : in_q);
+always @(posedge clk) if (advance && need_in) begin f_hold <= in_f; q_hold <= in_q; end
+wire last_slot = slot == slots - 1'b1;
+always @(posedge clk) begin
+    if (rst) begin
+        running <= 1'b0; drain <= 8'd0; cycles <= 32'd0;
+    end else if (start) begin
+        running <= steps != 32'd0; step <= 32'd0; slot <= 0; pair_count <= 0; osc_count <= 0;
+        sigma_count <= 1'b0; cycles <= 32'd0;
+    end else begin
+        if (busy) cycles <= cycles + 32'd1;
+        if (running && advance) begin
+            if (last_slot) begin
+                slot <= 0; pair_count <= 0; osc_count <= 0; sigma_count <= 1'b0; step <= step + 32'd1;
+                if (step == steps - 32'd1) begin running <= 1'b0; drain <= LAST; end
+            end else begin
+                slot <= slot + 1'b1;
+                if (mode && !sigma_count) sigma_count <= 1'b1;
+                else begin
+                    sigma_count <= 1'b0;
+                    pair_count <= pair_count + 1'b1;
+                    osc_count <= (osc_count == oscillators - 1'b1) ? {OB{1'b0}} : osc_count + 1'b1;
+                end
+            end
+        end else if (!running && drain != 8'd0 && advance) drain <= drain - 8'd1;
+    end
+end"""
