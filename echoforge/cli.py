@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .argtypes import positive_int
+from . import __version__
+from .argtypes import OneLineParser, positive_int
 
 from .compiler.cli import add_commands as add_compiler_commands
 from .demo import add_demo
@@ -62,8 +63,9 @@ def run_train(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="echoforge", description="Train Hamiltonian state-space models with RHEL and take them to hardware.")
+    parser.add_argument("--version", action="version", version=f"echoforge {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train(commands)
     add_compiler_commands(commands)

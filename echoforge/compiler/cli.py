@@ -17,9 +17,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..argtypes import non_negative_float, positive_int
+from ..argtypes import headroom_bits, non_negative_float, non_negative_int, positive_int
 
 WITHOUT_RUN = (".onnx", ".yaml", ".yml")  # model files that carry no training config
+DEFAULT_MAX_CHANGE = 2.0  # percent: accuracy points, or the MSE's relative rise (--max-change)
 
 
 def add_commands(commands) -> None:
@@ -42,6 +43,9 @@ def _evaluation_options(parser) -> None:
                         help="sequences per emulator call (default 64)")
     parser.add_argument("--allow-saturation", action="store_true",
                         help="exit 0 even when the data saturate a bank (the counts are still reported)")
+    parser.add_argument("--max-change", type=non_negative_float, default=DEFAULT_MAX_CHANGE, metavar="PERCENT",
+                        help="largest loss of the score fixed point may cause and still exit 0: accuracy points, or "
+                             f"the MSE's rise in percent of float's (default {DEFAULT_MAX_CHANGE:g})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
 
@@ -62,19 +66,22 @@ def add_compile(commands) -> None:
     parser.add_argument("--output", "-o", required=True, metavar="OUT", help="directory to write")
     parser.add_argument("--data", metavar="DATASET",
                         help="calibration and validation data (default: the run's dataset)")
-    parser.add_argument("--word-bits", type=int, help="word length (default: the target's)")
-    parser.add_argument("--headroom-bits", type=non_negative_float, default=1.0,
+    parser.add_argument("--word-bits", type=positive_int, help="word length (default: the target's)")
+    parser.add_argument("--headroom-bits", type=headroom_bits, default=1.0,
                         help="bits of range kept above the calibrated values (default 1; more for training "
                              "in the loop, where the ranges grow as the parameters move)")
     parser.add_argument("--samples", type=positive_int, default=64,
                         help="training sequences the formats are calibrated on (default 64)")
-    parser.add_argument("--seed", type=int, help="data split seed (default: the run's, else 0)")
+    parser.add_argument("--seed", type=non_negative_int, help="data split seed (default: the run's, else 0)")
     parser.add_argument("--time-channel", action=argparse.BooleanOptionalAction,
                         help="append the time channel to the data (default: as the run did)")
     _evaluation_options(parser)
-    for registered_target in registered.values():
+    sharing = {}  # targets of one folder (e.g. FPGA parts) share their options: add them once
+    for name, registered_target in sorted(registered.items()):
         if registered_target.add_options:
-            registered_target.add_options(parser.add_argument_group(f"--target {registered_target.name}"))
+            sharing.setdefault(registered_target.add_options, []).append(name)
+    for add_options, names in sharing.items():
+        add_options(parser.add_argument_group(f"--target {' | '.join(names)}"))
     parser.set_defaults(run=run_compile)
 
 
@@ -108,6 +115,7 @@ def run_export(args) -> int:
 
 
 def run_compile(args) -> int:
+    _check_word_bits(args.target, args.word_bits)  # before the imports and data: a typo fails at once
     import torch
 
     from ..targets.emulator.emulated import EmulatedModel
@@ -120,6 +128,7 @@ def run_compile(args) -> int:
     data = _load(options)
     samples = data.train.x[:args.samples]
     ir = compile_model(args.model, args.target, samples, word_bits=args.word_bits, headroom_bits=args.headroom_bits)
+    _check_data(ir, data, options["name"], args.model)
     program = lower(ir, dataset=options)
     emulated = EmulatedModel(program)
     validation = compare(emulated, data.val.x, data.val.y, f"{options['name']} val",
@@ -137,6 +146,7 @@ def run_compile(args) -> int:
     if build is not None:
         print("\n".join([f"{build.title}:", *build.lines]))
     _refuse_saturation(validation, program_file, args.allow_saturation)
+    _refuse_change(validation, program_file, args.max_change)
     if build is not None and build.findings:
         more = f" (and {len(build.findings) - 1} more in report.md)" if len(build.findings) > 1 else ""
         raise ValueError(f"{program_file}: {args.target}: {build.findings[0]}{more}")
@@ -153,8 +163,9 @@ def run_emulate(args) -> int:
     torch.set_num_threads(args.threads)
     program = load_program(args.program)
     options = _emulate_dataset(program.dataset, args.data, Path(args.program))
-    split = getattr(_load(options), args.split)
-    _check_channels(program.ir, split.x, options["name"], args.program)
+    data = _load(options)
+    split = getattr(data, args.split)
+    _check_data(program.ir, data, options["name"], args.program)
     emulated = EmulatedModel(program)
     comparison = compare(emulated, split.x, split.y, f"{options['name']} {args.split}",
                          batch_size=args.batch_size, progress=_progress(args))
@@ -164,6 +175,7 @@ def run_emulate(args) -> int:
         print(f"\nfloat vs fixed, node by node, on the first {len(batch)} sequences:")
         print(trace_table(trace_errors(emulated, batch)))
     _refuse_saturation(comparison, Path(args.program) / PROGRAM_FILE, args.allow_saturation)
+    _refuse_change(comparison, Path(args.program) / PROGRAM_FILE, args.max_change)
     return 0
 
 
@@ -211,11 +223,43 @@ def _for_data(protocol: dict, data: str | None) -> dict:
     return {"name": data, "seed": protocol.get("seed", 0), "time_channel": protocol.get("time_channel", False)}
 
 
-def _check_channels(ir, x, data: str, program: str) -> None:
+def _check_data(ir, data, name: str, model: str) -> None:
+    """The data fit the model: as many channels as its input, as many classes (or targets) as its head."""
     width = next(node for node in ir.nodes if node.kind == "input").shape[-1]
-    if x.shape[-1] != width:
-        raise ValueError(f"{data}: the data have {x.shape[-1]} channels but the program in {program} takes "
-                         f"{width} — give the dataset it was compiled for, with the same time channel")
+    if data.num_inputs != width:
+        raise ValueError(f"{name}: the data have {data.num_inputs} channels but the model in {model} takes "
+                         f"{width} — give the dataset it was trained on, with the same time channel")
+    outputs = next(node for node in ir.nodes if node.name == ir.outputs[0]).shape[-1]
+    if data.num_outputs != outputs:
+        what = "targets" if data.task == "regression" else "classes"
+        raise ValueError(f"{name}: the data have {data.num_outputs} {what} but the model in {model} has "
+                         f"{outputs} outputs — give the dataset it was trained on (--data)")
+
+
+def _check_word_bits(target: str, word_bits: int | None) -> None:
+    """Refuse a word length the target cannot run before any data are loaded."""
+    from ..targets import capabilities
+
+    allowed = capabilities(target).word_bits
+    if word_bits is not None and word_bits not in allowed:
+        raise ValueError(f"--word-bits {word_bits}: the {target} target takes words of "
+                         f"{min(allowed)}–{max(allowed)} bits")
+
+
+def _refuse_change(comparison, program_file: Path, max_change: float) -> None:
+    """One line when fixed point costs more of the score than `max_change` (percent, see --max-change)."""
+    from .errors import fail
+    from .report import change_text
+
+    if comparison.metric == "accuracy":
+        loss, unit = 100 * (comparison.float - comparison.fixed), "points of accuracy"
+    else:
+        loss, unit = 100 * comparison.change / max(comparison.float, 1e-300), "% more MSE"
+    if loss > max_change:
+        raise fail(str(program_file), None, f"[score] fixed point costs {loss:.1f} {unit} on {comparison.data} "
+                   f"({change_text(comparison.to_json())}), more than --max-change {max_change:g}",
+                   "use a longer word (--word-bits) or less headroom (--headroom-bits), or pass a larger "
+                   "--max-change to accept it")
 
 
 def _load(options: dict):
