@@ -1,0 +1,124 @@
+// Frame receiver (docs/protocol.md §2–3): COBS-decodes the bytes between 0x00 delimiters on the fly
+// into the request buffer, runs the CRC over them, keeps the header and the first 16 payload bytes
+// in registers, and classifies each delimited chunk as §3.4 says:
+//   empty or shorter than 16 bytes ............ line noise: nothing
+//   more than ENC_LIMIT bytes without a 0x00 ... `damaged` at once; the rest is discarded to the next 0x00
+//   bad COBS, shorter than 15 decoded bytes,
+//   CRC mismatch, protocol byte, frame type,
+//   length field or payload > MAX_REQ ......... `damaged` (the engine answers with a NACK)
+//   otherwise .................................. `frame` (one-clock pulse; fields hold until the next frame)
+// A chunk that starts while `accept` is low (the engine is busy with the previous request) is
+// discarded whole, so the buffer the engine reads never changes under it; the host's resend repeats it.
+`default_nettype none
+module ef_frame_rx #(
+    parameter integer AW      = 12,     // request buffer: 2^AW bytes
+    parameter integer MAX_REQ = 4081    // largest request payload, ≤ 2^AW − 15
+) (
+    input  wire          clk,
+    input  wire          rst,
+    input  wire [7:0]    in_data,
+    input  wire          in_valid,
+    input  wire          accept,
+    output reg           frame,
+    output reg           damaged,
+    output wire [7:0]    f_type,
+    output wire [7:0]    f_flags,
+    output wire [15:0]   f_seq,
+    output wire [15:0]   f_opcode,
+    output wire [31:0]   f_length,
+    output wire [127:0]  f_fields,      // payload bytes 0..15, byte i at [8i+7:8i]
+    input  wire [AW-1:0] rd_addr,       // payload byte rd_addr (offset 0 = the first payload byte)
+    output reg  [7:0]    rd_data        // one clock after rd_addr
+);
+`include "ef_crc32.vh"
+    localparam integer MAX_FRAME = MAX_REQ + 15;
+    localparam integer ENC_LIMIT_COUNT = MAX_FRAME + MAX_FRAME / 254 + 1;  // cobs.max_encoded_length
+    localparam [17:0]  ENC_LIMIT = ENC_LIMIT_COUNT[17:0];
+    localparam [17:0]  MIN_ENCODED = 18'd16;
+    localparam [1:0]   BETWEEN = 2'd0, COLLECT = 2'd1, DISCARD = 2'd2;
+
+    reg [7:0]  memory [0:(1 << AW) - 1];
+    reg [7:0]  header [0:10];
+    reg [7:0]  fields [0:15];
+    reg [1:0]  mode;
+    reg [17:0] encoded;      // bytes of the chunk so far
+    reg [17:0] decoded;      // frame bytes decoded so far
+    reg [7:0]  remaining;    // bytes left in the current COBS block
+    reg        in_block;     // a code byte has been read
+    reg        block_full;   // the current block's code is 0xFF: no zero follows it
+    reg [31:0] crc;
+
+    genvar g;
+    generate
+        for (g = 0; g < 16; g = g + 1) begin : field_bytes
+            assign f_fields[8 * g + 7:8 * g] = fields[g];
+        end
+    endgenerate
+    assign f_type   = header[1];
+    assign f_flags  = header[2];
+    assign f_seq    = {header[4], header[3]};
+    assign f_opcode = {header[6], header[5]};
+    assign f_length = {header[10], header[9], header[8], header[7]};
+
+    wire        is_code     = (remaining == 8'd0);
+    wire        emit        = is_code ? (in_block && !block_full) : 1'b1;  // a code byte emits the zero the previous block implies
+    wire [7:0]  emit_byte   = is_code ? 8'd0 : in_data;
+    wire [17:0] payload_len = decoded - 18'd15;
+    wire        valid_frame = (remaining == 8'd0) && (decoded >= 18'd15) && (crc == CRC_RESIDUE)
+                              && (header[0] == 8'hE1) && (header[1] >= 8'd1) && (header[1] <= 8'd3)
+                              && (f_length == {14'd0, payload_len}) && ({14'd0, payload_len} <= MAX_REQ);
+
+    wire [17:0] payload_index = decoded - 18'd11;   // where the byte being decoded goes in the buffer
+    wire [4:0]  field_index   = decoded[4:0] - 5'd11;
+
+    always @(posedge clk) rd_data <= memory[rd_addr];
+
+    always @(posedge clk) begin
+        frame   <= 1'b0;
+        damaged <= 1'b0;
+        if (rst) begin
+            mode <= BETWEEN;
+        end else if (in_valid && in_data == 8'd0) begin            // a delimiter ends the chunk
+            if (mode == COLLECT && encoded >= MIN_ENCODED) begin
+                frame   <= valid_frame;
+                damaged <= !valid_frame;
+            end
+            mode <= BETWEEN;
+        end else if (in_valid) begin
+            if (mode == BETWEEN || mode == COLLECT) begin
+                if (mode == BETWEEN && !accept) begin
+                    mode <= DISCARD;
+                end else if (mode == BETWEEN || encoded < ENC_LIMIT) begin
+                    mode    <= COLLECT;
+                    encoded <= (mode == BETWEEN) ? 18'd1 : encoded + 18'd1;
+                    if (mode == BETWEEN) begin
+                        decoded   <= 18'd0;
+                        crc       <= CRC_INIT;
+                        in_block  <= 1'b1;
+                        remaining <= in_data - 8'd1;
+                        block_full <= (in_data == 8'hFF);
+                    end else begin
+                        if (is_code) begin
+                            in_block   <= 1'b1;
+                            remaining  <= in_data - 8'd1;
+                            block_full <= (in_data == 8'hFF);
+                        end else remaining <= remaining - 8'd1;
+                        if (emit) begin
+                            crc     <= crc32_byte(crc, emit_byte);
+                            decoded <= decoded + 18'd1;
+                            if (decoded < 18'd11) header[decoded[3:0]] <= emit_byte;
+                            else begin
+                                if (payload_index < (18'd1 << AW)) memory[payload_index[AW-1:0]] <= emit_byte;
+                                if (decoded < 18'd27) fields[field_index[3:0]] <= emit_byte;
+                            end
+                        end
+                    end
+                end else begin                                     // no delimiter within ENC_LIMIT bytes
+                    damaged <= 1'b1;
+                    mode    <= DISCARD;
+                end
+            end
+        end
+    end
+endmodule
+`default_nettype wire

@@ -1,0 +1,63 @@
+"""The board image as a servable board: `echoforge board serve --target gateware --pty`.
+
+The gateware replaces the whole board — protocol engine included — not only its core, so it does not
+fit `BoardKind.core` (a core that runtime/board.py's Python protocol engine drives). It is a board that
+serves itself: `GatewareBoard.serve(args)` runs the Verilated image on a pty and returns the exit code.
+Cheap to import (the CLI builds its parsers from every target's BOARDS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from echoforge.targets import BoardKind
+
+SUMMARY = "the FPGA board image (protocol engine in Verilog) under Verilator, pty only"
+# `board serve` options a Python-simulated board honours and the gateware does not (name, default).
+_UNSUPPORTED = (("tcp", None), ("drop", 0.0), ("corrupt", 0.0), ("duplicate", 0.0), ("delay", 0.0),
+                ("reset_after", None), ("reset_at", None), ("max_chunk_steps", None), ("buffer_samples", None))
+
+
+@dataclass(frozen=True)
+class GatewareBoard(BoardKind):
+    """A board kind that serves itself (`serve(args) -> exit code`) instead of lending a core."""
+
+    serve: Callable[[argparse.Namespace], int] | None = None
+
+
+def _no_core(config):
+    raise ValueError("the gateware board runs its own protocol engine: serve it with "
+                     "`echoforge board serve --target gateware --pty`")
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve the board image on a pty until SIGINT or SIGTERM; the first output line is its path."""
+    given = [f"--{name.replace('_', '-')}" for name, default in _UNSUPPORTED if getattr(args, name, default) != default]
+    if given:
+        raise ValueError(f"{', '.join(given)}: the gateware board serves a pty without simulated faults or "
+                         "capability options (its limits are the image's; corrupt the line on the host side)")
+    from .design import GatewareConfig
+    from .sim import serve_pty
+
+    stop = threading.Event()
+
+    def announce(uri: str) -> None:
+        print(uri, flush=True)
+        print(f"echoforge board: gateware board on {uri}; SIGINT or SIGTERM stops it", file=sys.stderr)
+
+    previous = {number: signal.signal(number, lambda *_: stop.set()) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        serve_pty(GatewareConfig(), stop, announce)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    print("echoforge board: gateware board stopped", file=sys.stderr)
+    return 0
+
+
+BOARDS = (GatewareBoard("gateware", SUMMARY, _no_core, serve),)
