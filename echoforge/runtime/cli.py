@@ -75,7 +75,12 @@ def add_devices(commands) -> None:
 def run_board_serve(args) -> int:
     from dataclasses import replace
 
+    from echoforge.targets import board as board_kind
     from echoforge.targets.emulator.stream import warm_up
+
+    kind = board_kind(args.target)
+    if getattr(kind, "serve", None) is not None:  # a board that serves itself (the FPGA gateware)
+        return kind.serve(args)
 
     from .board import Board, Faults, parse_reset_at
     from .commands import Capabilities
