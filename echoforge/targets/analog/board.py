@@ -61,7 +61,7 @@ class Noise:
 @dataclass(frozen=True)
 class Drift:
     gain_sigma_per_s: float = 0.0  # σ of each oscillator's relative input/readout gain drift rate
-    dead_time_s: float = 0.0       # board time between two runs (reloading waveforms, settling)
+    run_period_s: float = 0.0       # board time from one run to the next (the drift clock ticks per run)
 
 
 @dataclass(frozen=True)
@@ -236,7 +236,7 @@ def parse_board(document, where: str) -> Board:
         "mismatch_sigma": reader.scalar(document, "mismatch_sigma", None),
         "offset_sigma_v": reader.scalar(document, "offset_sigma_v", 0.0),
         "noise": Noise(**reader.section(document, "noise", {"thermal_v": 0.0, "readout_v": 0.0})),
-        "drift": Drift(**reader.section(document, "drift", {"gain_sigma_per_s": 0.0, "dead_time_s": 0.0})),
+        "drift": Drift(**reader.section(document, "drift", {"gain_sigma_per_s": 0.0, "run_period_s": 0.0})),
         "echo_gain": EchoGain(**reader.section(document, "echo_gain", {"available": False, "max_rate_per_s": 0.0})),
     }
     board = Board(id=board_id.strip(), description=str(document.get("description", "")), source=where, **fields)
@@ -296,7 +296,7 @@ def _check_board(board: Board, where: str) -> list[str]:
     for key, value in (("offset_sigma_v", board.offset_sigma_v), ("noise.thermal_v", board.noise.thermal_v),
                        ("noise.readout_v", board.noise.readout_v),
                        ("drift.gain_sigma_per_s", board.drift.gain_sigma_per_s),
-                       ("drift.dead_time_s", board.drift.dead_time_s),
+                       ("drift.run_period_s", board.drift.run_period_s),
                        ("echo_gain.max_rate_per_s", board.echo_gain.max_rate_per_s)):
         need(value >= 0 and math.isfinite(value), key, f"{value} is not a finite value ≥ 0", "write 0 or more")
     return problems
