@@ -1,0 +1,230 @@
+"""The FPGA board image (echoforge/targets/fpga/gateware): the device protocol in Verilog, run by
+Verilator behind a real pseudo-terminal, spoken to by the unchanged host runtime.
+
+Every byte crosses the simulated UART lines bit by bit. Raw-frame tests write exact wire bytes and
+read exact answers, so they pin the RTL to docs/protocol.md (and to the Python encoder: the answers
+are compared with `encode_frame`'s bytes).
+"""
+
+import queue
+import random
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from echoforge.runtime.commands import COMMAND_VERSION, Opcode, decode_hello, encode_request
+from echoforge.runtime.device import Device
+from echoforge.runtime.errors import DeviceError, ErrorCode
+from echoforge.runtime.faults import FaultyTransport
+from echoforge.runtime.frame import DELIMITER, Flags, Frame, FrameReader, FrameType, encode_frame
+from echoforge.runtime.link import SYNC, Link, response_opcode
+from echoforge.runtime.transport import SerialTransport
+from echoforge.targets.fpga.gateware.design import GatewareConfig
+
+pytestmark = pytest.mark.skipif(shutil.which("verilator") is None,
+                                reason="needs verilator (apt-get install verilator; .ci/run installs it)")
+
+CONFIG = GatewareConfig()
+QUIET_SECONDS = 0.3   # no answer within this: the board sent nothing
+
+
+@pytest.fixture(scope="module")
+def gateware():
+    """The board image on a pty (the binary runs in its own process); yields the pty's path."""
+    from echoforge.targets.fpga.gateware.sim import serve_pty
+
+    stop, uris = threading.Event(), queue.Queue()
+    server = threading.Thread(target=serve_pty, args=(CONFIG, stop, uris.put), daemon=True)
+    server.start()
+    try:
+        yield uris.get(timeout=600)   # a cold cache verilates and compiles the image first
+    finally:
+        stop.set()
+        server.join(30)
+
+
+@pytest.fixture
+def line(gateware):
+    """A raw serial line to the board, with a frame reader for its answers."""
+    with SerialTransport(gateware, timeout=2.0) as transport:
+        yield RawLine(transport)
+
+
+class RawLine:
+    def __init__(self, transport):
+        self.transport = transport
+        self.reader = FrameReader()
+        self.received = bytearray()
+
+    def send(self, wire: bytes) -> None:
+        self.transport.write(wire)
+
+    def frames(self, count: int, timeout: float = 5.0) -> list[Frame]:
+        """The next `count` frames the board sends (fails if they do not come)."""
+        frames, deadline = [], time.monotonic() + timeout
+        while len(frames) < count and time.monotonic() < deadline:
+            data = self.transport.read(4096, 0.05)
+            self.received += data
+            frames += self.reader.feed(data)
+        assert len(frames) >= count, f"expected {count} frames, got {frames}"
+        return frames
+
+    def silence(self) -> bytes:
+        """Whatever the board sends within QUIET_SECONDS (nothing, if the test is right)."""
+        deadline, data = time.monotonic() + QUIET_SECONDS, b""
+        while time.monotonic() < deadline:
+            data += self.transport.read(4096, 0.05)
+        return data
+
+    def request(self, seq: int, opcode: int, payload: bytes = b"") -> bytes:
+        return DELIMITER + encode_frame(Frame(FrameType.DATA, seq, opcode, payload))
+
+
+def hello_epoch(line: RawLine, seq: int) -> int:
+    line.send(line.request(seq, Opcode.HELLO))
+    ack, response = line.frames(2)
+    assert ack == Frame(FrameType.ACK, seq)
+    return decode_hello(response.payload).epoch
+
+
+def test_hello_handshake_with_the_host_device(gateware):
+    with Device(gateware, timeout=5.0) as device:
+        info = device.info
+        assert (info.version, info.target, info.firmware) == (COMMAND_VERSION, "fpga", CONFIG.firmware)
+        assert info.capabilities == CONFIG.capabilities() and info.epoch != 0
+        assert device.link.peer_max_payload == CONFIG.max_request_payload   # SYNC answers the request buffer
+        assert device.call(Opcode.RESET) == b""
+        assert device.handshake().epoch == info.epoch                      # RESET keeps the boot epoch
+        assert device.link.stats["failures"] == 0
+
+
+def test_answers_are_the_python_encoders_bytes(line):
+    """ACK, response and SYNC answer exactly as LinkServer would, in canonical COBS."""
+    line.send(line.request(40, SYNC))
+    (sync,) = line.frames(1)
+    assert sync == Frame(FrameType.DATA, 40, response_opcode(SYNC), CONFIG.max_request_payload.to_bytes(4, "little"))
+    line.received.clear()
+    line.send(line.request(41, Opcode.HELLO))
+    ack, hello = line.frames(2)
+    expected = encode_frame(Frame(FrameType.ACK, 41)) + encode_frame(hello)
+    assert bytes(line.received).replace(DELIMITER * 2, DELIMITER).strip(DELIMITER) + DELIMITER == expected
+
+
+def test_a_duplicate_sequence_number_gets_the_cached_response(line):
+    epoch = hello_epoch(line, 100)
+    reset = line.request(101, Opcode.RESET, encode_request(Opcode.RESET, epoch))
+    line.send(reset)
+    assert line.frames(2) == [Frame(FrameType.ACK, 101), Frame(FrameType.DATA, 101, response_opcode(Opcode.RESET))]
+    line.send(reset)                        # a retransmission: the cache answers, no ACK, no second execution
+    assert line.frames(1) == [Frame(FrameType.DATA, 101, response_opcode(Opcode.RESET))]
+    line.send(line.request(101, Opcode.HELLO))  # same seq, other opcode: still the cached RESET response
+    assert line.frames(1) == [Frame(FrameType.DATA, 101, response_opcode(Opcode.RESET))]
+    line.send(line.request(101, SYNC))      # SYNC always executes, and replaces the cache
+    assert line.frames(1)[0].opcode == response_opcode(SYNC)
+    line.send(line.request(101, SYNC))
+    assert line.frames(1)[0].opcode == response_opcode(SYNC)
+    assert line.silence() == b""
+
+
+@pytest.mark.parametrize("opcode, payload, code", [
+    (Opcode.LOAD_PROGRAM, b"\x00" * 6, ErrorCode.UNKNOWN_OPCODE),   # a command this image does not implement
+    (0x7ABC, b"", ErrorCode.UNKNOWN_OPCODE),                        # a command nobody implements
+    (Opcode.HELLO, b"\x00", ErrorCode.BAD_PAYLOAD),
+    (Opcode.RESET, b"\x01\x02", ErrorCode.BAD_PAYLOAD),             # shorter than the epoch
+    (Opcode.RESET, None, ErrorCode.BAD_PAYLOAD),                    # the right epoch and a byte too many
+    (Opcode.RESET, b"\x00\x00\x00\x00", ErrorCode.STALE_EPOCH),     # epoch 0 is never a board's
+])
+def test_refused_commands_get_error_responses_and_the_board_keeps_working(gateware, opcode, payload, code):
+    with Device(gateware, timeout=5.0) as device:
+        if payload is None:
+            payload = encode_request(Opcode.RESET, device.info.epoch) + b"\x00"
+        with pytest.raises(DeviceError) as refused:
+            device.link.call(opcode, payload)
+        assert refused.value.code == code and refused.value.message
+        assert device.call(Opcode.RESET) == b""
+
+
+def _garbage(rng: random.Random, size: int) -> bytes:
+    return bytes(rng.randrange(1, 256) for _ in range(size))
+
+
+def test_damaged_frames_get_a_nack_and_noise_gets_nothing(line):
+    rng = random.Random(3)
+    epoch = hello_epoch(line, 200)
+    line.send(DELIMITER + _garbage(rng, 15) + DELIMITER)          # shorter than any frame: line noise
+    assert line.silence() == b""
+    line.send(DELIMITER + _garbage(rng, 40) + DELIMITER)          # a damaged frame attempt
+    assert line.frames(1) == [Frame(FrameType.NACK, 0)]
+    wire = bytearray(line.request(201, Opcode.RESET, encode_request(Opcode.RESET, epoch)))
+    wire[-3] ^= 0x10                                               # a CRC byte
+    line.send(bytes(wire))
+    assert line.frames(1) == [Frame(FrameType.NACK, 0)]
+    liar = Frame(FrameType.DATA, 202, Opcode.RESET, encode_request(Opcode.RESET, epoch))
+    body = bytearray(encode_frame(liar))
+    line.send(DELIMITER + _relength(liar, 60000))                  # claims more payload than the board holds
+    assert line.frames(1) == [Frame(FrameType.NACK, 0)]
+    line.send(DELIMITER + bytes(body))                             # and the board still works
+    assert line.frames(2) == [Frame(FrameType.ACK, 202), Frame(FrameType.DATA, 202, response_opcode(Opcode.RESET))]
+
+
+def _relength(frame: Frame, length: int) -> bytes:
+    """`frame`'s wire bytes with another length field and a CRC that matches it (so only the length lies)."""
+    import struct
+    import zlib
+
+    from echoforge.runtime import cobs
+
+    header = struct.pack("<BBBHHI", 0xE1, frame.type, frame.flags, frame.seq, frame.opcode, length)
+    body = header + frame.payload
+    return cobs.encode(body + struct.pack("<I", zlib.crc32(body))) + DELIMITER
+
+
+def test_an_over_long_frame_is_nacked_before_its_delimiter(line):
+    limit = CONFIG.max_request_payload + 15
+    line.send(DELIMITER + _garbage(random.Random(4), limit + limit // 254 + 100))  # no delimiter
+    assert line.frames(1, timeout=10.0) == [Frame(FrameType.NACK, 0)]
+    line.send(DELIMITER)
+    assert line.silence() == b""                                    # the rest was discarded quietly
+    hello_epoch(line, 300)
+
+
+def test_the_largest_request_crosses_and_one_byte_more_is_refused(line):
+    """COBS blocks of 254 bytes and zeros anywhere, decoded on the fly into the request buffer."""
+    epoch = hello_epoch(line, 400)
+    rng = random.Random(5)
+    payload = encode_request(Opcode.RESET, epoch) + bytes(rng.choice((0, 0, 7, 255)) if i % 300 < 10 else 1 + i % 255
+                                                          for i in range(CONFIG.max_request_payload - 4))
+    line.send(line.request(401, Opcode.RESET, payload))
+    ack, refused = line.frames(2, timeout=10.0)
+    assert ack == Frame(FrameType.ACK, 401) and refused.flags == Flags.ERROR
+    assert int.from_bytes(refused.payload[:2], "little") == ErrorCode.BAD_PAYLOAD   # it arrived whole: epoch ok
+    line.send(line.request(402, Opcode.RESET, payload + b"\x01"))
+    assert line.frames(1, timeout=10.0) == [Frame(FrameType.NACK, 0)]
+
+
+def test_one_percent_corrupted_and_dropped_bytes_still_complete_exchanges(gateware):
+    """Bytes lost or damaged on the line, both ways: NACKs, resends and the response cache recover."""
+    with SerialTransport(gateware, timeout=5.0) as serial_line:
+        faulty = FaultyTransport(serial_line, drop=0.01, corrupt=0.01, seed=11)
+        link = Link(faulty, timeout=20.0, retries=30, retry_interval=0.05, max_retry_interval=0.2)
+        epoch = decode_hello(link.call(Opcode.HELLO)).epoch
+        for _ in range(30):
+            assert decode_hello(link.call(Opcode.HELLO)).epoch == epoch
+            assert link.call(Opcode.RESET, encode_request(Opcode.RESET, epoch)) == b""
+        assert sum(faulty.faults.values()) > 20 and link.stats["retries"] > 0
+
+
+def test_board_serve_cli_and_devices_probe():
+    """`echoforge board serve --target gateware --pty`, probed by `echoforge devices --probe`."""
+    from echoforge.runtime.simulator import simulated_board
+    from echoforge.targets.fpga.gateware.sim import build
+
+    build(CONFIG)   # warm the cache, so the board announces itself within the simulator's start-up wait
+    with simulated_board("--target", "gateware") as uri:
+        probe = subprocess.run([sys.executable, "-m", "echoforge.cli", "devices", "--probe", "--timeout", "5", uri],
+                               capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0 and "answers: fpga board, firmware 'echoforge-gateware" in probe.stdout
