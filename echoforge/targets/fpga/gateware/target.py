@@ -1,9 +1,9 @@
 """The board image as a servable board: `echoforge board serve --target gateware --pty`.
 
-The gateware replaces the whole board — protocol engine included — not only its core, so it does not
-fit `BoardKind.core` (a core that runtime/board.py's Python protocol engine drives). It is a board that
-serves itself: `GatewareBoard.serve(args)` runs the Verilated image on a pty and returns the exit code.
-Cheap to import (the CLI builds its parsers from every target's BOARDS).
+The gateware replaces the whole board — protocol engine included — not only its core, so it is not a
+`BoardKind.core` (a core that runtime/board.py's Python protocol engine drives) but a board that serves
+itself: `serve(args)` runs the Verilated image on a pty and returns the exit code. Cheap to import (the
+CLI builds its parsers from every target's BOARDS).
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import argparse
 import signal
 import sys
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from echoforge.targets import BoardKind
 
@@ -21,18 +19,6 @@ SUMMARY = "the FPGA board image (protocol engine in Verilog) under Verilator, pt
 # `board serve` options a Python-simulated board honours and the gateware does not (name, default).
 _UNSUPPORTED = (("tcp", None), ("drop", 0.0), ("corrupt", 0.0), ("duplicate", 0.0), ("delay", 0.0),
                 ("reset_after", None), ("reset_at", None), ("max_chunk_steps", None), ("buffer_samples", None))
-
-
-@dataclass(frozen=True)
-class GatewareBoard(BoardKind):
-    """A board kind that serves itself (`serve(args) -> exit code`) instead of lending a core."""
-
-    serve: Callable[[argparse.Namespace], int] | None = None
-
-
-def _no_core(config):
-    raise ValueError("the gateware board runs its own protocol engine: serve it with "
-                     "`echoforge board serve --target gateware --pty`")
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -60,4 +46,4 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-BOARDS = (GatewareBoard("gateware", SUMMARY, _no_core, serve),)
+BOARDS = (BoardKind("gateware", SUMMARY, serve=serve),)
