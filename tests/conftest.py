@@ -2,8 +2,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# Hypothesis times each example (200 ms deadline) and its data generation (the too_slow health check):
+# wall-clock checks that fail on a busy shared 2-core machine, not on a wrong answer. Turned off.
+settings.register_profile("echoforge", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("echoforge")
 
 DEFAULT_MARKS = "not slow"  # pyproject's addopts
 

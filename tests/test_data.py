@@ -132,7 +132,7 @@ def test_packaged_files_have_the_documented_shapes(name):
 
 def test_scp2_loads_quickly_with_its_shape(scp2):
     dataset, seconds = scp2
-    assert seconds < 3.0
+    assert seconds < 30.0  # wide (measured 1.5 s on a busy machine): a hang or a pathological parse fails it
     assert dataset.name == "SelfRegulationSCP2" and dataset.classes == ["negativity", "positivity"]
     assert [len(split.x) for split in (dataset.train, dataset.val, dataset.test)] == [266, 57, 57]
     assert dataset.train.x.shape[1:] == (1152, 7) and (dataset.num_inputs, dataset.num_outputs) == (7, 2)
@@ -337,7 +337,8 @@ def test_copy_memory_structure():
 def test_synthetic_tasks_are_long_cheap_and_seeded(generate):
     start = time.perf_counter()
     x, y = generate(length=50_000, size=8, seed=5)
-    assert time.perf_counter() - start < 1.0 and x.shape[:2] == (8, 50_000)
+    assert time.perf_counter() - start < 10.0  # wide (measured 0.02 s): a busy machine must not fail it
+    assert x.shape[:2] == (8, 50_000)
     again, other = generate(length=50_000, size=8, seed=5), generate(length=50_000, size=8, seed=6)
     np.testing.assert_array_equal(x, again[0])
     assert not np.array_equal(x, other[0])

@@ -417,3 +417,20 @@ def test_config_rejects_words_that_do_not_fit_int64():
         with pytest.raises(ValueError, match="word_bits"):
             FormatConfig(word_bits=word_bits)
     assert Fixed(24, 16).limit == 2 ** 23 - 1 and str(Fixed(24, 16)) == "Q8.16"
+
+
+@pytest.mark.parametrize("side", [+1, -1])
+def test_a_nudge_that_clamps_either_echo_is_counted(side):
+    """One step of a free mass from a momentum one code inside the state range: the nudge pushes exactly one
+    of the two echoes past it, once per oscillator, and each such clamp is a state saturation."""
+    core = EmulatorCore()
+    core.load(OscillatorParams("linear", a=np.zeros(4), delta=np.full(4, 0.5)))
+    lim = STATE.limit
+    zeros = np.zeros((2, 1, 4), dtype=np.int64)
+    # The echo starts from −π: π = ∓(lim − 1) puts the +ε (side +1) or −ε (side −1) echo one code from the edge.
+    pi = np.full((2, 4), -side * (lim - 1), dtype=np.int64)
+    with pytest.warns(RuntimeWarning, match="saturated: state=8;"):
+        echo = core.echo_int(zeros, np.zeros((2, 4), dtype=np.int64), pi, np.full((2, 1, 4), 3, dtype=np.int64))
+    assert echo.saturation.counts["state"] == 2 * 4 and not echo.saturation.reversible
+    clamped = 0 if side > 0 else 1
+    assert np.all(np.abs(echo.pi[clamped]) == lim) and np.all(np.abs(echo.pi[1 - clamped]) < lim)

@@ -263,7 +263,7 @@ def test_a_dead_board_fails_the_next_call_within_the_timeout(medium, death):
             process.kill()
             process.wait()
     line_seconds = 10 * (BATCH * CHUNK_STEPS * SIZE * 3 * 2 + 64) / 115200  # one chunk and its answer at 115200 baud
-    assert elapsed < timeout + line_seconds + 0.5
+    assert elapsed < timeout + line_seconds + 3.0  # wide slack for a busy machine; a retry loop past the deadline exceeds it
     message = str(failure.value)
     assert uri in message and "\n" not in message
 
@@ -274,8 +274,8 @@ def test_opening_a_board_that_is_not_there_fails_at_once_naming_it():
         uri = f"socket://127.0.0.1:{unused.getsockname()[1]}"
     started = time.monotonic()
     with pytest.raises(ConnectionError, match=uri):
-        DeviceCore(uri, timeout=1.0)
-    assert time.monotonic() - started < 1.5
+        DeviceCore(uri, timeout=30.0)
+    assert time.monotonic() - started < 10.0  # "at once": far below the timeout, whatever the machine's load
 
 
 # ---- command line -------------------------------------------------------------------------------------------
