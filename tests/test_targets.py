@@ -11,12 +11,21 @@ from echoforge.targets import board, boards, capabilities, target, targets
 def test_emulator_registers_a_compile_target_and_a_board():
     assert target("emulator").capabilities is capabilities("emulator")
     assert capabilities("emulator").name == "emulator"
-    assert "emulator" in boards() and board("emulator").core is boards()["emulator"].core
+    assert "emulator" in boards() and board("emulator").cores is boards()["emulator"].cores
 
 
 def test_every_target_names_itself_in_its_capabilities():
     for name, registered in targets().items():
         assert registered.capabilities.name == name
+
+
+def test_a_board_kind_has_cores_or_serves_itself():
+    from echoforge.targets import BoardKind
+
+    with pytest.raises(ValueError, match="exactly one of cores and serve"):
+        BoardKind("both", "", cores=lambda args: None, serve=lambda args: 0)
+    with pytest.raises(ValueError, match="exactly one of cores and serve"):
+        BoardKind("neither", "")
 
 
 def test_an_unknown_target_lists_the_registered_ones():
@@ -35,9 +44,11 @@ def test_finding_the_targets_imports_no_heavy_module():
 
 
 def test_board_core_factory_gives_a_fresh_core_for_a_format():
+    from echoforge.cli import build_parser
     from echoforge.targets.emulator import EmulatorCore, FormatConfig
 
-    core = board("emulator").core(FormatConfig(word_bits=16))
+    args = build_parser().parse_args(["board", "serve", "--target", "emulator"])
+    core = board("emulator").cores(args)(FormatConfig(word_bits=16))
     assert isinstance(core, EmulatorCore) and core.config.word_bits == 16 and core.params is None
 
 

@@ -20,8 +20,7 @@ import numpy as np
 
 from echoforge import __version__
 from echoforge.models.core import PARAM_NAMES, OscillatorParams
-from echoforge.targets import board as board_kind
-from echoforge.targets.emulator import EmulatorCore
+from echoforge.targets.emulator import EmulatorCore, FormatConfig
 from echoforge.targets.emulator.kernels import product_shifts
 from echoforge.targets.emulator.stream import EchoStream, ForwardStream
 
@@ -49,7 +48,6 @@ from .commands import (
 )
 from .errors import DeviceError, ErrorCode
 from .faults import FaultyFrameTransport, check_rates
-from .frame import MAX_PAYLOAD
 from .link import LinkServer, response_opcode
 from .transport import PtyTransport, SocketTransport, Transport
 
@@ -84,10 +82,11 @@ class _Phase:
 class BoardDevice:
     """The device side of the command layer, backed by the emulator; call it as a link handler."""
 
-    def __init__(self, capabilities: Capabilities = Capabilities(), target: str = "emulator"):
+    def __init__(self, capabilities: Capabilities = Capabilities(), target: str = "emulator",
+                 cores: Callable[[FormatConfig], EmulatorCore] = EmulatorCore):
         self.capabilities = capabilities
-        self.target = target
-        self._kind = board_kind(target)  # the core behind the board (echoforge.targets registry)
+        self.target = target  # the name HELLO reports
+        self._cores = cores   # a fresh core for a bank's formats (a BoardKind's factory)
         self.epoch = 0
         self.banks: list[_Bank] = []
         self.phase: _Phase | None = None
@@ -178,7 +177,7 @@ class BoardDevice:
             raise DeviceError(ErrorCode.NO_STATE, f"bank {bank_index} has no {Register(register).name} register yet")
         _check_rows(first, rows, arrays[0].shape[-2])
         width = bank.program.width
-        _check_response_size(2 * arrays[0][..., first:first + rows, :].size * width)
+        _check_response_size(2 * arrays[0][..., first:first + rows, :].size * width, self.capabilities)
         return b"".join(pack_samples(part[..., first:first + rows, :], width) for part in arrays)
 
     def _read_observables(self, bank_index: int, first: int, rows: int, body: bytes) -> bytes:
@@ -188,7 +187,7 @@ class BoardDevice:
             raise DeviceError(ErrorCode.NO_STATE, f"bank {bank_index} has run no echo yet")
         _check_rows(first, rows, len(bank.echo.accumulators))
         selected = bank.echo.accumulators[first:first + rows][:, accumulator_rows(bank.program.kind)]
-        _check_response_size(selected.size * ACCUMULATOR_BYTES)
+        _check_response_size(selected.size * ACCUMULATOR_BYTES, self.capabilities)
         return pack_samples(selected, ACCUMULATOR_BYTES)
 
     # ---- phases ----------------------------------------------------------------------------------
@@ -264,7 +263,7 @@ class BoardDevice:
             raise DeviceError(ErrorCode.BAD_PROGRAM, f"{word}-bit words, 2^{table}-segment tables: this board takes "
                                                      f"words of {caps.word_bits} bits, tables of {caps.table_bits}")
         try:
-            core = self._kind.core(program.config)
+            core = self._cores(program.config)
             if min(product_shifts(program.config, core.functions.tanh_table.seg_shift)) < 0:
                 raise ValueError("c_frac + unit_frac < state_frac: the force c·T(z) has no valid rescale")
         except ValueError as error:
@@ -309,7 +308,7 @@ class BoardDevice:
             raise DeviceError(ErrorCode.OVER_CAPACITY,
                               f"a chunk of {steps} steps × {lanes} lanes; this board takes ≤ {caps.max_chunk_steps} "
                               f"steps and ≤ {caps.buffer_samples} samples")
-        _check_response_size(lanes * steps * response_width)
+        _check_response_size(lanes * steps * response_width, caps)
 
 
 def _new_epoch(previous: int) -> int:
@@ -329,9 +328,10 @@ def _check_rows(first: int, rows: int, batch: int) -> None:
         raise bad_payload(f"rows {first}..{first + rows - 1} of a batch of {batch}")
 
 
-def _check_response_size(size: int) -> None:
-    if size > MAX_PAYLOAD:
-        raise DeviceError(ErrorCode.RESPONSE_TOO_LARGE, f"{size} bytes > {MAX_PAYLOAD}; ask for fewer rows or steps")
+def _check_response_size(size: int, capabilities: Capabilities) -> None:
+    if size > capabilities.max_response_payload:
+        raise DeviceError(ErrorCode.RESPONSE_TOO_LARGE, f"{size} bytes > this board's {capabilities.max_response_payload}"
+                                                        f"; ask for fewer rows or steps")
 
 
 def _codes(data: bytes, shape: tuple[int, ...], program: BankProgram) -> np.ndarray:
@@ -420,8 +420,9 @@ class Board:
     """
 
     def __init__(self, capabilities: Capabilities = Capabilities(), faults: Faults = Faults(),
-                 poll_interval: float = 0.05, target: str = "emulator"):
-        self.device = BoardDevice(capabilities, target)
+                 poll_interval: float = 0.05, target: str = "emulator",
+                 cores: Callable[[FormatConfig], EmulatorCore] = EmulatorCore):
+        self.device = BoardDevice(capabilities, target, cores)
         self.faults = faults
         self.poll_interval = poll_interval
         self.commands = Counter()  # by opcode name, and "total"

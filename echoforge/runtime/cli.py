@@ -56,6 +56,9 @@ def add_board(commands) -> None:
     serve.add_argument("--seed", type=int, default=0, help="seed of the fault draws (default 0)")
     serve.add_argument("--max-chunk-steps", type=int, metavar="N", help="capability: most time steps per chunk")
     serve.add_argument("--buffer-samples", type=int, metavar="N", help="capability: most samples per chunk request")
+    for kind in kinds.values():  # a board kind's own options (e.g. analog-twin's --board)
+        if kind.add_options is not None:
+            kind.add_options(serve.add_argument_group(f"--target {kind.name}"))
     serve.set_defaults(run=run_board_serve)
 
 
@@ -73,14 +76,20 @@ def add_devices(commands) -> None:
 
 
 def run_board_serve(args) -> int:
-    from dataclasses import replace
-
     from echoforge.targets import board as board_kind
-    from echoforge.targets.emulator.stream import warm_up
 
     kind = board_kind(args.target)
-    if getattr(kind, "serve", None) is not None:  # a board that serves itself (the FPGA gateware)
+    if kind.serve is not None:  # a board that serves itself (the FPGA gateware, SCPI instruments)
         return kind.serve(args)
+    return serve_protocol(args, kind.cores(args))
+
+
+def serve_protocol(args, cores) -> int:
+    """Serve the device protocol with the Python board simulator, a fresh core from ``cores(config)``
+    per bank, on the pty or TCP port and with the faults `board serve` was given."""
+    from dataclasses import replace
+
+    from echoforge.targets.emulator.stream import warm_up
 
     from .board import Board, Faults, parse_reset_at
     from .commands import Capabilities
@@ -93,7 +102,7 @@ def run_board_serve(args) -> int:
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {value}")
     capabilities = replace(Capabilities(), **{name: value for name, value in sizes.items() if value is not None})
-    board = Board(capabilities, faults, target=args.target)
+    board = Board(capabilities, faults, target=args.target, cores=cores)
     warm_up()  # the board is ready when it announces itself
     stop = threading.Event()
 

@@ -61,12 +61,22 @@ class Target:
 
 @dataclass(frozen=True)
 class BoardKind:
-    """A core a simulated board can serve: ``core(config)`` is a fresh, unloaded core for one bank's
-    formats that runs EmulatorCore's integer streams (``_bank_forward``, ``_bank_echo``)."""
+    """What `board serve --target NAME` serves, given the parsed command line (its own options, added
+    by ``add_options``, included). Either cores behind the Python board simulator — ``cores(args)``
+    returns the factory of fresh, unloaded cores for one bank's formats, each running EmulatorCore's
+    integer streams (``_bank_forward``, ``_bank_echo``) — or a board that serves itself (the FPGA
+    gateware, SCPI instruments): ``serve(args)`` announces its URI as the first line of output, serves
+    until SIGINT or SIGTERM and returns the exit code."""
 
     name: str
     summary: str
-    core: Callable[[FormatConfig], EmulatorCore]
+    cores: Callable[[argparse.Namespace], Callable[[FormatConfig], EmulatorCore]] | None = None
+    serve: Callable[[argparse.Namespace], int] | None = None
+    add_options: Callable[[argparse.ArgumentParser], None] | None = None
+
+    def __post_init__(self):
+        if (self.cores is None) == (self.serve is None):
+            raise ValueError(f"board {self.name!r}: give exactly one of cores and serve")
 
 
 @cache

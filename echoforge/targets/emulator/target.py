@@ -8,10 +8,10 @@ from echoforge.targets import BoardKind, Target
 from .words import MAX_WORD_BITS, MIN_WORD_BITS
 
 
-def _core(config):
+def _cores(args):
     from .core import EmulatorCore
 
-    return EmulatorCore(config)
+    return EmulatorCore
 
 
 CAPABILITIES = Capabilities(name="emulator", max_oscillators=4096,
@@ -19,4 +19,4 @@ CAPABILITIES = Capabilities(name="emulator", max_oscillators=4096,
                             default_word_bits=24, delta_range=(0.0, 1.0),
                             hru_kinds=("linear", "nonlinear"), max_stream_chunk=4096)
 TARGETS = (Target("emulator", CAPABILITIES, "the bit-exact fixed-point reference (what CI runs)"),)
-BOARDS = (BoardKind("emulator", "the bit-exact fixed-point emulator", _core),)
+BOARDS = (BoardKind("emulator", "the bit-exact fixed-point emulator", _cores),)
