@@ -64,7 +64,7 @@ class Physics:
 class Oscillators:
     """One board instance: programmed banks, runs, held state (module docstring)."""
 
-    def __init__(self, board: Board, *, fabrication_seed: int = 0, noise_seed: int = 0):
+    def __init__(self, board: Board, *, fabrication_seed: int = 0, noise_seed: int | tuple[int, ...] = 0):
         self.board = board
         self.noise_seed = noise_seed
         generator = np.random.default_rng(np.random.SeedSequence(fabrication_seed, spawn_key=(0xFAB,)))
