@@ -263,7 +263,7 @@ reg [63:0] settings [0:6];
 reg [63:0] value;
 reg [2*W-1:0] beat;
 integer fd, fd_in, fd_out, i, k, r, seed, beats_left, oscillators, lanes, pairs;
-reg streaming = 1'b0;
+reg in_gap, out_gap, in_taken;
 
 task write_reg(input [AB-1:0] address, input [63:0] data);
     begin
@@ -279,25 +279,6 @@ task read_reg(input [AB-1:0] address, output [63:0] data);
     end
 endtask
 
-// the streams: a new beat whenever the last one was taken, out beats written as they are taken
-reg in_gap, out_gap;
-always @(posedge clk) begin
-    if (streaming) begin
-        in_gap = seed != 0 && ($random(seed) & 3) == 0;
-        out_gap = seed != 0 && ($random(seed) & 3) == 0;
-        if (out_valid && out_ready) $fwrite(fd_out, "%h\\n", out_data);
-        if (!in_valid || in_ready) begin
-            if (beats_left > 0 && !in_gap) begin
-                r = $fscanf(fd_in, "%h\\n", beat);
-                in_data <= beat;
-                in_valid <= 1'b1;
-                beats_left = beats_left - 1;
-            end else in_valid <= 1'b0;
-        end
-        out_ready <= !out_gap;
-    end
-end
-
 initial begin
     $readmemh("run.hex", settings);
     oscillators = settings[2];
@@ -310,19 +291,19 @@ initial begin
     fd = $fopen("params.hex", "r");
     for (i = 0; i < oscillators; i = i + 1)
         for (k = 0; k < FIELDS; k = k + 1) begin
-            r = $fscanf(fd, "%h\\n", value); write_reg(PARAMS + i * 8 + k, value);
+            r = $fscanf(fd, "%h", value); write_reg(PARAMS + i * 8 + k, value);
         end
     $fclose(fd);
     fd = $fopen("state.hex", "r");
     for (i = 0; i < lanes; i = i + 1) begin
-        r = $fscanf(fd, "%h\\n", value); write_reg(PHI + i, value);
-        r = $fscanf(fd, "%h\\n", value); write_reg(PI + i, value);
+        r = $fscanf(fd, "%h", value); write_reg(PHI + i, value);
+        r = $fscanf(fd, "%h", value); write_reg(PI + i, value);
     end
     $fclose(fd);
     fd = $fopen("acc.hex", "r");
     for (i = 0; i < pairs; i = i + 1)
         for (k = 0; k < ROWS; k = k + 1) begin
-            r = $fscanf(fd, "%h\\n", value); write_reg(ACC + i * 8 + k, value);
+            r = $fscanf(fd, "%h", value); write_reg(ACC + i * 8 + k, value);
         end
     $fclose(fd);
     write_reg(R_MODE, settings[0]);
@@ -333,9 +314,25 @@ initial begin
     fd_in = $fopen("in.hex", "r");
     fd_out = $fopen("out.hex", "w");
     write_reg(R_START, 64'd1);
-    streaming = 1'b1;
-    while (busy) @(negedge clk);
-    streaming = 1'b0;
+    // the streams, one clock per pass from a falling edge: offer a beat (unless a random gap), settle,
+    // note what the next rising edge transfers (and write the out beat it takes)
+    while (busy) begin
+        in_gap = seed != 0 && ($random(seed) & 3) == 0;
+        out_gap = seed != 0 && ($random(seed) & 3) == 0;
+        out_ready = !out_gap;
+        if (!in_valid && beats_left > 0 && !in_gap) begin
+            r = $fscanf(fd_in, "%h", beat);
+            in_data = beat;
+            in_valid = 1'b1;
+            beats_left = beats_left - 1;
+        end
+        #1;
+        if (out_valid && out_ready) $fwrite(fd_out, "%h\\n", out_data);
+        in_taken = in_valid && in_ready;
+        @(negedge clk);
+        if (in_taken) in_valid = 1'b0;
+    end
+    out_ready = 1'b0;
     $fclose(fd_in);
     $fclose(fd_out);
     fd = $fopen("result.hex", "w");
