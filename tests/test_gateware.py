@@ -256,3 +256,48 @@ def test_frame_transmitter_encodes_long_frames_as_the_host_does(tmp_path):
     subprocess.run(["vvp", "-n", "tb"], cwd=tmp_path, check=True, capture_output=True, timeout=600)
     sent = bytes(int(line, 16) for line in (tmp_path / "out.hex").read_text().split())
     assert sent == b"".join(2 * (DELIMITER + encode_frame(frame)) for frame in frames)
+
+
+def test_the_host_honours_a_small_response_limit_declared_in_hello():
+    """A board simulator declaring a response cache as small as a gateware's: the host pages register
+    and accumulator reads and shortens chunks to fit it, and RHEL through it stays bit-identical."""
+    import numpy as np
+
+    from echoforge.models.core import OscillatorParams
+    from echoforge.runtime.board import Board
+    from echoforge.runtime.commands import Capabilities
+    from echoforge.runtime.device import DeviceCore
+    from echoforge.targets.emulator import EmulatorCore, FormatConfig
+
+    config, rng = FormatConfig(24), np.random.default_rng(8)
+    batch, length, size = 6, 20, 5
+    params = OscillatorParams("nonlinear", a=rng.uniform(0.2, 1, size), delta=rng.uniform(0.3, 0.7, size),
+                              w=rng.uniform(0.5, 1, size), b=rng.uniform(-0.5, 0.5, size), c=rng.uniform(0.3, 0.7, size))
+    forcing, phi, nudges = rng.normal(size=(batch, length, size)), rng.normal(size=(batch, size)), rng.normal(
+        size=(batch, length, size))
+
+    def rhel(core):
+        core.load(params)
+        positions, end_phi, end_pi = core.forward(forcing, 0.3 * phi, np.zeros_like(phi))
+        echo = core.echo(forcing, end_phi, end_pi, nudges, 0.05)
+        return [positions, end_phi, end_pi, echo.grad_forcing, *echo.grad_params.values(), *echo.final_state]
+
+    board = Board(Capabilities(max_response_payload=256), poll_interval=0.02)
+    stop, uris = threading.Event(), queue.Queue()
+    server = threading.Thread(target=board.serve_pty, args=(stop, uris.put), daemon=True)
+    server.start()
+    try:
+        with DeviceCore(uris.get(timeout=10), config=config, retry_interval=0.02, max_retry_interval=0.1) as core:
+            assert core.device.info.capabilities.max_response_payload == 256
+            got = rhel(core)
+            traffic = core.device.traffic
+    finally:
+        stop.set()
+        server.join(10)
+    expected = rhel(EmulatorCore(config))
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+    # 5 accumulators × 5 oscillators × 8 bytes: one batch row per page; 3-byte positions: 85 lane-steps a chunk
+    assert traffic["READ_OBSERVABLES"]["calls"] == batch and traffic["FORWARD_CHUNK"]["calls"] == length // 2
+    with pytest.raises(DeviceError) as refused:
+        board.device(Opcode.READ_OBSERVABLES, encode_request(Opcode.READ_OBSERVABLES, board.device.epoch, (0, 0, 2)))
+    assert refused.value.code == ErrorCode.RESPONSE_TOO_LARGE

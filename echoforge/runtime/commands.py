@@ -25,6 +25,7 @@ from echoforge.targets.emulator import FormatConfig
 from echoforge.targets.emulator.kernels import ACCUMULATORS
 
 from .errors import DeviceError, ErrorCode
+from .frame import MAX_PAYLOAD
 
 COMMAND_VERSION = 1
 PROGRAM_FORMAT = 1
@@ -84,6 +85,7 @@ REQUEST_FIELDS = {
     Opcode.READ_OBSERVABLES: struct.Struct("<BHH"),  # bank, first row, rows
 }
 _HELLO = struct.Struct("<HBBIHBBBBBHII")
+_RESPONSE_LIMIT = struct.Struct("<I")  # after the firmware id: the largest response payload
 _BANK_HEADER = struct.Struct("<9BH")  # kind, word, state/a/delta/w/c/unit fracs, table bits, P
 _FRAC_FIELDS = ("state_frac", "a_frac", "delta_frac", "w_frac", "c_frac", "unit_frac")
 
@@ -244,6 +246,7 @@ class Capabilities:
     max_batch: int = 256
     max_chunk_steps: int = 4096
     buffer_samples: int = 16384     # samples one chunk request may carry
+    max_response_payload: int = MAX_PAYLOAD  # the largest response the board builds (and keeps for resends)
 
 
 @dataclass(frozen=True)
@@ -261,7 +264,8 @@ class BoardInfo:
         return (f"{self.target} board, firmware {self.firmware!r}, command protocol {self.version}, "
                 f"{caps.max_oscillators} oscillators in ≤ {caps.max_banks} banks, words {caps.word_bits[0]}–"
                 f"{caps.word_bits[1]} bits, kinds {'/'.join(caps.hru_kinds)}, chunks ≤ {caps.max_chunk_steps} "
-                f"steps / {caps.buffer_samples} samples, batch ≤ {caps.max_batch}, boot epoch 0x{self.epoch:08X}")
+                f"steps / {caps.buffer_samples} samples, batch ≤ {caps.max_batch}, responses ≤ "
+                f"{caps.max_response_payload} bytes, boot epoch 0x{self.epoch:08X}")
 
 
 def encode_hello(info: BoardInfo) -> bytes:
@@ -271,18 +275,21 @@ def encode_hello(info: BoardInfo) -> bytes:
     fixed = _HELLO.pack(info.version, TARGET_CODES[info.target], kinds, info.epoch, caps.max_oscillators,
                         caps.max_banks, *caps.word_bits, *caps.table_bits, caps.max_batch, caps.max_chunk_steps,
                         caps.buffer_samples)
-    return fixed + bytes([len(firmware)]) + firmware
+    return fixed + bytes([len(firmware)]) + firmware + _RESPONSE_LIMIT.pack(caps.max_response_payload)
 
 
 def decode_hello(payload: bytes) -> BoardInfo:
-    if len(payload) < _HELLO.size + 1 or len(payload) != _HELLO.size + 1 + payload[_HELLO.size]:
+    fixed = _HELLO.size + 1
+    if len(payload) < fixed or len(payload) != fixed + payload[_HELLO.size] + _RESPONSE_LIMIT.size:
         raise bad_payload(f"HELLO response of {len(payload)} bytes is malformed")
     (version, target, kinds, epoch, oscillators, banks, word_low, word_high, table_low, table_high, batch, steps,
      samples) = _HELLO.unpack_from(payload)
     targets = {code: name for name, code in TARGET_CODES.items()}
+    (response_limit,) = _RESPONSE_LIMIT.unpack_from(payload, len(payload) - _RESPONSE_LIMIT.size)
     caps = Capabilities(oscillators, banks, (word_low, word_high), (table_low, table_high),
-                        tuple(kind for kind, code in KIND_CODES.items() if kinds >> code & 1), batch, steps, samples)
-    firmware = payload[_HELLO.size + 1:].decode("utf-8", errors="replace")
+                        tuple(kind for kind, code in KIND_CODES.items() if kinds >> code & 1), batch, steps, samples,
+                        response_limit)
+    firmware = payload[fixed:-_RESPONSE_LIMIT.size].decode("utf-8", errors="replace")
     return BoardInfo(version, targets.get(target, f"target {target}"), firmware, epoch, caps)
 
 

@@ -50,7 +50,6 @@ from .commands import (
     unpack_samples,
 )
 from .errors import DeviceError, ErrorCode
-from .frame import MAX_PAYLOAD
 from .link import Link
 from .transport import DEFAULT_BAUDRATE, DEFAULT_TIMEOUT, MeteredTransport, open_transport
 
@@ -230,7 +229,7 @@ class Device:
         pair = (2,) if register == Register.ECHO else ()
         row_bytes = 2 * int(np.prod(pair)) * program.size * program.width
         parts = []
-        for rows in _pages(batch, _rows_fitting(MAX_PAYLOAD, row_bytes)):
+        for rows in _pages(batch, _rows_fitting(self.info.capabilities.max_response_payload, row_bytes)):
             count = rows.stop - rows.start
             reply = self.call(Opcode.READ_STATE, (bank, register, rows.start, count), reply_bytes=count * row_bytes)
             halves = split_body(reply, count * row_bytes // 2, count * row_bytes // 2)
@@ -244,7 +243,7 @@ class Device:
         reported = accumulator_rows(program.kind)
         row_bytes = len(reported) * program.size * ACCUMULATOR_BYTES
         accumulators = np.zeros((batch, len(ACCUMULATORS), program.size), dtype=np.int64)
-        for rows in _pages(batch, _rows_fitting(MAX_PAYLOAD, row_bytes)):
+        for rows in _pages(batch, _rows_fitting(self.info.capabilities.max_response_payload, row_bytes)):
             count = rows.stop - rows.start
             reply = self.call(Opcode.READ_OBSERVABLES, (bank, rows.start, count), reply_bytes=count * row_bytes)
             accumulators[rows, reported] = unpack_samples(reply, (count, len(reported), program.size),
@@ -255,13 +254,13 @@ class Device:
 
     def _lane_steps(self, program: BankProgram, echo: bool) -> int:
         """Most lane-steps (batch rows × oscillators × time steps) one chunk may hold: the board's buffer,
-        its request limit and the largest response all bound it."""
+        its request limit and its largest response all bound it."""
         chunk = Opcode.ECHO_CHUNK if echo else Opcode.FORWARD_CHUNK
         samples_in = 2 if echo else 1
         response_width = program.observable_width if echo else program.width
         request_room = self.link.peer_max_payload - request_header_size(chunk)
         return min(self.info.capabilities.buffer_samples // samples_in, request_room // (samples_in * program.width),
-                   MAX_PAYLOAD // response_width)
+                   self.info.capabilities.max_response_payload // response_width)
 
     def _group_rows(self, program: BankProgram, echo: bool) -> int:
         """Batch rows per phase: as many as the board takes while one time step still fits a chunk."""

@@ -64,7 +64,8 @@ class GatewareConfig:
         from echoforge.runtime.commands import Capabilities
 
         return Capabilities(max_oscillators=0, max_banks=0, word_bits=(0, 0), table_bits=(0, 0), hru_kinds=(),
-                            max_batch=0, max_chunk_steps=0, buffer_samples=0)
+                            max_batch=0, max_chunk_steps=0, buffer_samples=0,
+                            max_response_payload=self.max_response_payload)
 
     def parameters(self) -> dict[str, int]:
         """The top module's Verilog parameters."""
