@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from echoforge.models.core import OscillatorParams
@@ -38,7 +38,7 @@ CAPABILITIES = Capabilities(max_oscillators=16, max_banks=2, max_batch=4, max_ch
 CONFIG = FormatConfig(20)
 BATCH, LENGTH, SIZE = 2, 21, 3
 KINDS = ("linear", "nonlinear")
-HANDLER_SECONDS = 1.0  # no command may take longer (no hang)
+HANDLER_SECONDS = 10.0  # no command may take longer (no hang); wide (they take milliseconds) for a busy machine
 
 
 def bank_core(kind, seed, size=SIZE):
@@ -402,8 +402,9 @@ def test_a_refused_command_changes_nothing(data):
         driver.send(Opcode.BEGIN_FORWARD, (0, 0, BATCH, LENGTH))
         first = driver.forward_chunk(program, SCENARIO.forcing, 0, 5)
     command = data.draw(garbage(board))
-    if apply(board, command):
-        return  # the damage left a valid command: nothing to check
+    # The damage may leave a valid command, which may change what it addresses: not this test's subject
+    # (test_garbage_gives_clean_errors_… covers it), so hypothesis draws another instead of passing it.
+    assume(not apply(board, command))
     if in_echo:
         observable, *rest = driver.finish_echo(0, program, SCENARIO.forcing, SCENARIO.nudges, last.start)
         observable[:, last] = first

@@ -228,17 +228,19 @@ def test_a_training_step_rewrites_only_the_parameter_codes():
     assert traffic["LOAD_PROGRAM"]["calls"] == 1 and traffic["WRITE_PARAMS"]["calls"] == 2
 
 
-@pytest.mark.parametrize("capabilities, batch, length, size", [
-    (Capabilities(buffer_samples=20, max_chunk_steps=CHUNK_STEPS), 7, 9, SIZE),  # batch groups of 4 and 2 rows
-    (Capabilities(max_chunk_steps=CHUNK_STEPS), 200, 3, 10),  # accumulators read in two pages
+@pytest.mark.parametrize("capabilities, batch, length, size, split", [
+    # 7 rows in a 20-sample buffer: forward phases of 4 rows (2 of them), echo phases of 2 rows (4)
+    (Capabilities(buffer_samples=20, max_chunk_steps=CHUNK_STEPS), 7, 9, SIZE, {"BEGIN_FORWARD": 2, "BEGIN_ECHO": 4}),
+    # 200 rows fit one phase, but their accumulators fill two response pages
+    (Capabilities(max_chunk_steps=CHUNK_STEPS), 200, 3, 10, {"BEGIN_FORWARD": 1, "READ_OBSERVABLES": 2}),
 ])
-def test_batches_too_large_for_the_board_are_split_without_changing_a_bit(capabilities, batch, length, size):
+def test_batches_too_large_for_the_board_are_split_without_changing_a_bit(capabilities, batch, length, size, split):
     params, data = bank_params("nonlinear", 5, size), streams(5, batch, length, size)
     expected = rhel(EmulatorCore(CONFIG), params, data)
     with board_thread(capabilities=capabilities) as (_, uri), DeviceCore(uri, config=CONFIG, **FAST_LINK) as core:
         assert_identical(rhel(core, params, data), expected)
         traffic = core.device.traffic
-    assert traffic["BEGIN_FORWARD"]["calls"] > 1 or traffic["READ_OBSERVABLES"]["calls"] > 1
+    assert {command: traffic[command]["calls"] for command in split} == split
 
 
 # ---- dead boards ------------------------------------------------------------------------------------------
