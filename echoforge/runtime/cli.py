@@ -159,6 +159,9 @@ def list_visa_resources() -> list[tuple[str, str]]:
 
 def probe(uri: str, timeout: float) -> str:
     """What answered HELLO at `uri`, or why nothing did, in one line."""
+    identity = identify_scpi(uri, timeout) if uri.upper().endswith("::SOCKET") else None
+    if identity:  # a SCPI instrument (a device-protocol board drops the query as line noise)
+        return f"answers SCPI *IDN?: {identity}"
     from .device import Device
     from .errors import DeviceError
 
@@ -167,3 +170,19 @@ def probe(uri: str, timeout: float) -> str:
             return f"answers: {device.info.describe()}"
     except (OSError, DeviceError, RuntimeError, ValueError) as error:
         return f"no answer: {error}"
+
+
+def identify_scpi(uri: str, timeout: float) -> str | None:
+    """What a SCPI instrument at a VISA socket resource says it is (*IDN?), or None."""
+    import pyvisa
+
+    manager = pyvisa.ResourceManager("@py")
+    milliseconds = max(1, int(timeout * 1000))
+    try:
+        with manager.open_resource(uri, read_termination="\n", write_termination="\n", timeout=milliseconds,
+                                   open_timeout=milliseconds) as instrument:
+            return instrument.query("*IDN?").strip() or None
+    except Exception:  # noqa: BLE001 — pyvisa-py raises bare exceptions on connect; no answer either way
+        return None
+    finally:
+        manager.close()
