@@ -23,10 +23,13 @@ STATE = CONFIG.state
 # Forward positions vs a float64 leapfrog over 200 steps: |Δ| ≤ 2e-3·max|ϕ| (measured 3e-5 linear, 5e-4
 # nonlinear: the state's rounding, ~1e-5 per step, and the tanh table's 6e-6, carried by the dynamics).
 POSITION_TOLERANCE = 2e-3
-# RHEL on the emulator vs float64 BPTT (DESIGN §2: linear exact up to rounding, nonlinear O(ε²)):
-# cosine, and the norm ratio (measured within 5e-4 linear, 1.6e-2 nonlinear at the default ε floor).
-MIN_COSINE = 0.999
-MAX_NORM_RATIO_ERROR = 0.03
+# RHEL on the emulator vs float64 BPTT (DESIGN §2: linear exact up to rounding, nonlinear O(ε²) and the
+# tanh table): bounds on 1 − cosine and |norm ratio − 1| per (kind, word bits), from the worst of the
+# forcing's and every parameter's gradient measured on fidelity_case(seed=5) — linear 24 bits: 1.4e-6,
+# 4.9e-4; linear 32 bits: 5.3e-11, 1.6e-6; nonlinear (24 and 32 bits): 4.2e-4, 1.6e-2. Margins: 10× for
+# the linear banks (rounding noise), 2× for the nonlinear ones (a systematic bias).
+ALIGNMENT = {("linear", 24): (1.5e-5, 5e-3), ("linear", 32): (5e-10, 2e-5),
+             ("nonlinear", 24): (1e-3, 3e-2), ("nonlinear", 32): (1e-3, 3e-2)}
 
 
 def random_params(kind, size, rng):
@@ -52,9 +55,10 @@ def cosine(x, y):
     return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
 
 
-def assert_aligned(got, expected, name):
-    assert cosine(got, expected) >= MIN_COSINE, name
-    assert abs(np.linalg.norm(got) / np.linalg.norm(expected) - 1) <= MAX_NORM_RATIO_ERROR, name
+def assert_aligned(got, expected, name, kind, word_bits):
+    max_one_minus_cosine, max_norm_ratio_error = ALIGNMENT[kind, word_bits]
+    assert 1 - cosine(got, expected) <= max_one_minus_cosine, name
+    assert abs(np.linalg.norm(got) / np.linalg.norm(expected) - 1) <= max_norm_ratio_error, name
 
 
 # ---- rounding and quantisation ---------------------------------------------------------------------
@@ -212,9 +216,9 @@ def test_rhel_on_a_32_bit_emulator_matches_float64_bptt(kind):
     _, phi, pi = wide.forward(forcing, phi0, pi0)
     echo = wide.echo(forcing, phi, pi, target_weights, epsilon=1e-3)
     grads, grad_forcing = bptt_gradients(kind, wide.params, forcing, phi0, pi0, target_weights)
-    assert_aligned(echo.grad_forcing, grad_forcing, "forcing")
+    assert_aligned(echo.grad_forcing, grad_forcing, "forcing", kind, 32)
     for name in ("a", "delta") if kind == "linear" else PARAM_NAMES:
-        assert_aligned(echo.grad_params[name], grads[name], name)
+        assert_aligned(echo.grad_params[name], grads[name], name, kind, 32)
 
 
 def test_product_accumulators_of_32_bit_words_never_wrap():
@@ -325,13 +329,13 @@ def test_rhel_on_the_emulator_matches_float64_bptt(kind):
     echo = core.echo(forcing, phi, pi, target_weights, epsilon=1e-6)   # ε raised to min_nudge_lsbs
     assert core.epsilon_used > 1e-6 and not core.stats.saturated
     grads, grad_forcing = bptt_gradients(kind, core.params, forcing, phi0, pi0, target_weights)
-    assert_aligned(echo.grad_forcing, grad_forcing, "forcing")
+    assert_aligned(echo.grad_forcing, grad_forcing, "forcing", kind, CONFIG.word_bits)
     for name in PARAM_NAMES:
         if kind == "linear" and name in ("w", "b", "c"):
             assert not echo.grad_params[name].any()
         else:
             assert echo.grad_params[name].shape == phi0.shape
-            assert_aligned(echo.grad_params[name], grads[name], name)
+            assert_aligned(echo.grad_params[name], grads[name], name, kind, CONFIG.word_bits)
 
 
 def test_epsilon_is_kept_when_representable_and_raised_otherwise():
