@@ -160,11 +160,22 @@ RULES = (dsp_count, block_ram)
 # ------------------------------------------------------------------------------------ plans
 
 
-def bank_plan_of(kind: str, config, oscillators: int, batch: int):
-    """The multipliers and memories the RTL generator instantiates for a bank (rtl.plan)."""
-    from .rtl import plan
+@dataclass(frozen=True)
+class BankPlan:
+    multipliers: tuple   # (name, width a, width b), signed
+    memories: tuple      # each with .depth, .width
 
-    return plan(kind, config, oscillators, batch)
+
+def bank_plan_of(kind: str, config, oscillators: int, batch: int) -> BankPlan:
+    """The multipliers and memories the RTL generator instantiates for a bank of `batch` rows."""
+    from echoforge.targets.emulator.tables import FixedFunctions
+
+    from .rtl import MIN_LANE_BITS, _bits, datapath
+
+    table = FixedFunctions(config).tanh_table if kind == "nonlinear" else None
+    path = datapath.build(config, kind, max(MIN_LANE_BITS, _bits(2 * batch * oscillators)),
+                          max(1, _bits(oscillators)), table)
+    return BankPlan(tuple(path.pipeline.multipliers), tuple(path.memories))
 
 
 def bank_plan(node, batch: int = 1):
