@@ -18,7 +18,7 @@ Waveform generator (the board's drive and tuning):
     ``TUNE:BANK first,count``               the oscillators the next commands address
     ``TUNE:CODes <int32 block (3, count)>`` tuning DAC codes: frequency, input gain, readout gain rows
     ``SOURce:SHAPe batch,points``           waveform layout (batch, points, count), C order
-    ``SOURce:DATA <int32 block>``           forcing DAC codes (batch, points, count)
+    ``SOURce:DATA <int32 block>``           forcing DAC codes (batch, points, count); ``SOURce:DATA?`` reads them
     ``SOURce:KICK <float64 block>``         velocity kicks before each sample (echo runs), volts/s
     ``SOURce:GAIN <float64 block (count)>`` negative resistance in echo runs, 1/s (boards that have it)
     ``SOURce:MODE FORWard|ECHO``            a forward starts from rest; an echo from the state the last
@@ -369,6 +369,10 @@ class WaveformGenerator(Instrument):
         return self.values(_block(command), dtype, batch * points * bench.count).reshape(batch, points, bench.count)
 
     def _data(self, command):
+        if command.query:
+            if self.bench.dac is None:
+                raise ScpiError(-230, "Data corrupt or stale; no waveform loaded")
+            return self.reply_block(self.bench.dac, "i4")
         codes = self._waveform(command, "i4")
         limit = self.bench.oscillators.board.dac.limit
         if np.any(np.abs(codes) > limit):
