@@ -9,10 +9,14 @@ difference from the emulator is a difference of the hardware's bits.
 
 Lanes. The forward runs lane = row·P + oscillator; the echo lane = 2·(row·P + oscillator) + σ (the
 +ε echo, then the −ε echo). The input beats of a step are the rows' samples in that order; the echo
-consumes its steps in reverse time, so its beats and observables are reversed here.
+consumes its steps in reverse time, so its beats and observables are reversed here. A bank's design
+holds LANES lanes (more when one row's echo needs more): a batch with more rows runs as several
+groups of rows, one simulated run each (rows are independent), so one build serves every batch size.
 """
 
 from __future__ import annotations
+
+from functools import cache
 
 import numpy as np
 
@@ -21,7 +25,12 @@ from echoforge.targets.emulator.fixed import FormatConfig
 
 from . import sim
 
-MIN_LANES, MIN_OSCILLATORS = 64, 16  # smallest capacities built, so that most banks share a build
+LANES, MIN_OSCILLATORS = 256, 16  # the capacities built (a power of two ≥ 2P lanes, ≥ P oscillators)
+
+
+@cache
+def _simulation(config: FormatConfig, kind: str, lanes: int, oscillators: int, simulator: str) -> sim.Simulation:
+    return sim.build(config, kind, lanes=lanes, oscillators=oscillators, simulator=simulator)
 
 
 class RTLCore(EmulatorCore):
@@ -34,21 +43,35 @@ class RTLCore(EmulatorCore):
         self.stall_seed = stall_seed   # random gaps on both streams (the bits must not change)
         self.last_run: sim.RunResult | None = None
 
-    def _simulation(self, lanes: int) -> sim.Simulation:
-        """The build whose capacity holds ``lanes`` lanes of this bank (cached on disk by source hash)."""
+    def simulation(self) -> sim.Simulation:
+        """The loaded bank's simulator (built on first use, then cached on disk by source hash)."""
+        if self.param_codes is None:
+            raise RuntimeError("no parameters loaded into the core; call load() first")
         size = self.param_codes.shape[1]
-        return sim.build(self.config, self.params.kind, lanes=_power_of_two(max(lanes, MIN_LANES)),
-                         oscillators=_power_of_two(max(size, MIN_OSCILLATORS)), simulator=self.simulator)
+        return _simulation(self.config, self.params.kind, max(LANES, _power_of_two(2 * size)),
+                           max(MIN_OSCILLATORS, _power_of_two(size)), self.simulator)
+
+    def _row_groups(self, rows: int, size: int):
+        """Slices of batch rows whose echo pairs fit the design's lanes."""
+        per_run = max(1, self.simulation().design.lanes // (2 * size))
+        return [slice(first, min(first + per_run, rows)) for first in range(0, rows, per_run)]
 
     def _bank_forward(self, forcing, phi, pi, positions, stream_counts):
         codes = self._codes(forcing, 1.0, stream_counts, kernels.INPUT_SATURATED)
         rows, steps, size = codes.shape
-        phi, pi = np.asarray(phi, dtype=np.int64), np.asarray(pi, dtype=np.int64)
+        phi, pi = np.array(phi, dtype=np.int64), np.array(pi, dtype=np.int64)
+        counters = np.zeros(len(kernels.KERNEL_COUNTERS), dtype=np.int64)
         if steps == 0:
-            return phi.copy(), pi.copy(), np.zeros(len(kernels.KERNEL_COUNTERS), dtype=np.int64)
-        run = self._run("forward", rows * size, steps, _beats(codes), phi.reshape(-1), pi.reshape(-1))
-        positions[...] = self.stream_values(run.out.reshape(steps, rows, size).transpose(1, 0, 2), positions)
-        return run.phi.reshape(rows, size), run.pi.reshape(rows, size), run.counters.copy()
+            return phi, pi, counters
+        out = np.empty(codes.shape, dtype=np.int64)
+        for group in self._row_groups(rows, size):
+            n = group.stop - group.start
+            run = self._run("forward", steps, _beats(codes[group]), phi[group].reshape(-1), pi[group].reshape(-1))
+            out[group] = run.out.reshape(steps, n, size).transpose(1, 0, 2)
+            phi[group], pi[group] = run.phi.reshape(n, size), run.pi.reshape(n, size)
+            counters += run.counters
+        positions[...] = self.stream_values(out, positions)
+        return phi, pi, counters
 
     def _bank_echo(self, forcing, nudges, phi, pi, acc, forcing_obs, counters, conversion, obs_scale, stream_counts):
         gain, nudge_gain, _ = conversion
@@ -57,22 +80,22 @@ class RTLCore(EmulatorCore):
         rows, steps, size = f.shape
         if steps == 0:
             return
-        rows_used = self._accumulator_rows()
-        pair_acc = acc[:, rows_used, :].transpose(0, 2, 1).reshape(rows * size, len(rows_used))
-        lanes = 2 * rows * size
-        run = self._run("echo", lanes, steps, _beats(f[:, ::-1]), _lanes(phi), _lanes(pi),
-                        nudges=_beats(q[:, ::-1]), acc=pair_acc)
-        observable = run.out.reshape(steps, rows, size)[::-1].transpose(1, 0, 2)
-        forcing_obs[...] = observable if forcing_obs.dtype.kind != "f" else observable * obs_scale
-        phi[...] = run.phi.reshape(rows, size, 2).transpose(0, 2, 1)
-        pi[...] = run.pi.reshape(rows, size, 2).transpose(0, 2, 1)
-        acc[:, rows_used, :] = run.acc.reshape(rows, size, len(rows_used)).transpose(0, 2, 1)
-        counters += run.counters
+        used = self._accumulator_rows()
+        for group in self._row_groups(rows, size):
+            n = group.stop - group.start
+            pair_acc = acc[group][:, used, :].transpose(0, 2, 1).reshape(n * size, len(used))
+            run = self._run("echo", steps, _beats(f[group, ::-1]), _lanes(phi[group]), _lanes(pi[group]),
+                            nudges=_beats(q[group, ::-1]), acc=pair_acc)
+            observable = run.out.reshape(steps, n, size)[::-1].transpose(1, 0, 2)
+            forcing_obs[group] = observable if forcing_obs.dtype.kind != "f" else observable * obs_scale
+            phi[group] = run.phi.reshape(n, size, 2).transpose(0, 2, 1)
+            pi[group] = run.pi.reshape(n, size, 2).transpose(0, 2, 1)
+            acc[group, used, :] = run.acc.reshape(n, size, len(used)).transpose(0, 2, 1)
+            counters += run.counters
 
-    def _run(self, mode: str, lanes: int, steps: int, forcing, phi, pi, **extra) -> sim.RunResult:
-        self.last_run = self._simulation(lanes).run(mode=mode, params=self.param_codes, phi=phi, pi=pi,
-                                                    forcing=forcing, steps=steps, stall_seed=self.stall_seed,
-                                                    **extra)
+    def _run(self, mode: str, steps: int, forcing, phi, pi, **extra) -> sim.RunResult:
+        self.last_run = self.simulation().run(mode=mode, params=self.param_codes, phi=phi, pi=pi, forcing=forcing,
+                                              steps=steps, stall_seed=self.stall_seed, **extra)
         return self.last_run
 
     def _accumulator_rows(self) -> list[int]:
