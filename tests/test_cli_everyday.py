@@ -48,3 +48,36 @@ def test_compile_refuses_data_with_another_class_count(tiny_run, tmp_path):
     one_line_error(echoforge("compile", tmp_path / "m.onnx", "-o", tmp_path / "b", "--data", "scp1"),
                    "scp1", "2 classes", "4 outputs")
     assert not (tmp_path / "b").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_program(tiny_run, tmp_path_factory) -> Path:
+    """tiny_run compiled for the emulator (three bits of headroom, as in-the-loop training wants)."""
+    out = tmp_path_factory.mktemp("tiny-program")
+    result = echoforge("compile", tiny_run, "-o", out, "--headroom-bits", "3", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+# ---- 2. config typos: one line naming the file, the key and the nearest valid key -------------------
+
+def test_a_config_file_typo_names_the_file_the_key_and_the_nearest_key(tmp_path):
+    config = tmp_path / "t.yaml"
+    config.write_text("optimizer:\n  lrr: 0.01\n")
+    one_line_error(echoforge("train", config), "t.yaml", "'optimizer.lrr'", "did you mean 'optimizer.lr'")
+
+
+@pytest.mark.parametrize("override, fragments", [
+    ("optimizer.lrr=0.1", ("--set optimizer.lrr=0.1", "did you mean 'optimizer.lr'")),
+    ("model.hiden_size=32", ("'model.hiden_size'", "did you mean 'model.hidden_size'")),
+    ("model.hidden_size=1.5", ("model.hidden_size must be like 16", "1.5")),
+    ("optimizer.lr=fast", ("optimizer.lr must be like",)),
+])
+def test_an_override_typo_or_a_value_of_the_wrong_kind_is_one_line(override, fragments):
+    one_line_error(echoforge("train", "--set", override), *fragments)
+
+
+def test_hil_train_checks_its_config_before_it_connects(tiny_program):
+    # Port 9 (discard) on localhost is closed: had the config passed, this would be a connection error.
+    one_line_error(echoforge("hil", "train", "--device", "socket://127.0.0.1:9", "--program", tiny_program,
+                             "--set", "optimizer.lrr=0.1"), "did you mean 'optimizer.lr'")

@@ -8,6 +8,8 @@ summary.json. The trainer holds no global state beyond torch's RNG, which it sav
 from __future__ import annotations
 
 import copy
+import difflib
+import inspect
 import json
 import math
 import os
@@ -20,8 +22,8 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from .data import REGRESSION, Dataset, load_dataset
-from .hssm import HSSM
+from .data import REGRESSION, Dataset, adding_problem, copy_memory, load_dataset
+from .hssm import HRU_KINDS, HSSM
 
 DEFAULT_CONFIG = {
     "dataset": {"name": "basicmotions", "time_channel": False},
@@ -59,24 +61,100 @@ class ConfigError(ValueError):
     """A config the trainer cannot run; the message names the key and what to do."""
 
 
-def merge(base: dict, update: dict, where: str = "") -> dict:
-    """Deep-merge `update` into a copy of `base`, refusing keys `base` does not know."""
+def merge(base: dict, update: dict) -> dict:
+    """Deep-merge `update` into a copy of `base` (the keys are checked by `check_keys`)."""
     out = copy.deepcopy(base)
     for key, value in update.items():
-        path = f"{where}{key}"
-        if key not in base and where.split(".")[0] not in ("model", "dataset", "optimizer"):
-            raise ConfigError(f"unknown config key {path!r}; known keys: {', '.join(sorted(base))}")
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            out[key] = merge(base[key], value, f"{path}.")
+            out[key] = merge(base[key], value)
         else:
             out[key] = value
     return out
 
 
+# ---- the schema: which keys a config may have ---------------------------------------------------
+# The sections' keys are the keyword arguments of what they configure, read from the signatures,
+# so a new model or optimizer option needs no entry here.
+SECTIONS = ("dataset", "model", "optimizer")
+
+
+def _keywords(function, *filled: str) -> dict:
+    """Keyword arguments of `function` that a config may set (not those the trainer fills in), with
+    their defaults (None if they have none)."""
+    kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return {name: None if parameter.default is inspect.Parameter.empty else parameter.default
+            for name, parameter in inspect.signature(function).parameters.items()
+            if parameter.kind not in kinds and name not in ("self", *filled)}
+
+
+def schema(config: dict) -> dict[str, dict]:
+    """Per section of `config` (top level: ""), the keys it may have and an example value of each (the
+    default; None: any), given its HRU kind and optimizer."""
+    hru = HRU_KINDS.get(config["model"].get("hru"), HRU_KINDS["linear"])
+    optimizer = OPTIMIZERS.get(config["optimizer"].get("name"), OPTIMIZERS["adam"])
+    synthetic = _keywords(adding_problem, "seed") | _keywords(copy_memory, "seed") | {"num_series": 1}
+    model = (_keywords(HSSM.__init__, "input_size", "num_outputs", "learning")
+             | _keywords(hru.__init__, "input_size", "state_size", "learning", "epsilon"))
+    return {"": dict(DEFAULT_CONFIG),
+            "dataset": {"name": "", **_keywords(load_dataset, "name_or_path", "seed"), **synthetic},
+            "model": {key: DEFAULT_CONFIG["model"].get(key, default) for key, default in model.items()},
+            "optimizer": {"name": "", **{key: float(default) if type(default) is int else default  # rates, decays
+                                         for key, default in _keywords(optimizer.__init__, "params").items()}}}
+
+
+def _same_kind(value, example) -> bool:
+    """Whether `value` can stand where the schema's `example` does (numbers by kind, strings, flags)."""
+    if example is None or value is None:
+        return True
+    if isinstance(example, bool) or isinstance(value, bool):
+        return isinstance(value, bool) == isinstance(example, bool)
+    if isinstance(example, (int, float)):
+        return isinstance(value, int) if isinstance(example, int) else isinstance(value, (int, float))
+    if isinstance(example, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(example))
+
+
+def _paths(update: dict, where: str = "") -> list[str]:
+    """The dotted key paths `update` sets, down to the sections' keys."""
+    paths = []
+    for key, value in update.items():
+        path = f"{where}{key}"
+        paths += _paths(value, f"{path}.") if isinstance(value, dict) and key in SECTIONS and not where else [path]
+    return paths
+
+
+def check_keys(config: dict, layers: list[tuple[str, dict]]) -> None:
+    """Refuse a key the schema does not know, naming where it was set and the nearest valid key."""
+    for section in SECTIONS:
+        if not isinstance(config.get(section), dict):
+            source = next((source for source, update in reversed(layers) if section in update), "the config")
+            raise ConfigError(f"{source}: {section} must be a mapping of keys, got {config.get(section)!r}")
+    known = schema(config)
+    for source, update in layers:
+        for path in _paths(update):
+            section, _, key = path.rpartition(".")
+            keys = known[section]
+            if key not in keys:
+                near = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+                prefix = f"{section}." if section else ""
+                hint = f"did you mean {prefix + near[0]!r}?" if near else f"valid keys: {', '.join(sorted(keys))}"
+                raise ConfigError(f"{source}: unknown config key {path!r} — {hint}")
+            value = _lookup(config, path)
+            if section and not _same_kind(value, keys[key]):
+                raise ConfigError(f"{source}: {path} must be like {keys[key]!r}, got {value!r}")
+
+
+def _lookup(config: dict, path: str):
+    for part in path.split("."):
+        config = config[part]
+    return config
+
+
 def load_config(path: str | Path | None, overrides: list[str] = (), base: dict = DEFAULT_CONFIG) -> dict:
     """`base` (the default config), updated by a YAML file and `key.sub=value` overrides (values
-    parsed as YAML)."""
-    config = base
+    parsed as YAML); every key they set is checked against the schema, every value validated."""
+    layers = []
     if path is not None:
         try:
             data = _parse_yaml(Path(path).read_text())
@@ -89,7 +167,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict =
         data = {} if data is None else data
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-        config = merge(config, data)
+        layers.append((str(path), data))
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
@@ -97,7 +175,11 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict =
         update = _parse_yaml(text)
         for part in reversed(key.split(".")):
             update = {part: update}
+        layers.append((f"--set {item}", update))
+    config = base
+    for _, update in layers:
         config = merge(config, update)
+    check_keys(config, layers)
     validate(config)
     return config
 
@@ -114,8 +196,16 @@ def validate(config: dict) -> None:
     if clip is not None and not (isinstance(clip, (int, float)) and clip > 0):
         raise ConfigError(f"grad_clip: expected a positive number or null, got {clip!r}")
     for key in ("steps", "batch_size", "eval_every", "eval_batch_size"):
-        if not isinstance(config[key], int) or config[key] < 1:
+        if not _integer(config[key]) or config[key] < 1:
             raise ConfigError(f"{key}: expected a positive integer, got {config[key]!r}")
+    if not _integer(config["seed"]) or config["seed"] < 0:
+        raise ConfigError(f"seed: expected an integer ≥ 0, got {config['seed']!r}")
+    if not isinstance(config["output"], str) or not config["output"]:
+        raise ConfigError(f"output: expected a directory name, got {config['output']!r}")
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -156,10 +246,16 @@ class Trainer:
         self.dtype = DTYPES[config["dtype"]]
         torch.manual_seed(config["seed"])
         dataset = dict(config["dataset"])
-        self.data = load_dataset(dataset.pop("name"), seed=config["seed"], **dataset)
+        try:
+            self.data = load_dataset(dataset.pop("name", None), seed=config["seed"], **dataset)
+        except TypeError as error:
+            raise ConfigError(f"dataset: {error}") from None
         self.model = build_model(config, self.data)
         optimizer = dict(config["optimizer"])
-        self.optimizer = OPTIMIZERS[optimizer.pop("name")](self.model.parameters(), **optimizer)
+        try:
+            self.optimizer = OPTIMIZERS[optimizer.pop("name")](self.model.parameters(), **optimizer)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"optimizer: {error}") from None
         self.step = 0
         self.records: list[dict] = []
         self.best = {"metric": -math.inf, "loss": math.inf, "step": 0}
