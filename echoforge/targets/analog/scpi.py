@@ -261,7 +261,7 @@ class Instrument:
         if len(self.errors) >= MAX_ERRORS:
             self.errors[-1] = (-350, "Queue overflow")
         else:
-            self.errors.append((error.code, error.message))
+            self.errors.append((error.code, _ascii(error.message)))
 
     # common commands
     def _idn(self, command):
@@ -376,7 +376,7 @@ class WaveformGenerator(Instrument):
         codes = self._waveform(command, "i4")
         limit = self.bench.oscillators.board.dac.limit
         if np.any(np.abs(codes) > limit):
-            raise ScpiError(-222, f"Data out of range; DAC codes beyond ±{limit}")
+            raise ScpiError(-222, f"Data out of range; DAC codes beyond +/-{limit}")
         self.bench.dac = codes
 
     def _kick(self, command):
@@ -439,6 +439,13 @@ class Digitizer(Instrument):
     def _count(self, command):
         _expect_query(command, True)
         return str(self.bench.captures).encode()
+
+
+def _ascii(text: str) -> str:
+    """SCPI strings are ASCII: the few symbols our messages use, spelt out; anything else as '?'."""
+    for symbol, spelt in (("±", "+/-"), ("—", "-"), ("…", "..."), ('"', "'")):
+        text = text.replace(symbol, spelt)
+    return text.encode("ascii", errors="replace").decode("ascii")
 
 
 def _expect_query(command: Command, query: bool) -> None:
