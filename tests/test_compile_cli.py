@@ -113,6 +113,20 @@ def test_headroom_bits_widen_the_integer_part(tiny_run, tmp_path, capsys):
     assert result.returncode == 2 and "argument --headroom-bits: expected a number of bits 0–16" in result.stderr
 
 
+def test_compile_from_the_hwir_it_wrote_gives_the_same_program(compiled, tmp_path):
+    """An HWIR .yaml is a compile source too (with --data: it does not record the data protocol); compiled
+    again on the same data it keeps every node, format and weight, and records the passes twice."""
+    import yaml
+    first = compiled[0]
+    again = echoforge("compile", first / "model.yaml", "-o", tmp_path / "again", "--data", "basicmotions",
+                      "--no-time-channel", "--no-progress")
+    assert again.returncode == 0, again.stderr
+    hwir = [yaml.safe_load((out / "model.yaml").read_text()) for out in (first, tmp_path / "again")]
+    assert hwir[1]["nodes"] == hwir[0]["nodes"] and hwir[1]["weights"] == hwir[0]["weights"]
+    assert hwir[1]["provenance"]["passes"] == 2 * hwir[0]["provenance"]["passes"]
+    assert (tmp_path / "again" / "model.npz").read_bytes() == (first / "model.npz").read_bytes()
+
+
 def test_onnx_without_data_is_a_one_line_error(tiny_run, tmp_path, capsys):
     onnx_file = tmp_path / "tiny.onnx"
     assert main(["export", str(tiny_run), "-o", str(onnx_file)]) == 0
@@ -160,10 +174,15 @@ def test_shapes_that_do_not_agree(program):
                                "expects 6 features")
 
 
-def test_data_with_other_channels_than_the_program(compiled, capsys):
-    assert main(["emulate", str(compiled[0]), "--data", "adding", "--no-progress"]) == 2
-    (line,) = capsys.readouterr().err.strip().splitlines()
-    assert "adding: the data have 2 channels" in line and "takes 6" in line
+def test_data_with_other_channels_than_the_program(compiled):
+    result = echoforge("emulate", compiled[0], "--data", "adding", "--no-progress")
+    assert_fails_with_one_line(result, "adding: the data have 2 channels", "takes 6")
+
+
+def test_program_yaml_that_disagrees_with_the_hwir(program):
+    _edit(program / "program.yaml", "state_frac: 16", "state_frac: 12")
+    assert_fails_with_one_line(echoforge("emulate", program), "program.yaml", "node 'blocks.0.hru.bank'",
+                               "do not lower to")
 
 
 def test_unsupported_onnx_op(tiny_run, tmp_path):

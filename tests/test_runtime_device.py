@@ -302,6 +302,16 @@ def test_devices_probe_reports_who_answers(capsys):
     assert "no answer" in lines[nobody]
 
 
+def test_devices_without_probe_lists_and_opens_nothing(capsys):
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        uri = f"socket://127.0.0.1:{listener.getsockname()[1]}"
+        assert main(["devices", uri]) == 0
+        listener.settimeout(0)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected: listing is not probing
+    assert f"{uri}  (given)" in capsys.readouterr().out.splitlines()
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--drop", "2"], "drop rate must be in [0, 1], got 2.0"),
     (["--reset-at", "BOGUS"], "reset_at must name a command"),
