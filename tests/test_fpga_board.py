@@ -7,6 +7,7 @@ before the board starts (tens of seconds each, once per format: the board would 
 the host's first command timeout).
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -34,11 +35,15 @@ def program_dir(tiny_run, tmp_path_factory):
 
 
 def train(program_dir, uri, output):
+    """A HIL run; returns (its start parameters, its final parameters, the board HELLO named)."""
     program = load_program(program_dir)
     config = hil_config(program, program_dir, overrides=[*SETTINGS, f"output={output}"])
     with Device(uri, timeout=30.0, **FAST_LINK) as device:
-        HILTrainer(config, output, program, program_dir, device, fidelity_every=0).run(progress=False)
-    return torch.load(output / "last.pt", weights_only=True)["model"]
+        trainer = HILTrainer(config, output, program, program_dir, device, fidelity_every=0)
+        start = {name: value.detach().clone() for name, value in trainer.model.state_dict().items()}
+        trainer.run(progress=False)
+    board = json.loads((output / "summary.json").read_text())["hil"]["board"]
+    return start, torch.load(output / "last.pt", weights_only=True)["model"], board
 
 
 def test_hil_training_on_the_rtl_board_ends_with_the_emulator_boards_parameters(program_dir, tmp_path):
@@ -47,10 +52,12 @@ def test_hil_training_on_the_rtl_board_ends_with_the_emulator_boards_parameters(
         core.load(bank.params)
         core.simulation()
     with simulated_board() as uri:
-        expected = train(program_dir, uri, tmp_path / "emulator")
+        start, expected, emulator_board = train(program_dir, uri, tmp_path / "emulator")
     with simulated_board("--target", "fpga-sim") as uri:
-        got = train(program_dir, uri, tmp_path / "rtl")
+        _, got, rtl_board = train(program_dir, uri, tmp_path / "rtl")
+    assert emulator_board.startswith("emulator board") and rtl_board.startswith("fpga board")
     assert got.keys() == expected.keys()
+    assert any(not torch.equal(expected[name], start[name]) for name in start)  # training moved them
     for name in expected:
         assert torch.equal(got[name], expected[name]), name
 
