@@ -35,17 +35,23 @@ def _build(context):
     return build(context)
 
 
-def _rtl_cores(args):
-    """RTLCore for each bank: the generated Verilog under Verilator (checked here: a missing simulator is one
-    line with its install command, before the board announces itself)."""
+def _serve_rtl(args) -> int:
+    """The Python board simulator with an RTLCore per bank: the generated Verilog under Verilator (checked
+    first: a missing simulator is one line with its install command). HELLO reports the target family
+    "fpga" (protocol §10.3)."""
+    import argparse
+
+    from echoforge.runtime.cli import serve_protocol
+
     from .core import RTLCore
     from .sim import require
 
     require("verilator")
-    return RTLCore
+    return serve_protocol(argparse.Namespace(**{**vars(args), "target": "fpga"}), RTLCore)
 
 
-RTL_BOARD = BoardKind("fpga-sim", "the generated FPGA Verilog of each bank, co-simulated by Verilator", _rtl_cores)
+RTL_BOARD = BoardKind("fpga-sim", "the generated FPGA Verilog of each bank, co-simulated by Verilator",
+                      serve=_serve_rtl)
 
 TARGETS = tuple(Target(part.target, capabilities(part), f"{part.device} ({part.board}): Verilog, synthesis, "
                        "fmax", add_options, _build) for part in (UP5K, ECP5_25F))
