@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .argtypes import OneLineParser, positive_int
+from .argtypes import OneLineParser, key_value, non_negative_int, positive_int
 
 from .compiler.cli import add_commands as add_compiler_commands
 from .demo import add_demo
@@ -26,11 +26,11 @@ def add_train(commands) -> None:
         "train", help="train an HSSM on a dataset (BPTT or RHEL)",
         description="Train an HSSM as CONFIG says (the embedded BasicMotions default without one).")
     parser.add_argument("config", nargs="?", help="YAML config; keys not given keep their defaults")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", type=key_value,
                         help="override a config key, e.g. --set model.hidden_size=32 (repeatable)")
     parser.add_argument("--learning", choices=("bptt", "rhel"), help="learning rule of every HRU")
-    parser.add_argument("--steps", type=int, help="number of optimizer steps")
-    parser.add_argument("--seed", type=int, help="seed of data split, initialisation and dropout")
+    parser.add_argument("--steps", type=positive_int, help="number of optimizer steps (with --resume: extends the run)")
+    parser.add_argument("--seed", type=non_negative_int, help="seed of data split, initialisation and dropout")
     parser.add_argument("--output", "-o", help="run directory")
     parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR where it stopped")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -42,18 +42,19 @@ def add_train(commands) -> None:
 def run_train(args) -> int:
     import torch
 
-    from .models.training import Trainer, describe, load_config
+    from .models.training import Trainer, describe, load_config, resume_config
 
     torch.set_num_threads(args.threads)
+    flags = {"learning": args.learning, "steps": args.steps, "seed": args.seed, "output": args.output}
+    overrides = args.overrides + [f"{k}={v}" for k, v in flags.items() if v is not None]
     if args.resume:
-        config_path = Path(args.resume) / "config.yaml"
         if not (Path(args.resume) / "last.pt").exists():
             raise FileNotFoundError(f"{args.resume}: no last.pt to resume from — is this a run directory?")
-        config = load_config(config_path)
+        if args.config:
+            raise ValueError(f"--resume {args.resume} continues that run with its own config; drop {args.config}")
+        config = resume_config(args.resume, overrides)
         output = Path(args.resume)
     else:
-        flags = {"learning": args.learning, "steps": args.steps, "seed": args.seed, "output": args.output}
-        overrides = args.overrides + [f"{k}={v}" for k, v in flags.items() if v is not None]
         config = load_config(args.config, overrides)
         output = Path(config["output"])
     trainer = Trainer(config, output)

@@ -3,6 +3,7 @@ refused, config typos named, resume with new settings, board limits, conventions
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,39 @@ def test_hil_train_checks_its_config_before_it_connects(tiny_program):
     # Port 9 (discard) on localhost is closed: had the config passed, this would be a connection error.
     one_line_error(echoforge("hil", "train", "--device", "socket://127.0.0.1:9", "--program", tiny_program,
                              "--set", "optimizer.lrr=0.1"), "did you mean 'optimizer.lr'")
+
+
+# ---- 3. --resume with new settings: extend as asked, or refuse in one line ----------------------------
+
+def _parameters(run: Path) -> dict:
+    return torch.load(run / "last.pt", weights_only=True)["model"]
+
+
+def test_train_resume_extends_a_finished_run_to_what_a_longer_run_gives(tmp_path):
+    small = ["--set", "model.hidden_size=4", "--set", "model.state_size=4", "--set", "eval_every=5", "--no-progress"]
+    assert echoforge("train", "--steps", "10", "-o", tmp_path / "extended", *small).returncode == 0
+    extended = echoforge("train", "--resume", tmp_path / "extended", "--set", "steps=15", "--no-progress")
+    assert extended.returncode == 0, extended.stderr
+    assert "of 15" in extended.stdout
+    assert echoforge("train", "--steps", "15", "-o", tmp_path / "straight", *small).returncode == 0
+    a, b = _parameters(tmp_path / "extended"), _parameters(tmp_path / "straight")
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    one_line_error(echoforge("train", "--resume", tmp_path / "extended"), "finished its 15 steps", "--steps")
+    one_line_error(echoforge("train", "--resume", tmp_path / "extended", "--steps", "12"), "done 15 steps")
+    one_line_error(echoforge("train", "--resume", tmp_path / "extended", "--set", "optimizer.lr=0.1"),
+                   "only steps may change", "optimizer.lr=0.1")
+
+
+def test_hil_resume_extends_the_run_or_refuses_other_settings(tiny_program, tmp_path):
+    from echoforge.runtime.simulator import simulated_board
+
+    run = tmp_path / "hil"
+    with simulated_board("--target", "emulator") as uri:
+        first = echoforge("hil", "train", "--device", uri, "--program", tiny_program, "--steps", "2",
+                          "--set", "eval_every=1", "--fidelity-every", "0", "-o", run, "--no-progress")
+        assert first.returncode == 0, first.stderr
+        more = echoforge("hil", "train", "--device", uri, "--resume", run, "--steps", "3", "--no-progress")
+        assert more.returncode == 0, more.stderr
+        assert json.loads((run / "summary.json").read_text())["steps"] == 3
+        one_line_error(echoforge("hil", "train", "--device", uri, "--resume", run, "--set", "optimizer.lr=0.1"),
+                       "only steps may change")

@@ -9,9 +9,10 @@ stderr, exit 2; a run stopped that way continues with --resume.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
+
+from ..argtypes import key_value, non_negative_int, positive_float, positive_int
 
 if TYPE_CHECKING:
     from ..targets.emulator.lower import Program
@@ -47,26 +48,19 @@ def add_commands(commands) -> None:
                        help="the board: /dev/ttyUSB0, /dev/pts/N, socket://host:port, ASRL…::INSTR, TCPIP::…::SOCKET")
     train.add_argument("--program", metavar="OUT", help="directory written by `echoforge compile` "
                        "(with --resume: default the run's own)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", type=key_value,
                        help="override a config key, e.g. --set optimizer.lr=1e-3 (repeatable)")
-    train.add_argument("--steps", type=int, help="number of optimizer steps")
+    train.add_argument("--steps", type=positive_int, help="number of optimizer steps (with --resume: extends the run)")
     train.add_argument("--output", "-o", help="run directory (default runs/hil)")
     train.add_argument("--resume", metavar="DIR", help="continue the HIL run in DIR where it stopped")
-    train.add_argument("--fidelity-every", type=_not_negative, metavar="N",
+    train.add_argument("--fidelity-every", type=non_negative_int, metavar="N",
                        help="compare the device's gradient with the emulator's and float BPTT's every N steps "
                             "(0: never; default 10, or the run's own with --resume)")
-    train.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+    train.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT,
                        help=f"seconds a board may take to answer a call (default {DEFAULT_TIMEOUT})")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    train.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     train.set_defaults(run=run_hil_train)
-
-
-def _not_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text}")
-    return value
 
 
 def run_hil_train(args) -> int:
@@ -92,22 +86,24 @@ def run_hil_train(args) -> int:
 
 
 def _plan(args) -> RunPlan:
-    from ..models.training import load_config
+    from ..models.training import resume_config
     from ..targets.emulator.lower import load_program
     from .trainer import DEFAULT_FIDELITY_EVERY, check_same_program, hil_config, read_run_file
 
+    flags = {"steps": args.steps, "output": args.output}
+    overrides = args.overrides + [f"{key}={value}" for key, value in flags.items() if value is not None]
     if args.resume:
+        if args.config:
+            raise ValueError(f"--resume {args.resume} continues that run with its own config; drop {args.config}")
         recorded = read_run_file(args.resume)
         program_dir = args.program or recorded["program"]
         program = load_program(program_dir)
         check_same_program(program, program_dir, recorded, args.resume)
         every = recorded["fidelity_every"] if args.fidelity_every is None else args.fidelity_every
-        return RunPlan(load_config(Path(args.resume) / "config.yaml"), Path(args.resume), program, program_dir, every)
+        return RunPlan(resume_config(args.resume, overrides), Path(args.resume), program, program_dir, every)
     if args.program is None:
         raise ValueError("give the compiled program with --program OUT (or --resume DIR)")
     program = load_program(args.program)
-    flags = {"steps": args.steps, "output": args.output}
-    config = hil_config(program, args.program, args.config,
-                        args.overrides + [f"{key}={value}" for key, value in flags.items() if value is not None])
+    config = hil_config(program, args.program, args.config, overrides)
     every = DEFAULT_FIDELITY_EVERY if args.fidelity_every is None else args.fidelity_every
     return RunPlan(config, Path(config["output"]), program, args.program, every)

@@ -184,6 +184,20 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict =
     return config
 
 
+# What a resumed run may change: it continues the same run, so only how far it goes.
+RESUMABLE = ("steps",)
+
+
+def resume_config(run: str | Path, overrides: list[str] = ()) -> dict:
+    """The config of the run in `run` (its config.yaml), with the overrides a resume may apply
+    (RESUMABLE: steps, to extend it); any other is refused with one line."""
+    for item in overrides:
+        if item.partition("=")[0] not in RESUMABLE:
+            raise ConfigError(f"--resume {run} continues that run as configured: only {', '.join(RESUMABLE)} may "
+                              f"change, not {item!r} — start a new run (another --output) to change it")
+    return load_config(Path(run) / "config.yaml", overrides)
+
+
 def validate(config: dict) -> None:
     if config["learning"] not in ("bptt", "rhel"):
         raise ConfigError(f"learning: expected bptt or rhel, got {config['learning']!r}")
@@ -365,6 +379,7 @@ class Trainer:
         """Train to config["steps"], validating and checkpointing every eval_every steps."""
         if resume:
             self.restore()
+            self._check_resumable()
         steps, every = self.config["steps"], self.config["eval_every"]
         started = time.perf_counter() - (self.records[-1]["seconds"] if self.records else 0.0)
         bar = tqdm(total=steps, initial=self.step, desc=f"{self.label} {self.config['learning']}",
@@ -380,6 +395,16 @@ class Trainer:
                 losses = []
         bar.close()
         return self.finish()
+
+    def _check_resumable(self) -> None:
+        """A resumed run must have steps left to run, or a finish (summary, plots) still to write."""
+        steps = self.config["steps"]
+        if self.step > steps:
+            raise ConfigError(f"{self.output}: the run has done {self.step} steps already; steps={steps} would not "
+                              "extend it — give more steps (--steps N)")
+        if self.step == steps and (self.output / "summary.json").exists():
+            raise ConfigError(f"{self.output}: the run has finished its {steps} steps — extend it with --steps N "
+                              f"(N > {steps})")
 
     def progress(self, loss: float) -> dict:
         """What the progress bar shows after a step."""
