@@ -1,22 +1,27 @@
-"""The board image's sources: plain Verilog files (rtl/) and one generated include, ef_rom.vh.
+"""The board image's sources: plain Verilog files (rtl/), generated includes and, with a core, the
+generated oscillator bank (echoforge.targets.fpga.rtl).
 
-The ROM holds every constant response: the HELLO payload — encoded by the host's own
+ef_rom.vh holds every constant response: the HELLO payload — encoded by the host's own
 `commands.encode_hello` from the `Capabilities` this image declares, so the host decodes exactly what
 the RTL sends, the boot epoch patched in at run time — the SYNC payload (the largest request) and the
-error responses (u16 code, then the message). The image's sizes are Verilog parameters set from
-`GatewareConfig`.
+error responses (u16 code, then the message). ef_core.vh describes the bank to ef_commands: its
+formats (what LOAD_PROGRAM must match), register map, accumulator rows and the limits HELLO declares.
+The image's buffer sizes are Verilog parameters set from `GatewareConfig`.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from echoforge import __version__
+from echoforge.targets.emulator.fixed import FormatConfig
 
 RTL = Path(__file__).parent / "rtl"
 SOURCES = ("ef_uart_rx.v", "ef_uart_tx.v", "ef_frame_rx.v", "ef_frame_tx.v", "ef_engine.v", "ef_board.v")
+CORE_SOURCES = ("ef_commands.v",)
 INCLUDES = ("ef_crc32.vh",)
 SIM_TOP = "ef_sim_top.v"
 SIM_MAIN = "sim_main.cpp"
@@ -24,12 +29,23 @@ FIRMWARE = f"echoforge-gateware {__version__}"
 HEADER_AND_CRC = 15            # bytes of a frame around its payload
 CONTROL_REGION = 16            # transmit-buffer bytes kept for ACK and NACK frames
 
-# Error responses the engine sends: name → message (the code is errors.ErrorCode[name]).
+# Error responses the image sends: name → message (the code is errors.ErrorCode[name]). The RTL knows
+# no numbers to quote; the message says which rule (docs/protocol.md §10) the request broke.
 ERROR_MESSAGES = {
     "UNKNOWN_OPCODE": "this board has no such command",
-    "BAD_PAYLOAD": "the payload has the wrong length for this command",
+    "BAD_PAYLOAD": "the payload's length, a field or a sample is not what the command takes",
+    "RESPONSE_TOO_LARGE": "the answer would exceed the board's largest response (HELLO)",
+    "INTERNAL": "the board image failed",
     "STALE_EPOCH": "request for another boot epoch: the board has rebooted, send HELLO",
+    "NO_PROGRAM": "no program loaded",
+    "BAD_PROGRAM": "a program this board image cannot run: its kind and formats are fixed at build",
+    "BAD_BANK": "this board image holds one bank",
+    "NO_STATE": "the register is empty",
+    "NO_PHASE": "no phase of this kind is active",
+    "OUT_OF_ORDER": "not the next chunk, or the phase is incomplete",
+    "OVER_CAPACITY": "beyond the board's limits (HELLO): batch, chunk steps, buffer samples or oscillators",
 }
+CORE_OSCILLATORS = 16          # oscillators an image's bank holds (its lanes: twice as many)
 
 
 @dataclass(frozen=True)
@@ -41,6 +57,10 @@ class GatewareConfig:
     request_bits: int = 12         # request buffer 2^request_bits bytes
     response_bits: int = 12        # response buffer 2^response_bits bytes (the cache and ACK/NACK)
     firmware: str = field(default=FIRMWARE)
+    formats: FormatConfig | None = None   # the bank's formats; None: an image without a core
+    kind: str = "linear"
+    oscillators: int = CORE_OSCILLATORS
+    max_chunk_steps: int = 4096
 
     def __post_init__(self):
         if self.clks_per_bit < 4:
@@ -58,14 +78,29 @@ class GatewareConfig:
     def max_response_payload(self) -> int:
         return (1 << self.response_bits) - CONTROL_REGION - HEADER_AND_CRC
 
+    @property
+    def sample_bytes(self) -> int:
+        return (self.formats.word_bits + 7) // 8
+
     def capabilities(self):
-        """What HELLO declares. Without an oscillator core the board runs no program: no kinds, no
-        oscillators, no chunks."""
+        """What HELLO declares: one bank of the image's kind and formats, batch 1, chunks as large as the
+        request buffer holds. Without a core the board runs no program: no kinds, no oscillators."""
         from echoforge.runtime.commands import Capabilities
 
-        return Capabilities(max_oscillators=0, max_banks=0, word_bits=(0, 0), table_bits=(0, 0), hru_kinds=(),
-                            max_batch=0, max_chunk_steps=0, buffer_samples=0,
+        if self.formats is None:
+            return Capabilities(max_oscillators=0, max_banks=0, word_bits=(0, 0), table_bits=(0, 0), hru_kinds=(),
+                                max_batch=0, max_chunk_steps=0, buffer_samples=0,
+                                max_response_payload=self.max_response_payload)
+        word, table = self.formats.word_bits, self.formats.table_bits
+        return Capabilities(max_oscillators=self.oscillators, max_banks=1, word_bits=(word, word),
+                            table_bits=(table, table), hru_kinds=(self.kind,), max_batch=1,
+                            max_chunk_steps=self.max_chunk_steps,
+                            buffer_samples=(self.max_request_payload - 12) // self.sample_bytes,
                             max_response_payload=self.max_response_payload)
+
+    def defines(self) -> list[str]:
+        """Verilog macros: EF_CORE when the image has a core."""
+        return [] if self.formats is None else ["EF_CORE"]
 
     def parameters(self) -> dict[str, int]:
         """The top module's Verilog parameters."""
@@ -103,17 +138,77 @@ def rom_include(config: GatewareConfig) -> str:
         lines.append(f"localparam [ROM_AW-1:0] {name}_LEN = {bits}'d{length};")
     lines += ["function [7:0] rom_byte;", "    input [ROM_AW-1:0] at;", "    begin", "        case (at)"]
     lines += [f"            {bits}'d{offset}: rom_byte = 8'h{value:02X};" for offset, value in enumerate(rom)]
-    lines += ["            default: rom_byte = 8'h00;", "        endcase", "    end", "endfunction", ""]
+    lines += ["            default: rom_byte = 8'h00;", "        endcase", "    end", "endfunction"]
+    lines += _error_entries(table, bits)
+    return "\n".join(lines) + "\n"
+
+
+def _error_entries(table: dict[str, tuple[int, int]], bits: int) -> list[str]:
+    """error_entry(code): {offset, length} of the code's error response (INTERNAL for any other)."""
+    from echoforge.runtime.errors import ErrorCode
+
+    lines = [f"function [{2 * bits - 1}:0] error_entry;", "    input [15:0] code;", "    begin", "        case (code)"]
+    for name in ERROR_MESSAGES:
+        offset, length = table[name]
+        lines.append(f"            16'h{ErrorCode[name]:04X}: error_entry = {{{bits}'d{offset}, {bits}'d{length}}};")
+    offset, length = table["INTERNAL"]
+    lines += [f"            default: error_entry = {{{bits}'d{offset}, {bits}'d{length}}};", "        endcase", "    end",
+              "endfunction"]
+    return lines
+
+
+def core_include(config: GatewareConfig, regmap: dict) -> str:
+    """ef_core.vh: the bank ef_commands drives — formats, register map, accumulator rows, limits."""
+    from echoforge.runtime.commands import KIND_ACCUMULATORS, KIND_CODES, format_bytes
+
+    formats = bytes([KIND_CODES[config.kind]]) + format_bytes(config.formats)
+    word = config.formats.word_bits
+    bases = {region: regmap[region]["base"] for region in ("control", "params", "phi", "pi", "acc")}
+    control = regmap["control"]["registers"]
+    rows = regmap["acc"]["rows"]
+    reported = KIND_ACCUMULATORS[config.kind]
+    aw = regmap["address_bits"]
+    lines = ["// Generated by echoforge.targets.fpga.gateware.design: the bank behind ef_commands.",
+             f"localparam integer WORD_BITS = {word};",
+             f"localparam integer WB = {(word + 7) // 8};",
+             f"localparam integer WOB = {(word + 8) // 8};",
+             f"localparam [63:0] LIMIT = 64'd{config.formats.state.limit};",
+             f"localparam integer KIND = {KIND_CODES[config.kind]};",
+             f"localparam integer PMAX = {regmap['max_oscillators']};",
+             f"localparam integer ACC_ROWS = {len(reported)};",
+             f"localparam integer CORE_AW = {aw};",
+             f"localparam [71:0] FORMAT_BYTES = 72'h{formats[::-1].hex()};",
+             f"localparam [15:0] MAX_OSCILLATORS = 16'd{config.oscillators};",
+             "localparam [15:0] MAX_BATCH = 16'd1;",
+             f"localparam [31:0] MAX_CHUNK_STEPS = 32'd{config.max_chunk_steps};",
+             f"localparam [47:0] BUFFER_SAMPLES = 48'd{config.capabilities().buffer_samples};",
+             f"localparam [47:0] MAX_RESPONSE = 48'd{config.max_response_payload};"]
+    lines += [f"localparam [{aw - 1}:0] {region.upper()}_BASE = {aw}'d{base};" for region, base in bases.items()]
+    lines += [f"localparam [{aw - 1}:0] R_{name} = {aw}'d{entry['address'] - bases['control']};"
+              for name, entry in control.items()]
+    lines += ["function [2:0] acc_row;   // a reported accumulator row (KIND_ACCUMULATORS) → the bank's", "    input [2:0] row;",
+              "    case (row)"]
+    lines += [f"        3'd{k}: acc_row = 3'd{rows[name]};" for k, name in enumerate(reported)]
+    lines += ["        default: acc_row = 3'd0;", "    endcase", "endfunction", ""]
     return "\n".join(lines)
 
 
 def write_sources(config: GatewareConfig, directory: Path, *, simulation: bool = False) -> list[Path]:
     """Copy the board image's Verilog (and with `simulation` its harness and C++ bridge) into
-    `directory`, generate ef_rom.vh there; return the Verilog files to compile, top module last."""
+    `directory`, generate the includes and the bank there (its $readmemh files too: run simulators
+    and yosys in `directory`); return the Verilog files to compile, top module last."""
     directory.mkdir(parents=True, exist_ok=True)
-    names = SOURCES + INCLUDES + ((SIM_TOP, SIM_MAIN) if simulation else ())
+    core = config.formats is not None
+    names = SOURCES + INCLUDES + (CORE_SOURCES if core else ()) + ((SIM_TOP, SIM_MAIN) if simulation else ())
     for name in names:
         shutil.copyfile(RTL / name, directory / name)
     (directory / "ef_rom.vh").write_text(rom_include(config))
-    verilog = SOURCES + ((SIM_TOP,) if simulation else ())
-    return [directory / name for name in verilog]
+    verilog = [directory / name for name in SOURCES + (CORE_SOURCES if core else ())]
+    if core:
+        from echoforge.targets.fpga.rtl import generate_core
+
+        design = generate_core(config.formats, config.kind, directory, lanes=2 * config.oscillators,
+                               oscillators=config.oscillators)
+        (directory / "ef_core.vh").write_text(core_include(config, json.loads(design.regmap.read_text())))
+        verilog += list(design.sources)
+    return verilog + ([directory / SIM_TOP] if simulation else [])

@@ -33,6 +33,9 @@ INSTALL = "apt-get install verilator (Debian/Ubuntu; version 5.006 or later)"
 BUILD_SECONDS = 600
 STOP_SECONDS = 5
 BINARY = "ef_board_sim"
+# Verilator's options besides sources, parameters and macros (part of the cache key)
+VERILATOR_OPTIONS = ("--cc", "--exe", "--build", "-j", "2", "-Wno-fatal", "-Wno-lint", "-Wno-style",
+                     "--top-module", "ef_sim_top", "-CFLAGS", "-O3")
 
 
 class SimulatorMissing(FileNotFoundError):
@@ -71,7 +74,7 @@ def _ensure(path: Path) -> Path:
 
 
 def _digest(directory: Path, config: GatewareConfig) -> str:
-    hasher = hashlib.sha256(repr(sorted(config.parameters().items())).encode())
+    hasher = hashlib.sha256(repr((sorted(config.parameters().items()), config.defines(), VERILATOR_OPTIONS)).encode())
     for path in sorted(directory.iterdir()):
         hasher.update(path.name.encode() + path.read_bytes())
     return hasher.hexdigest()[:16]
@@ -79,8 +82,8 @@ def _digest(directory: Path, config: GatewareConfig) -> str:
 
 def _verilate(directory: Path, sources: list[Path], config: GatewareConfig) -> None:
     parameters = [f"-G{name}={value}" for name, value in config.parameters().items()]
-    command = [VERILATOR, "--cc", "--exe", "--build", "-j", "2", "-Wall", "-Wno-fatal", "--top-module", "ef_sim_top",
-               "-Mdir", "obj", "-o", BINARY, f"-I{directory}", "-CFLAGS", "-O1", *parameters,
+    defines = [f"-D{name}" for name in config.defines()]
+    command = [VERILATOR, *VERILATOR_OPTIONS, "-Mdir", "obj", "-o", BINARY, f"-I{directory}", *parameters, *defines,
                *(str(path) for path in sources), str(directory / SIM_MAIN)]
     result = subprocess.run(command, cwd=directory, capture_output=True, text=True, timeout=BUILD_SECONDS)
     if result.returncode != 0:
@@ -95,7 +98,7 @@ def serve_pty(config: GatewareConfig, stop_event: threading.Event, announce: Cal
     tty.setraw(slave)
     try:
         process = subprocess.Popen([str(binary), str(master), str(_entropy())], pass_fds=(master,),
-                                   stdin=subprocess.DEVNULL)
+                                   stdin=subprocess.DEVNULL, cwd=binary.parent.parent)  # its $readmemh files
         try:
             announce(os.ttyname(slave))
             while not stop_event.wait(0.2):

@@ -1,5 +1,7 @@
-// The board image's protocol side: UART, frame receiver, engine, frame transmitter. One clock domain,
-// synchronous active-high reset. `entropy` seeds the boot epoch (tie it to a free-running counter).
+// The board image: UART, frame receiver, protocol engine, frame transmitter and, with `define EF_CORE,
+// the command executor around the generated oscillator bank (ef_commands, echoforge_bank). One clock
+// domain, synchronous active-high reset. `entropy` seeds the boot epoch (tie it to a free-running
+// counter).
 `default_nettype none
 module ef_board #(
     parameter integer CLKS_PER_BIT = 4,      // f_clk / baud
@@ -14,20 +16,27 @@ module ef_board #(
     input  wire [31:0] entropy,
     output wire        busy
 );
-    wire [7:0]   rx_byte;
-    wire         rx_valid;
-    wire         frame, damaged, accept;
-    wire [7:0]   f_type, f_flags;
-    wire [15:0]  f_seq, f_opcode;
-    wire [31:0]  f_length;
-    wire [127:0] f_fields;
-    wire [7:0]   rd_data;
-    wire         tx_start, tx_region, tx_push, tx_push_ready, tx_resend, tx_idle;
-    wire [7:0]   tx_type, tx_flags, tx_data;
-    wire [15:0]  tx_seq, tx_opcode;
-    wire [31:0]  tx_length;
-    wire [7:0]   out_data;
-    wire         out_valid, out_ready, engine_busy;
+    wire [7:0]       rx_byte;
+    wire             rx_valid;
+    wire             frame, damaged, accept;
+    wire [7:0]       f_type, f_flags;
+    wire [15:0]      f_seq, f_opcode;
+    wire [31:0]      f_length;
+    wire [127:0]     f_fields;
+    wire [RX_AW-1:0] rd_addr;
+    wire [7:0]       rd_data;
+    wire             tx_start, tx_region, tx_we, tx_resend, tx_idle;
+    wire [TX_AW-1:0] tx_addr;
+    wire [7:0]       tx_type, tx_flags, tx_data;
+    wire [15:0]      tx_seq, tx_opcode;
+    wire [31:0]      tx_length;
+    wire [7:0]       out_data;
+    wire             out_valid, out_ready, engine_busy;
+    wire             cmd_start, cmd_clear, cmd_done, cmd_failed, cmd_we;
+    wire [15:0]      cmd_code;
+    wire [31:0]      cmd_length;
+    wire [TX_AW-1:0] cmd_addr;
+    wire [7:0]       cmd_data;
 
     ef_uart_rx #(.CLKS_PER_BIT(CLKS_PER_BIT)) receiver (
         .clk(clk), .rst(rst), .rx(uart_rx), .data(rx_byte), .valid(rx_valid));
@@ -35,21 +44,33 @@ module ef_board #(
     ef_frame_rx #(.AW(RX_AW), .MAX_REQ(MAX_REQ)) frames_in (
         .clk(clk), .rst(rst), .in_data(rx_byte), .in_valid(rx_valid), .accept(accept),
         .frame(frame), .damaged(damaged), .f_type(f_type), .f_flags(f_flags), .f_seq(f_seq),
-        .f_opcode(f_opcode), .f_length(f_length), .f_fields(f_fields),
-        .rd_addr({RX_AW{1'b0}}), .rd_data(rd_data));
+        .f_opcode(f_opcode), .f_length(f_length), .f_fields(f_fields), .rd_addr(rd_addr), .rd_data(rd_data));
 
-    ef_engine #(.RX_AW(RX_AW)) engine (
+    ef_engine #(.TX_AW(TX_AW)) engine (
         .clk(clk), .rst(rst), .entropy(entropy), .byte_seen(rx_valid),
         .frame(frame), .damaged(damaged), .accept(accept), .f_type(f_type), .f_seq(f_seq),
         .f_opcode(f_opcode), .f_length(f_length), .f_fields(f_fields),
+        .cmd_start(cmd_start), .cmd_clear(cmd_clear), .cmd_done(cmd_done), .cmd_failed(cmd_failed),
+        .cmd_code(cmd_code), .cmd_length(cmd_length), .cmd_we(cmd_we), .cmd_addr(cmd_addr), .cmd_data(cmd_data),
         .tx_start(tx_start), .tx_region(tx_region), .tx_type(tx_type), .tx_flags(tx_flags), .tx_seq(tx_seq),
-        .tx_opcode(tx_opcode), .tx_length(tx_length), .tx_push(tx_push), .tx_data(tx_data),
-        .tx_push_ready(tx_push_ready), .tx_resend(tx_resend), .tx_idle(tx_idle), .busy(engine_busy));
+        .tx_opcode(tx_opcode), .tx_length(tx_length), .tx_we(tx_we), .tx_addr(tx_addr), .tx_data(tx_data),
+        .tx_resend(tx_resend), .tx_idle(tx_idle), .busy(engine_busy));
+
+`ifdef EF_CORE
+    ef_commands #(.RX_AW(RX_AW), .TX_AW(TX_AW)) commands (
+        .clk(clk), .rst(rst), .start(cmd_start), .clear(cmd_clear), .opcode(f_opcode), .length(f_length),
+        .fields(f_fields), .done(cmd_done), .failed(cmd_failed), .error_code(cmd_code),
+        .response_length(cmd_length), .rx_addr(rd_addr), .rx_data(rd_data), .tx_we(cmd_we), .tx_addr(cmd_addr),
+        .tx_data(cmd_data));
+`else
+    assign {cmd_done, cmd_failed, cmd_code, cmd_length, cmd_we, cmd_addr, cmd_data} = 0;  // no core commands
+    assign rd_addr = {RX_AW{1'b0}};
+`endif
 
     ef_frame_tx #(.AW(TX_AW)) frames_out (
         .clk(clk), .rst(rst), .start(tx_start), .region(tx_region), .h_type(tx_type), .h_flags(tx_flags),
-        .h_seq(tx_seq), .h_opcode(tx_opcode), .h_length(tx_length), .push(tx_push), .push_data(tx_data),
-        .push_ready(tx_push_ready), .resend(tx_resend), .idle(tx_idle),
+        .h_seq(tx_seq), .h_opcode(tx_opcode), .h_length(tx_length), .pw_we(tx_we), .pw_addr(tx_addr),
+        .pw_data(tx_data), .resend(tx_resend), .idle(tx_idle),
         .out_data(out_data), .out_valid(out_valid), .out_ready(out_ready));
 
     ef_uart_tx #(.CLKS_PER_BIT(CLKS_PER_BIT)) transmitter (

@@ -1,6 +1,7 @@
-// Frame transmitter (docs/protocol.md §2–3). The engine starts a frame with its header fields and
-// pushes the `h_length` payload bytes in order: the frame (header, payload, CRC-32) is written to the
-// transmit buffer as it goes and, after the last byte, sent COBS-encoded between two 0x00 delimiters. The buffer has two
+// Frame transmitter (docs/protocol.md §2–3). The engine writes a response's payload into the buffer
+// at any offsets (an echo chunk's observables come out in reverse time), then starts the frame with
+// its header fields: the header is written, the CRC-32 runs over header and payload (two clocks a
+// byte) and is appended, and the frame goes out COBS-encoded between two 0x00 delimiters. The buffer has two
 // regions: the response region, which keeps the last response's exact bytes (the one-entry response
 // cache of rule D1: `resend` sends it again), and a 16-byte control region for ACK and NACK frames,
 // so that acknowledging a request never overwrites the cache.
@@ -21,9 +22,9 @@ module ef_frame_tx #(
     input  wire [15:0] h_seq,
     input  wire [15:0] h_opcode,
     input  wire [31:0] h_length,
-    input  wire        push,                  // a payload byte, taken when push_ready
-    input  wire [7:0]  push_data,
-    output wire        push_ready,
+    input  wire        pw_we,                 // in IDLE: write payload byte pw_addr of the response region
+    input  wire [AW-1:0] pw_addr,
+    input  wire [7:0]  pw_data,
     input  wire        resend,                // in IDLE: send the response region's frame again
     output wire        idle,
     output wire [7:0]  out_data,              // to the UART
@@ -31,8 +32,9 @@ module ef_frame_tx #(
     input  wire        out_ready
 );
 `include "ef_crc32.vh"
-    localparam [3:0] IDLE = 4'd0, HEADER = 4'd1, PAYLOAD = 4'd2, TRAILER = 4'd3, LEAD = 4'd4, SCAN_A = 4'd5,
-                     SCAN_B = 4'd6, CODE = 4'd7, COPY_A = 4'd8, COPY_B = 4'd9, NEXT = 4'd10, TAIL = 4'd11;
+    localparam [3:0] IDLE = 4'd0, HEADER = 4'd1, CRC_A = 4'd2, TRAILER = 4'd3, LEAD = 4'd4, SCAN_A = 4'd5,
+                     SCAN_B = 4'd6, CODE = 4'd7, COPY_A = 4'd8, COPY_B = 4'd9, NEXT = 4'd10, TAIL = 4'd11,
+                     CRC_B = 4'd12;
     localparam [1:0] ENDS = 2'd0, ZERO = 2'd1, FULL = 2'd2;     // how a COBS block ends
     localparam [16:0] CONTROL_BASE = (17'd1 << AW) - 17'd16;
 
@@ -79,11 +81,14 @@ module ef_frame_tx #(
         endcase
     end
 
-    wire        writing    = (state == HEADER) || (state == PAYLOAD && push) || (state == TRAILER);
-    wire [16:0] write_at   = base + (state == HEADER ? index : state == PAYLOAD ? 17'd11 + index
-                                                                                 : 17'd11 + l_length[16:0] + index);
-    wire [7:0]  write_byte = state == HEADER ? header_byte : state == PAYLOAD ? push_data : trailer_byte;
-    wire [16:0] read_at    = base + block_start + ((state == COPY_A || state == COPY_B) ? copied : block_len);
+    wire        payload_write = (state == IDLE) && pw_we;
+    wire        writing    = (state == HEADER) || (state == TRAILER) || payload_write;
+    wire [16:0] write_at   = payload_write ? 17'd11 + {{(17 - AW){1'b0}}, pw_addr}
+                             : base + (state == HEADER ? index : 17'd11 + l_length[16:0] + index);
+    wire [7:0]  write_byte = payload_write ? pw_data : state == HEADER ? header_byte : trailer_byte;
+    wire        crc_pass   = (state == CRC_A) || (state == CRC_B);
+    wire [16:0] read_at    = base + (crc_pass ? 17'd11 + index
+                                     : block_start + ((state == COPY_A || state == COPY_B) ? copied : block_len));
 
     always @(posedge clk) begin
         if (writing) memory[write_at[AW-1:0]] <= write_byte;
@@ -91,7 +96,6 @@ module ef_frame_tx #(
     end
 
     assign idle       = (state == IDLE);
-    assign push_ready = (state == PAYLOAD);
     assign out_valid  = (state == LEAD) || (state == TAIL) || (state == CODE) || (state == COPY_B);
     assign out_data   = (state == CODE) ? code : (state == COPY_B) ? rd_data : 8'h00;
 
@@ -117,11 +121,13 @@ module ef_frame_tx #(
             HEADER: begin
                 crc   <= crc32_byte(crc, header_byte);
                 index <= (index == 17'd10) ? 17'd0 : index + 17'd1;
-                if (index == 17'd10) state <= (l_length == 32'd0) ? TRAILER : PAYLOAD;
+                if (index == 17'd10) state <= (l_length == 32'd0) ? TRAILER : CRC_A;
             end
-            PAYLOAD: if (push) begin
-                crc   <= crc32_byte(crc, push_data);
+            CRC_A: state <= CRC_B;
+            CRC_B: begin
+                crc   <= crc32_byte(crc, rd_data);
                 index <= index + 17'd1;
+                state <= CRC_A;
                 if (index + 17'd1 == l_length[16:0]) begin
                     index <= 17'd0;
                     state <= TRAILER;

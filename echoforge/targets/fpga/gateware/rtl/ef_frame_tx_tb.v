@@ -1,23 +1,25 @@
 // Testbench of ef_frame_tx alone (Icarus or Verilator --binary): builds the frames described in
-// frames.hex — per frame: type, flags, seq (2), opcode (2), length (2), payload, little-endian — sends
-// each, then resends it from the cache, and writes every byte put on the line to out.hex.
+// frames.hex — per frame: type, flags, seq (2), opcode (2), length (2), payload, little-endian — writes
+// each payload last byte first, sends the frame, then resends it from the cache, and writes every byte
+// put on the line to out.hex.
 `timescale 1ns / 1ps
 `default_nettype none
 module ef_frame_tx_tb;
     reg         clk = 1'b0;
     reg         rst = 1'b1;
     reg  [7:0]  spec [0:65535];
-    reg         start = 1'b0, push = 1'b0, resend = 1'b0;
-    reg  [7:0]  h_type, h_flags, push_data;
+    reg         start = 1'b0, pw_we = 1'b0, resend = 1'b0;
+    reg  [11:0] pw_addr;
+    reg  [7:0]  h_type, h_flags, pw_data;
     reg  [15:0] h_seq, h_opcode;
     reg  [31:0] h_length;
-    wire        push_ready, idle, out_valid;
+    wire        idle, out_valid;
     wire [7:0]  out_data;
     integer     frames, frame, at, index, out;
 
     ef_frame_tx #(.AW(12)) dut (
         .clk(clk), .rst(rst), .start(start), .region(1'b0), .h_type(h_type), .h_flags(h_flags), .h_seq(h_seq),
-        .h_opcode(h_opcode), .h_length(h_length), .push(push), .push_data(push_data), .push_ready(push_ready),
+        .h_opcode(h_opcode), .h_length(h_length), .pw_we(pw_we), .pw_addr(pw_addr), .pw_data(pw_data),
         .resend(resend), .idle(idle), .out_data(out_data), .out_valid(out_valid), .out_ready(1'b1));
 
     always #5 clk = ~clk;
@@ -38,16 +40,16 @@ module ef_frame_tx_tb;
             h_opcode = {spec[at + 5], spec[at + 4]};
             h_length = {16'd0, spec[at + 7], spec[at + 6]};
             at       = at + 8;
-            start    = 1'b1;
+            for (index = h_length - 1; index >= 0; index = index - 1) begin
+                pw_we   = 1'b1;
+                pw_addr = index[11:0];
+                pw_data = spec[at + index];
+                @(negedge clk);
+            end
+            pw_we = 1'b0;
+            start = 1'b1;
             @(negedge clk);
             start = 1'b0;
-            for (index = 0; index < h_length; index = index + 1) begin
-                while (!push_ready) @(negedge clk);
-                push      = 1'b1;
-                push_data = spec[at + index];
-                @(negedge clk);
-                push = 1'b0;
-            end
             at = at + h_length;
             while (!idle) @(negedge clk);
             resend = 1'b1;

@@ -1,0 +1,621 @@
+// The core commands of docs/protocol.md §10.5–10.8 on the generated oscillator bank (echoforge_bank):
+// LOAD_PROGRAM, WRITE_PARAMS, WRITE_STATE, READ_STATE, BEGIN/END_FORWARD, FORWARD_CHUNK, BEGIN/END_ECHO,
+// ECHO_CHUNK, READ_OBSERVABLES. The image declares one bank, batch 1 (HELLO), so a chunk's (B, K, P)
+// arrays are (K, P): the core's stream order. The engine (ef_engine) has checked the opcode, the length
+// of the epoch and fixed fields and the epoch; this module checks the command's own rules in the
+// simulator's order, reads the whole request (a range pass over every sample) before it changes
+// anything, executes, writes the response payload into the transmit buffer and reports its length,
+// or an error code.
+//
+// The board's registers live here (STATE: ϕ, π per oscillator; ECHO: both echoes' ϕ, π and the
+// accumulators); the core's lane memories are the active phase's working state: BEGIN_* loads them,
+// END_* copies them back, so a phase changes the registers only when it completes (§10.1).
+`default_nettype none
+module ef_commands #(
+    parameter integer RX_AW = 12,
+    parameter integer TX_AW = 12
+) (
+    input  wire             clk,
+    input  wire             rst,
+    input  wire             start,          // execute the request held in ef_frame_rx
+    input  wire             clear,          // RESET: no program, registers or phase
+    input  wire [15:0]      opcode,
+    input  wire [31:0]      length,         // payload bytes (the epoch included)
+    input  wire [127:0]     fields,         // payload bytes 0..15
+    output reg              done,           // one clock: the response is written (or `failed`)
+    output reg              failed,
+    output reg  [15:0]      error_code,
+    output reg  [31:0]      response_length,
+    output wire [RX_AW-1:0] rx_addr,        // request payload byte, read one clock later
+    input  wire [7:0]       rx_data,
+    output wire             tx_we,          // response payload byte
+    output wire [TX_AW-1:0] tx_addr,
+    output wire [7:0]       tx_data
+);
+`include "ef_core.vh"
+    localparam [15:0] LOAD_PROGRAM = 16'h0010, WRITE_PARAMS = 16'h0011, WRITE_STATE = 16'h0012,
+                      READ_STATE = 16'h0013, BEGIN_FORWARD = 16'h0020, FORWARD_CHUNK = 16'h0021,
+                      END_FORWARD = 16'h0022, BEGIN_ECHO = 16'h0030, ECHO_CHUNK = 16'h0031, END_ECHO = 16'h0032,
+                      READ_OBSERVABLES = 16'h0033;
+    localparam [15:0] BAD_PAYLOAD = 16'h0002, RESPONSE_TOO_LARGE = 16'h0003, NO_PROGRAM = 16'h0101,
+                      BAD_PROGRAM = 16'h0102, BAD_BANK = 16'h0103, NO_STATE = 16'h0104, NO_PHASE = 16'h0105,
+                      OUT_OF_ORDER = 16'h0106, OVER_CAPACITY = 16'h0107;
+    localparam [1:0]  NONE = 2'd0, FORWARD = 2'd1, ECHO = 2'd2;
+
+    // ---- request fields ----
+    function [7:0] field_byte;
+        input [3:0] at;
+        field_byte = fields[8 * at +: 8];
+    endfunction
+    wire [7:0]  f_bank   = field_byte(4);
+    wire [15:0] f_u16_5  = {field_byte(6), field_byte(5)};
+    wire [15:0] f_u16_6  = {field_byte(7), field_byte(6)};
+    wire [15:0] f_u16_7  = {field_byte(8), field_byte(7)};
+    wire [15:0] f_u16_8  = {field_byte(9), field_byte(8)};
+    wire [15:0] f_u16_9  = {field_byte(10), field_byte(9)};
+    wire [31:0] f_u32_4  = {field_byte(7), field_byte(6), field_byte(5), field_byte(4)};
+    wire [31:0] f_u32_8  = {field_byte(11), field_byte(10), field_byte(9), field_byte(8)};
+
+    // ---- the board's state ----
+    reg                 loaded;
+    reg  [15:0]         size;               // P of the loaded program
+    reg  [15:0]         new_size;           // P of the program LOAD_PROGRAM is checking
+    reg                 state_valid, echo_valid;
+    reg  [1:0]          phase;
+    reg  [31:0]         phase_length, position;
+    reg  [31:0]         counters [0:3];
+    reg  signed [WORD_BITS-1:0] state_phi [0:PMAX - 1];
+    reg  signed [WORD_BITS-1:0] state_pi  [0:PMAX - 1];
+    reg  signed [WORD_BITS-1:0] echo_phi  [0:2 * PMAX - 1];   // σ·PMAX + p
+    reg  signed [WORD_BITS-1:0] echo_pi   [0:2 * PMAX - 1];
+    reg  signed [63:0]          echo_acc  [0:8 * PMAX - 1];   // p·8 + response row
+
+    // ---- the oscillator bank ----
+    reg  [CORE_AW-1:0]  reg_addr;
+    reg                 reg_we;
+    reg  [63:0]         reg_wdata;
+    wire [63:0]         reg_rdata;
+    wire                in_ready, out_valid, core_busy;
+    reg                 in_valid;
+    wire [2*WORD_BITS-1:0] in_data;
+    wire                out_ready;
+    wire [WORD_BITS:0]  out_data;
+    echoforge_bank core (
+        .clk(clk), .rst(rst), .reg_addr(reg_addr), .reg_we(reg_we), .reg_wdata(reg_wdata), .reg_rdata(reg_rdata),
+        .in_valid(in_valid), .in_ready(in_ready), .in_data(in_data), .out_valid(out_valid), .out_ready(out_ready),
+        .out_data(out_data), .busy(core_busy));
+
+    // ---- the sequencer's state ----
+    localparam [5:0] IDLE = 6'd0, CHECK = 6'd1, RANGE = 6'd2, RANGE_NEXT = 6'd3, APPLY = 6'd4, APPLY_NEXT = 6'd5,
+                     CRC_HEADER = 6'd6, CRC_BODY = 6'd7, CRC_BYTE = 6'd8, CRC_OUT = 6'd9, LOAD_LANES = 6'd10,
+                     CLEAR_ACC = 6'd11, SETUP = 6'd12, RUN = 6'd13, COUNT_A = 6'd14, COUNT_B = 6'd15,
+                     SAVE_A = 6'd16, SAVE_W = 6'd17, SAVE_B = 6'd18, SAVE_ACC_A = 6'd19, SAVE_ACC_W = 6'd20,
+                     SAVE_ACC_B = 6'd21, EMIT = 6'd22, COUNTERS_OUT = 6'd23, FINISH = 6'd24, FAIL = 6'd25,
+                     READ = 6'd26, READ_TAKE = 6'd27;
+    reg  [5:0]  state, resume, after_emit;
+    // the request reader: `read_bytes` bytes at payload offset `read_at` into `value`, then `resume`
+    reg  [RX_AW-1:0] read_at;
+    reg  [3:0]       read_bytes, read_index;
+    reg  [63:0]      value;
+    wire signed [63:0] sample = $signed(value << (64 - 8 * WB)) >>> (64 - 8 * WB);
+    wire        in_range = (sample <= $signed(LIMIT)) && (sample >= -$signed(LIMIT));
+    // loops: `index` counts; `inner`/`outer` split it where an address needs (row, column) without a divider
+    reg  [31:0] index, count, inner, outer, inner_limit;
+    reg  [31:0] body_at;                   // payload offset of the command's arrays
+    reg  [31:0] steps;                     // K of the chunk
+    reg  [31:0] crc;
+    reg  [3:0]  emit_index, emit_bytes;
+    reg  [63:0] emit_value;
+    reg  [TX_AW-1:0] emit_at;
+    wire        main_tx_we = (state == EMIT);
+`include "ef_crc32.vh"
+
+    wire        loading     = (opcode == LOAD_PROGRAM);
+    wire [15:0] program_p   = loading ? new_size : size;
+    wire        is_echo_run = (opcode == ECHO_CHUNK);
+    wire        zero_state  = fields[40];                     // BEGIN_* flags bit 0: ZERO_STATE
+    wire [31:0] lanes_steps = steps * size;                   // K·P
+    wire [31:0] twice       = {size, 1'b0};                   // 2P
+
+    // ---- the stream feeder: beats {q, f} from the request, in processing order (RUN) ----
+    reg         feeding;
+    reg  [31:0] feed_step, feed_osc;
+    reg  [1:0]  feed_state;                                   // 0 f's bytes, 1 q's bytes, 2 offer the beat
+    reg         feed_wait;                                    // the address of byte feed_index is presented
+    reg  [3:0]  feed_index;
+    reg  [63:0] feed_f, feed_q;
+    wire [31:0] feed_row    = is_echo_run ? steps - 32'd1 - feed_step : feed_step;
+    wire [31:0] feed_offset = 32'd12 + (feed_row * size + feed_osc) * WB + (feed_state[0] ? lanes_steps * WB : 32'd0);
+    assign in_data = {feed_q[WORD_BITS-1:0], feed_f[WORD_BITS-1:0]};
+    // ---- the stream collector: out beats to the response, at forward time indices ----
+    reg         collecting;
+    reg  [31:0] out_step, out_osc;
+    reg  [3:0]  out_index;
+    reg  [63:0] out_value;
+    reg         out_busy;
+    wire [31:0] out_row     = is_echo_run ? steps - 32'd1 - out_step : out_step;
+    wire [3:0]  out_bytes   = is_echo_run ? WOB[3:0] : WB[3:0];
+    wire [31:0] out_offset  = (out_row * size + out_osc) * out_bytes + {28'd0, out_index};
+    assign out_ready = collecting && !out_busy;
+
+    wire [31:0] read_address = feeding ? feed_offset + {28'd0, feed_index} : {{(32 - RX_AW){1'b0}}, read_at} + {28'd0, read_index};
+    assign rx_addr = read_address[RX_AW-1:0];
+    assign tx_we   = main_tx_we || out_busy;
+    assign tx_addr = out_busy ? out_offset[TX_AW-1:0] : emit_at + {{(TX_AW - 4){1'b0}}, emit_index};
+    assign tx_data = out_busy ? out_value[8 * out_index +: 8] : emit_value[8 * emit_index +: 8];
+
+    // The program image's header as LOAD_PROGRAM sends it: format 1, one bank, kind, formats, P.
+    function [7:0] image_header;
+        input [3:0]  at;
+        input [15:0] p;
+        case (at)
+            4'd0, 4'd1: image_header = 8'd1;
+            4'd11: image_header = p[7:0];
+            4'd12: image_header = p[15:8];
+            default: image_header = FORMAT_BYTES[8 * (at - 4'd2) +: 8];
+        endcase
+    endfunction
+
+    task refuse;                           // answer the error `code`; nothing has changed
+        input [15:0] code;
+        begin
+            error_code <= code;
+            state      <= FAIL;
+        end
+    endtask
+    task read;                             // `bytes` bytes at payload offset `at` into `value`, then `next`
+        input [31:0] at;
+        input [3:0]  bytes;
+        input [5:0]  next;
+        begin
+            read_at    <= at[RX_AW-1:0];
+            read_bytes <= bytes;
+            read_index <= 4'd0;
+            value      <= 64'd0;
+            resume     <= next;
+            state      <= READ_TAKE;       // the address is presented next clock, its byte the one after
+        end
+    endtask
+    task emit;                             // the low `bytes` bytes of `data` at response offset `at`, then `next`
+        input [31:0] at;
+        input [3:0]  bytes;
+        input [63:0] data;
+        input [5:0]  next;
+        begin
+            emit_at    <= at[TX_AW-1:0];
+            emit_bytes <= bytes;
+            emit_index <= 4'd0;
+            emit_value <= data;
+            after_emit <= next;
+            state      <= EMIT;
+        end
+    endtask
+    task bus_write;
+        input [CORE_AW-1:0] address;
+        input [63:0]        data;
+        begin
+            reg_addr  <= address;
+            reg_we    <= 1'b1;
+            reg_wdata <= data;
+        end
+    endtask
+    task loop;                             // count `total` steps as (outer, inner < limit)
+        input [31:0] total;
+        input [31:0] limit;
+        begin
+            index       <= 32'd0;
+            inner       <= 32'd0;
+            outer       <= 32'd0;
+            count       <= total;
+            inner_limit <= limit;
+        end
+    endtask
+    task step;
+        begin
+            index <= index + 32'd1;
+            if (inner + 32'd1 == inner_limit) begin
+                inner <= 32'd0;
+                outer <= outer + 32'd1;
+            end else inner <= inner + 32'd1;
+        end
+    endtask
+
+    wire signed [63:0] zero = 64'sd0;
+    wire [31:0] lane_of   = (index < twice) ? index : index - twice;   // LOAD_LANES / SAVE_* of an echo: lane 2p + σ
+    wire [31:0] forward_p = (index < {16'd0, size}) ? index : index - size;
+    integer k;
+    always @(posedge clk) begin
+        done   <= 1'b0;
+        reg_we <= 1'b0;
+        if (rst || clear) begin
+            state       <= IDLE;
+            loaded      <= 1'b0;
+            state_valid <= 1'b0;
+            echo_valid  <= 1'b0;
+            phase       <= NONE;
+            feeding     <= 1'b0;
+            collecting  <= 1'b0;
+        end else case (state)
+            IDLE: if (start) begin
+                failed          <= 1'b0;
+                response_length <= 32'd0;
+                loop(32'd0, 32'd1);
+                if (opcode == LOAD_PROGRAM) read(32'd15, 4'd2, CHECK);  // P, beyond the captured fields
+                else state <= CHECK;
+            end
+            CHECK: case (opcode)
+                LOAD_PROGRAM: begin                                     // `value` holds P
+                    new_size <= value[15:0];
+                    if (length < 32'd6 || field_byte(4) != 8'd1 || field_byte(5) != 8'd1) refuse(BAD_PROGRAM);
+                    else if (length < 32'd17 || field_byte(6) > 8'd1 || value[15:0] == 16'd0) refuse(BAD_PROGRAM);
+                    else if ({field_byte(14), field_byte(13), field_byte(12), field_byte(11), field_byte(10),
+                              field_byte(9), field_byte(8), field_byte(7)} != FORMAT_BYTES[71:8]) refuse(BAD_PROGRAM);
+                    else if (length != 32'd17 + 32'd5 * value[15:0] * WB) refuse(BAD_PROGRAM);
+                    else if (value[15:0] > MAX_OSCILLATORS) refuse(OVER_CAPACITY);
+                    else if (field_byte(6) != FORMAT_BYTES[7:0]) refuse(BAD_PROGRAM);  // the other kind
+                    else begin
+                        loop(32'd5 * value[15:0], {16'd0, value[15:0]});
+                        body_at <= 32'd17;
+                        state   <= RANGE;
+                    end
+                end
+                WRITE_PARAMS:
+                    if (!loaded) refuse(NO_PROGRAM);
+                    else if (f_bank != 8'd0) refuse(BAD_BANK);
+                    else if (length != 32'd5 + 32'd5 * size * WB) refuse(BAD_PAYLOAD);
+                    else begin loop(32'd5 * size, {16'd0, size}); body_at <= 32'd5; state <= RANGE; end
+                WRITE_STATE:
+                    if (!loaded) refuse(NO_PROGRAM);
+                    else if (f_bank != 8'd0) refuse(BAD_BANK);
+                    else if (f_u16_5 == 16'd0 || f_u16_5 > MAX_BATCH) refuse(OVER_CAPACITY);
+                    else if (f_u16_9 == 16'd0 || {16'd0, f_u16_7} + {16'd0, f_u16_9} > {16'd0, f_u16_5}) refuse(BAD_PAYLOAD);
+                    else if (length != 32'd11 + 32'd2 * size * WB) refuse(BAD_PAYLOAD);
+                    else begin loop(twice, {16'd0, size}); body_at <= 32'd11; state <= RANGE; end
+                READ_STATE:
+                    if (length != 32'd10) refuse(BAD_PAYLOAD);
+                    else if (!loaded) refuse(NO_PROGRAM);
+                    else if (f_bank != 8'd0) refuse(BAD_BANK);
+                    else if (field_byte(5) > 8'd1) refuse(BAD_PAYLOAD);
+                    else if (field_byte(5) == 8'd0 ? !state_valid : !echo_valid) refuse(NO_STATE);
+                    else if (f_u16_8 == 16'd0 || {16'd0, f_u16_6} + {16'd0, f_u16_8} > MAX_BATCH) refuse(BAD_PAYLOAD);
+                    else if ((field_byte(5) == 8'd0 ? twice : 2 * twice) * WB > MAX_RESPONSE) refuse(RESPONSE_TOO_LARGE);
+                    else begin
+                        loop(field_byte(5) == 8'd0 ? twice : 2 * twice, {16'd0, size});
+                        response_length <= (field_byte(5) == 8'd0 ? twice : 2 * twice) * WB;
+                        state <= APPLY;
+                    end
+                BEGIN_FORWARD, BEGIN_ECHO:
+                    if (length != 32'd12) refuse(BAD_PAYLOAD);
+                    else if (!loaded) refuse(NO_PROGRAM);
+                    else if (f_bank != 8'd0) refuse(BAD_BANK);
+                    else if (opcode == BEGIN_ECHO && f_u32_8 == 32'd0) refuse(BAD_PAYLOAD);
+                    else if (fields[47:41] != 7'd0) refuse(BAD_PAYLOAD);            // undefined flags
+                    else if (f_u16_6 == 16'd0 || f_u16_6 > MAX_BATCH) refuse(OVER_CAPACITY);
+                    else if (!zero_state && !state_valid) refuse(NO_STATE);
+                    else begin
+                        phase        <= (opcode == BEGIN_ECHO) ? ECHO : FORWARD;
+                        phase_length <= f_u32_8;
+                        position     <= (opcode == BEGIN_ECHO) ? f_u32_8 : 32'd0;
+                        for (k = 0; k < 4; k = k + 1) counters[k] <= 32'd0;
+                        loop((opcode == BEGIN_ECHO) ? 2 * twice : twice, 32'd1);
+                        state <= LOAD_LANES;
+                    end
+                FORWARD_CHUNK, ECHO_CHUNK: begin
+                    steps <= f_u32_8;
+                    if (phase != (is_echo_run ? ECHO : FORWARD)) refuse(NO_PHASE);
+                    else if (f_u32_8 == 32'd0 || f_u32_8 > MAX_CHUNK_STEPS
+                             || {16'd0, f_u32_8} * size * (is_echo_run ? 2 : 1) > BUFFER_SAMPLES)
+                        refuse(OVER_CAPACITY);
+                    else if ({16'd0, f_u32_8} * size * (is_echo_run ? WOB : WB) > MAX_RESPONSE)
+                        refuse(RESPONSE_TOO_LARGE);
+                    else if (is_echo_run ? ({1'b0, f_u32_4} + {1'b0, f_u32_8} != {1'b0, position})
+                                         : (f_u32_4 != position || {1'b0, f_u32_4} + {1'b0, f_u32_8} > {1'b0, phase_length}))
+                        refuse(OUT_OF_ORDER);
+                    else if (length != 32'd12 + (is_echo_run ? 32'd2 : 32'd1) * f_u32_8 * size * WB)
+                        refuse(BAD_PAYLOAD);
+                    else begin
+                        loop((is_echo_run ? 32'd2 : 32'd1) * f_u32_8 * size, 32'd1);
+                        body_at <= 32'd12;
+                        state   <= RANGE;
+                    end
+                end
+                END_FORWARD, END_ECHO:
+                    if (length != 32'd4) refuse(BAD_PAYLOAD);
+                    else if (phase != (opcode == END_ECHO ? ECHO : FORWARD)) refuse(NO_PHASE);
+                    else if (position != (opcode == END_ECHO ? 32'd0 : phase_length)) refuse(OUT_OF_ORDER);
+                    else begin
+                        loop((opcode == END_ECHO) ? 2 * twice : twice, 32'd1);
+                        state <= SAVE_A;
+                    end
+                READ_OBSERVABLES:
+                    if (length != 32'd9) refuse(BAD_PAYLOAD);
+                    else if (!loaded) refuse(NO_PROGRAM);
+                    else if (f_bank != 8'd0) refuse(BAD_BANK);
+                    else if (!echo_valid) refuse(NO_STATE);
+                    else if (f_u16_7 == 16'd0 || {16'd0, f_u16_5} + {16'd0, f_u16_7} > MAX_BATCH) refuse(BAD_PAYLOAD);
+                    else if (ACC_ROWS * size * 8 > MAX_RESPONSE) refuse(RESPONSE_TOO_LARGE);
+                    else begin
+                        loop(ACC_ROWS * size, {16'd0, size});
+                        response_length <= ACC_ROWS * size * 8;
+                        state <= APPLY;
+                    end
+                default: refuse(16'h0001);
+            endcase
+            // ---- every sample of the request within range, before anything changes ----
+            RANGE: if (index == count) begin
+                loop(count, {16'd0, program_p});
+                state <= APPLY;
+            end else read(body_at + index * WB, WB[3:0], RANGE_NEXT);
+            RANGE_NEXT:
+                if (!in_range)
+                    refuse((opcode == LOAD_PROGRAM || opcode == WRITE_PARAMS) ? BAD_PROGRAM : BAD_PAYLOAD);
+                else if (KIND == 1 && (opcode == LOAD_PROGRAM || opcode == WRITE_PARAMS)
+                         && outer == 32'd2 && sample == zero)
+                    refuse(BAD_PROGRAM);                                 // a nonlinear bank's w = 0
+                else begin
+                    step;
+                    state <= RANGE;
+                end
+            // ---- execute ----
+            APPLY: case (opcode)
+                LOAD_PROGRAM, WRITE_PARAMS:
+                    if (index == count) begin
+                        index <= 32'd0;
+                        crc   <= CRC_INIT;
+                        state <= CRC_HEADER;
+                    end else read(body_at + index * WB, WB[3:0], APPLY_NEXT);
+                WRITE_STATE:
+                    if (index == count) begin
+                        state_valid <= 1'b1;
+                        state       <= FINISH;
+                    end else read(body_at + index * WB, WB[3:0], APPLY_NEXT);
+                READ_STATE:                                              // STATE ϕ, π; ECHO ϕ (2, P), π (2, P)
+                    if (index == count) state <= FINISH;
+                    else if (field_byte(5) == 8'd0)
+                        emit(index * WB, WB[3:0], outer == 32'd0 ? state_phi[inner] : state_pi[inner], APPLY_NEXT);
+                    else emit(index * WB, WB[3:0], outer < 32'd2 ? echo_phi[outer[0] * PMAX + inner]
+                                                                 : echo_pi[outer[0] * PMAX + inner], APPLY_NEXT);
+                READ_OBSERVABLES:                                        // (A, P): outer the row, inner p
+                    if (index == count) state <= FINISH;
+                    else emit(index * 8, 4'd8, echo_acc[inner * 8 + outer], APPLY_NEXT);
+                FORWARD_CHUNK, ECHO_CHUNK: begin
+                    index <= 32'd0;
+                    state <= SETUP;
+                end
+                default: state <= FINISH;
+            endcase
+            APPLY_NEXT: begin
+                step;
+                state <= APPLY;
+                if (opcode == LOAD_PROGRAM || opcode == WRITE_PARAMS)    // codes (5, P): outer the field, inner p
+                    bus_write(PARAMS_BASE + inner * 8 + outer, sample);
+                else if (opcode == WRITE_STATE) begin
+                    if (outer == 32'd0) state_phi[inner] <= sample[WORD_BITS-1:0];
+                    else state_pi[inner] <= sample[WORD_BITS-1:0];
+                end
+            end
+            // ---- the program hash: CRC-32 of the image header and the codes ----
+            CRC_HEADER: begin
+                crc   <= crc32_byte(crc, image_header(index[3:0], program_p));
+                index <= index + 32'd1;
+                if (index == 32'd12) begin
+                    index <= body_at;
+                    state <= CRC_BODY;
+                end
+            end
+            CRC_BODY: if (index == length) state <= CRC_OUT;
+                      else read(index, 4'd1, CRC_BYTE);
+            CRC_BYTE: begin
+                crc   <= crc32_byte(crc, value[7:0]);
+                index <= index + 32'd1;
+                state <= CRC_BODY;
+            end
+            CRC_OUT: begin
+                loaded          <= 1'b1;
+                size            <= program_p;
+                phase           <= NONE;
+                response_length <= 32'd4;
+                if (loading) begin
+                    state_valid <= 1'b0;
+                    echo_valid  <= 1'b0;
+                end
+                emit(32'd0, 4'd4, {32'd0, ~crc}, FINISH);
+            end
+            // ---- a phase's start: the lanes from the STATE register (or zero); an echo's accumulators 0 ----
+            LOAD_LANES: if (index == count) begin
+                loop(ACC_ROWS * size, ACC_ROWS);                          // outer p, inner the core's row
+                state <= (phase == ECHO) ? CLEAR_ACC : FINISH;
+            end else begin                                           // ϕ lanes, then π lanes
+                if (phase == ECHO)                                   // both echoes start at (ϕ, −π)
+                    bus_write((index < twice ? PHI_BASE : PI_BASE) + lane_of,
+                              zero_state ? zero : index < twice ? state_phi[lane_of >> 1] : -state_pi[lane_of >> 1]);
+                else
+                    bus_write((index < {16'd0, size} ? PHI_BASE : PI_BASE) + forward_p,
+                              zero_state ? zero : index < {16'd0, size} ? state_phi[forward_p] : state_pi[forward_p]);
+                index <= index + 32'd1;
+            end
+            CLEAR_ACC: if (index == count) state <= FINISH;
+                       else begin
+                           bus_write(ACC_BASE + outer * 8 + inner, zero);
+                           step;
+                       end
+            // ---- a chunk: settings, START, the streams, the counters ----
+            SETUP: begin
+                index <= index + 32'd1;
+                case (index[2:0])
+                    3'd0: bus_write(CONTROL_BASE + R_MODE, {63'd0, is_echo_run});
+                    3'd1: bus_write(CONTROL_BASE + R_FLIP, 64'd0);      // the lanes hold −π already
+                    3'd2: bus_write(CONTROL_BASE + R_OSCILLATORS, {48'd0, size});
+                    3'd3: bus_write(CONTROL_BASE + R_LANES, {32'd0, is_echo_run ? twice : {16'd0, size}});
+                    3'd4: bus_write(CONTROL_BASE + R_STEPS, {32'd0, steps});
+                    default: begin
+                        bus_write(CONTROL_BASE + R_START, 64'd1);
+                        state <= RUN;
+                    end
+                endcase
+            end
+            RUN: if (!feeding && !collecting && !core_busy) begin
+                index    <= 32'd0;
+                reg_addr <= CONTROL_BASE + R_COUNTER_STATE;
+                state    <= COUNT_A;
+            end
+            COUNT_A: state <= COUNT_B;                                  // the counter arrives next clock
+            COUNT_B: begin
+                counters[index[1:0]] <= ({1'b0, counters[index[1:0]]} + {1'b0, reg_rdata[31:0]} > 33'h0FFFFFFFF)
+                                        ? 32'hFFFFFFFF : counters[index[1:0]] + reg_rdata[31:0];
+                index <= index + 32'd1;
+                if (index == 32'd3) begin
+                    response_length <= lanes_steps * (is_echo_run ? WOB : WB);
+                    position        <= is_echo_run ? f_u32_4 : position + steps;
+                    state           <= FINISH;
+                end else begin
+                    reg_addr <= CONTROL_BASE + R_COUNTER_STATE + index[CORE_AW-1:0] + 1'b1;
+                    state    <= COUNT_A;
+                end
+            end
+            // ---- a phase's end: the lanes (and accumulators) into the registers ----
+            SAVE_A: if (index == count) begin
+                loop(ACC_ROWS * size, ACC_ROWS);
+                state <= (phase == ECHO) ? SAVE_ACC_A : COUNTERS_OUT;
+                if (phase != ECHO) index <= 32'd0;
+            end else begin
+                reg_addr <= (phase == ECHO) ? (index < twice ? PHI_BASE : PI_BASE) + lane_of
+                                            : (index < {16'd0, size} ? PHI_BASE : PI_BASE) + forward_p;
+                state    <= SAVE_W;
+            end
+            SAVE_W: state <= SAVE_B;
+            SAVE_B: begin
+                if (phase == ECHO) begin                                 // lane 2p + σ → σ·PMAX + p
+                    if (index < twice) echo_phi[lane_of[0] * PMAX + (lane_of >> 1)] <= reg_rdata[WORD_BITS-1:0];
+                    else echo_pi[lane_of[0] * PMAX + (lane_of >> 1)] <= reg_rdata[WORD_BITS-1:0];
+                end else begin
+                    if (index < {16'd0, size}) state_phi[forward_p] <= reg_rdata[WORD_BITS-1:0];
+                    else state_pi[forward_p] <= reg_rdata[WORD_BITS-1:0];
+                end
+                index <= index + 32'd1;
+                state <= SAVE_A;
+            end
+            SAVE_ACC_A: if (index == count) begin                       // outer p, inner the response row
+                index <= 32'd0;
+                state <= COUNTERS_OUT;
+            end else begin
+                reg_addr <= ACC_BASE + outer * 8 + acc_row(inner[2:0]);
+                state    <= SAVE_ACC_W;
+            end
+            SAVE_ACC_W: state <= SAVE_ACC_B;
+            SAVE_ACC_B: begin
+                echo_acc[outer * 8 + inner] <= reg_rdata;
+                step;
+                state <= SAVE_ACC_A;
+            end
+            COUNTERS_OUT: begin
+                phase <= NONE;
+                if (opcode == END_ECHO) echo_valid <= 1'b1; else state_valid <= 1'b1;
+                response_length <= 32'd16;
+                if (index == 32'd4) state <= FINISH;
+                else begin
+                    emit(index * 4, 4'd4, {32'd0, counters[index[1:0]]}, COUNTERS_OUT);
+                    index <= index + 32'd1;
+                end
+            end
+            // ---- sub-steps ----
+            READ_TAKE: state <= READ;
+            READ: begin
+                value[8 * read_index +: 8] <= rx_data;
+                if (read_index + 4'd1 == read_bytes) state <= resume;
+                else begin
+                    read_index <= read_index + 4'd1;
+                    state      <= READ_TAKE;
+                end
+            end
+            EMIT: begin                                                 // main_tx_we writes byte emit_index
+                if (emit_index + 4'd1 == emit_bytes) state <= after_emit;
+                else emit_index <= emit_index + 4'd1;
+            end
+            FINISH: begin
+                done  <= 1'b1;
+                state <= IDLE;
+            end
+            FAIL: begin
+                done   <= 1'b1;
+                failed <= 1'b1;
+                state  <= IDLE;
+            end
+            default: state <= IDLE;
+        endcase
+    end
+
+    // ---- the feeder: from START to the last beat ----
+    always @(posedge clk) begin
+        if (rst || clear) begin
+            feeding  <= 1'b0;
+            in_valid <= 1'b0;
+        end else if (state == SETUP && index[2:0] == 3'd5) begin
+            feeding    <= 1'b1;
+            feed_step  <= 32'd0;
+            feed_osc   <= 32'd0;
+            feed_state <= 2'd0;
+            feed_index <= 4'd0;
+            feed_wait  <= 1'b0;
+            feed_f     <= 64'd0;
+            feed_q     <= 64'd0;
+        end else if (feeding) begin
+            if (feed_state != 2'd2) begin
+                feed_wait <= !feed_wait;                             // a byte: present its address, then take it
+                if (feed_wait) begin
+                    if (feed_state == 2'd0) feed_f[8 * feed_index +: 8] <= rx_data;
+                    else feed_q[8 * feed_index +: 8] <= rx_data;
+                    if (feed_index + 4'd1 != WB[3:0]) feed_index <= feed_index + 4'd1;
+                    else begin
+                        feed_index <= 4'd0;
+                        if (feed_state == 2'd0 && is_echo_run) feed_state <= 2'd1;
+                        else begin
+                            feed_state <= 2'd2;
+                            in_valid   <= 1'b1;
+                        end
+                    end
+                end
+            end else if (in_ready) begin                             // the core takes the beat this clock
+                in_valid   <= 1'b0;
+                feed_state <= 2'd0;
+                if (feed_osc + 32'd1 != {16'd0, size}) feed_osc <= feed_osc + 32'd1;
+                else begin
+                    feed_osc  <= 32'd0;
+                    feed_step <= feed_step + 32'd1;
+                    if (feed_step + 32'd1 == steps) feeding <= 1'b0;
+                end
+            end
+        end
+    end
+
+    // ---- the collector: from START to the last out beat ----
+    always @(posedge clk) begin
+        if (rst || clear) begin
+            collecting <= 1'b0;
+            out_busy   <= 1'b0;
+        end else if (state == SETUP && index[2:0] == 3'd5) begin
+            collecting <= 1'b1;
+            out_step   <= 32'd0;
+            out_osc    <= 32'd0;
+            out_busy   <= 1'b0;
+        end else if (collecting) begin
+            if (!out_busy) begin
+                if (out_valid) begin                                 // taken this clock (out_ready is high)
+                    out_value <= {{(63 - WORD_BITS){out_data[WORD_BITS]}}, out_data};
+                    out_index <= 4'd0;
+                    out_busy  <= 1'b1;
+                end
+            end else if (out_index + 4'd1 != out_bytes) out_index <= out_index + 4'd1;
+            else begin
+                out_busy <= 1'b0;
+                if (out_osc + 32'd1 != {16'd0, size}) out_osc <= out_osc + 32'd1;
+                else begin
+                    out_osc  <= 32'd0;
+                    out_step <= out_step + 32'd1;
+                    if (out_step + 32'd1 == steps) collecting <= 1'b0;
+                end
+            end
+        end
+    end
+endmodule
+`default_nettype wire
