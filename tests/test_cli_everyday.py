@@ -118,3 +118,40 @@ def test_hil_resume_extends_the_run_or_refuses_other_settings(tiny_program, tmp_
         assert json.loads((run / "summary.json").read_text())["steps"] == 3
         one_line_error(echoforge("hil", "train", "--device", uri, "--resume", run, "--set", "optimizer.lr=0.1"),
                        "only steps may change")
+
+
+# ---- 4. the compiler and the board agree on a target's limits -----------------------------------------
+
+@pytest.fixture(scope="module")
+def board_uri():
+    """A simulated emulator board on a pty, for the module."""
+    from echoforge.runtime.simulator import simulated_board
+
+    with simulated_board("--target", "emulator") as uri:
+        yield uri
+
+
+def test_the_board_reports_the_emulator_targets_limits(board_uri):
+    from echoforge.targets import capabilities
+
+    caps = capabilities("emulator")
+    probe = echoforge("devices", "--probe", board_uri, "--timeout", "5")
+    assert probe.returncode == 0, probe.stderr
+    assert f"{caps.max_oscillators} oscillators" in probe.stdout
+    assert f"words {min(caps.word_bits)}–{max(caps.word_bits)} bits" in probe.stdout
+
+
+def test_a_program_the_board_cannot_hold_is_refused_before_anything_is_sent(board_uri):
+    import numpy as np
+
+    from echoforge.runtime.commands import BankProgram
+    from echoforge.runtime.device import Device
+    from echoforge.targets.emulator import FormatConfig
+
+    with Device(board_uri, timeout=5) as device:
+        too_many = device.info.capabilities.max_oscillators + 1
+        program = BankProgram("linear", FormatConfig(24), np.zeros((5, too_many), dtype=np.int64))
+        with pytest.raises(ValueError, match=rf"{board_uri}: the emulator board .* holds {too_many - 1} "
+                                             rf"oscillators .* the program has {too_many} in 1 — train a smaller"):
+            device.set_bank(0, program)
+        assert "LOAD_PROGRAM" not in device.traffic

@@ -109,7 +109,7 @@ def check_same_program(program: Program, directory: str | Path, recorded: dict, 
 # ---- the trainer -------------------------------------------------------------------------------
 
 
-def device_cores(device: Device, program: Program, model) -> list[DeviceCore]:
+def device_cores(device: Device, program: Program, model, where: str | Path = "") -> list[DeviceCore]:
     """One DeviceCore per HRU bank, in model order, each with its bank's formats from the program."""
     hrus = model.hrus()
     names = [f"blocks.{index}.hru.bank" for index in range(len(hrus))]
@@ -120,6 +120,8 @@ def device_cores(device: Device, program: Program, model) -> list[DeviceCore]:
         if (hru.kind, hru.core_params().size) != (bank.params.kind, bank.params.size):
             raise ConfigError(f"{bank.node}: the program has {bank.params.size} {bank.params.kind} oscillators, "
                               f"the model {hru.core_params().size} {hru.kind} ones")
+    device.check_fits([(bank.params.kind, bank.config, bank.params.size) for bank in program.banks],
+                      f"the program in {where}" if where else "the program")
     return [DeviceCore(device, bank=index, config=bank.config) for index, bank in enumerate(program.banks)]
 
 
@@ -139,7 +141,7 @@ class HILTrainer(Trainer):
         self.identity = program_identity(program, program_dir) | {"fidelity_every": fidelity_every}
         self.source = source_checkpoint(program, program_dir)
         self._load_source()
-        self.cores = device_cores(device, program, self.model)
+        self.cores = device_cores(device, program, self.model, program_dir)
         for hru, core in zip(self.model.hrus(), self.cores):
             hru.core = core
         self.monitor = FidelityMonitor(self.model, self._reference_model(), self.loss, device, self.cores,

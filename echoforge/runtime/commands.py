@@ -22,6 +22,8 @@ import numpy as np
 
 from echoforge.models.core import PARAM_NAMES
 from echoforge.targets.emulator import FormatConfig
+from echoforge.targets.emulator.fixed import SHORTEST_TABLE_RANGE_LOG2
+from echoforge.targets.emulator.target import CAPABILITIES as EMULATOR
 from echoforge.targets.emulator.kernels import ACCUMULATORS
 
 from .errors import DeviceError, ErrorCode
@@ -236,15 +238,17 @@ def _decode_bank(image: bytes, offset: int) -> tuple[BankProgram, int]:
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a board can run, as HELLO reports it (docs/protocol.md §10.3)."""
+    """What a board can run, as HELLO reports it (docs/protocol.md §10.3). The defaults are the board
+    simulator's: what the emulator compile target accepts (its oscillators, words, kinds and chunk),
+    so a program compiled for the emulator runs on it."""
 
-    max_oscillators: int = 1024     # over all banks of a program
+    max_oscillators: int = EMULATOR.max_oscillators  # over all banks of a program
     max_banks: int = 8
-    word_bits: tuple[int, int] = (16, 30)
-    table_bits: tuple[int, int] = (4, 12)
-    hru_kinds: tuple[str, ...] = ("linear", "nonlinear")
+    word_bits: tuple[int, int] = (min(EMULATOR.word_bits), max(EMULATOR.word_bits))
+    table_bits: tuple[int, int] = (SHORTEST_TABLE_RANGE_LOG2, 12)  # FormatConfig's fewest: state_frac 1
+    hru_kinds: tuple[str, ...] = EMULATOR.hru_kinds
     max_batch: int = 256
-    max_chunk_steps: int = 4096
+    max_chunk_steps: int = EMULATOR.max_stream_chunk
     buffer_samples: int = 16384     # samples one chunk request may carry
     max_response_payload: int = MAX_PAYLOAD  # the largest response the board builds (and keeps for resends)
 

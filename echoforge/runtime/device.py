@@ -36,6 +36,7 @@ from .commands import (
     OPCODE_NAMES,
     BankProgram,
     BoardInfo,
+    Capabilities,
     Opcode,
     PhaseFlags,
     Register,
@@ -312,8 +313,17 @@ class Device:
                                f"this host {COMMAND_VERSION}")
         return info
 
+    def check_fits(self, banks: list[tuple[str, FormatConfig, int]], program: str = "the program") -> None:
+        """Refuse, before anything is sent, a program the board's HELLO says it cannot run: banks given as
+        (HRU kind, formats, oscillators); one line naming the device, what does not fit, and the fix."""
+        problems = unfit(self.info.capabilities, banks)
+        if problems:
+            raise ValueError(f"{self.uri}: the {self.info.target} board ({self.info.firmware}) cannot run {program}: "
+                             + "; ".join(problems))
+
     def _ensure_program(self) -> None:
         if self.banks and not self._program_loaded:
+            self.check_fits([(bank.kind, bank.config, bank.size) for bank in self.banks])
             image = encode_program(self.banks)
             self._check_hash(self.call(Opcode.LOAD_PROGRAM, body=image, reply_bytes=_HASH_BYTES), image)
             self._program_loaded = True
@@ -329,6 +339,31 @@ class Device:
         if reply != expected.to_bytes(_HASH_BYTES, "little"):
             raise RuntimeError(f"{self.uri}: the board reports program hash {reply.hex()}, "
                                f"the host's program has {expected:08x}")
+
+
+def unfit(caps: Capabilities, banks: list[tuple[str, FormatConfig, int]]) -> list[str]:
+    """What in a program (banks as (kind, formats, oscillators)) a board with `caps` cannot run, each with
+    what to recompile with; empty if it fits."""
+    problems = []
+    words = sorted({config.word_bits for _, config, _ in banks})
+    low, high = caps.word_bits
+    if words and not (low <= words[0] and words[-1] <= high):
+        problems.append(f"it takes words of {low}–{high} bits, the program has {'/'.join(map(str, words))}-bit "
+                        f"words — recompile with --word-bits {min(max(words[0], low), high)}")
+    tables = sorted({config.table_bits for _, config, _ in banks})
+    low, high = caps.table_bits
+    if tables and not (low <= tables[0] and tables[-1] <= high):
+        problems.append(f"it takes function tables of 2^{low}–2^{high} segments, the program has "
+                        f"2^{'/2^'.join(map(str, tables))} — recompile with a longer word (--word-bits)")
+    kinds = sorted({kind for kind, _, _ in banks} - set(caps.hru_kinds))
+    if kinds:
+        problems.append(f"it runs {'/'.join(caps.hru_kinds)} banks, not {'/'.join(kinds)} — train a "
+                        f"{caps.hru_kinds[0]} model (model.hru) and recompile")
+    total = sum(size for _, _, size in banks)
+    if total > caps.max_oscillators or len(banks) > caps.max_banks:
+        problems.append(f"it holds {caps.max_oscillators} oscillators in ≤ {caps.max_banks} banks, the program has "
+                        f"{total} in {len(banks)} — train a smaller model (model.state_size, model.num_blocks)")
+    return problems
 
 
 def _pages(total: int, size: int) -> list[slice]:
