@@ -12,6 +12,7 @@ import argparse
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from echoforge.targets import BoardKind
 
@@ -27,7 +28,6 @@ def serve(args: argparse.Namespace) -> int:
     if given:
         raise ValueError(f"{', '.join(given)}: the gateware board serves a pty without simulated faults or "
                          "capability options (its limits are the image's; corrupt the line on the host side)")
-    from .design import GatewareConfig
     from .sim import serve_pty
 
     stop = threading.Event()
@@ -38,7 +38,7 @@ def serve(args: argparse.Namespace) -> int:
 
     previous = {number: signal.signal(number, lambda *_: stop.set()) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
-        serve_pty(GatewareConfig(), stop, announce)
+        serve_pty(image_config(args.program), stop, announce)
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
@@ -46,4 +46,25 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-BOARDS = (BoardKind("gateware", SUMMARY, serve=serve),)
+def add_options(parser) -> None:
+    parser.add_argument("--program", metavar="DIR", type=Path,
+                        help="a compiled program (echoforge compile): the image holds its bank's kind and formats; "
+                             "without it the image is the protocol engine alone (HELLO, RESET)")
+
+
+def image_config(program: Path | None):
+    """The board image for `program`'s bank (one bank: an image holds one), or the engine alone."""
+    from .design import GatewareConfig
+
+    if program is None:
+        return GatewareConfig()
+    from echoforge.targets.emulator.lower import load_program
+
+    banks = load_program(program).banks
+    if len(banks) != 1:
+        raise ValueError(f"{program}: {len(banks)} banks; a gateware image holds one bank "
+                         "(compile a model with one HRU block)")
+    return GatewareConfig(formats=banks[0].config, kind=banks[0].params.kind)
+
+
+BOARDS = (BoardKind("gateware", SUMMARY, serve=serve, add_options=add_options),)
