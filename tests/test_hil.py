@@ -26,6 +26,7 @@ from echoforge.models.training import ConfigError, Trainer, load_config
 from echoforge.runtime.device import Device
 from echoforge.runtime.simulator import simulated_board
 from echoforge.targets.emulator.lower import load_program
+from test_runtime_device import board_process
 
 torch.set_num_threads(1)
 STEPS = 12
@@ -82,18 +83,30 @@ def echoforge(*args):
     return [sys.executable, "-m", "echoforge.cli", *args]
 
 
-# ---- checkpoints ------------------------------------------------------------------------------------------
-
-def test_a_run_killed_with_sigkill_resumes_to_the_same_parameters(program_dir, board, reference, tmp_path):
-    run = tmp_path / "killed"
+def hil_train_process(board, program_dir, run, *options):
+    """`echoforge hil train` in a child process, unmonitored; returns once it has written its first
+    checkpoint (eval_every = 2), so that whatever is done to it next happens mid-run."""
     command = echoforge("hil", "train", "--device", board, "--program", str(program_dir),
                         *(arg for s in SETTINGS for arg in ("--set", s)), "--fidelity-every", "0",
-                        "--output", str(run), "--no-progress")
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                        "--output", str(run), "--no-progress", *options)
+    process = subprocess.Popen(command, cwd=run.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics, deadline = run / "metrics.jsonl", time.monotonic() + STARTUP_SECONDS
     while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
         assert time.monotonic() < deadline and process.poll() is None, process.stderr.read() if process.poll() else ""
         time.sleep(0.005)
+    return process
+
+
+def resume(board, run):
+    return subprocess.run(echoforge("hil", "train", "--device", board, "--resume", str(run), "--no-progress"),
+                          cwd=run.parent, capture_output=True, text=True, timeout=STARTUP_SECONDS)
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------------
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_parameters(program_dir, board, reference, tmp_path):
+    run = tmp_path / "killed"
+    process = hil_train_process(board, program_dir, run)
     process.send_signal(signal.SIGKILL)
     process.wait()
     process.stderr.close()
@@ -101,13 +114,33 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_parameters(program_dir, b
     killed_at = torch.load(run / "last.pt", weights_only=True)["step"]
     assert 0 < killed_at < STEPS
 
-    resumed = subprocess.run(echoforge("hil", "train", "--device", board, "--resume", str(run), "--no-progress"),
-                             cwd=tmp_path, capture_output=True, text=True, timeout=STARTUP_SECONDS)
+    resumed = resume(board, run)
     assert resumed.returncode == 0, resumed.stderr
     assert "fine-tuned in the loop" in resumed.stdout and "test accuracy" in resumed.stdout
     assert_same_parameters(run, reference.output)
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [r["step"] for r in reference.records]  # no fidelity records: off
+
+
+def test_a_board_that_stops_answering_mid_run_is_one_line_and_the_run_resumes(program_dir, reference, tmp_path):
+    """The board freezes (SIGSTOP) mid-run: `hil train` ends with exit 2 and one line naming the board and
+    the --resume command; resumed on another board, the run ends with the uninterrupted run's parameters."""
+    run = tmp_path / "frozen"
+    with board_process("--pty") as (board, frozen_board):
+        process = hil_train_process(frozen_board, program_dir, run, "--timeout", "1")
+        board.send_signal(signal.SIGSTOP)
+        _, stderr = process.communicate(timeout=STARTUP_SECONDS)
+        board.kill()
+        board.wait()
+    assert process.returncode == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("echoforge hil: error: "), lines
+    assert frozen_board in lines[0] and f"continue with --resume {run}" in lines[0]
+    assert 0 < torch.load(run / "last.pt", weights_only=True)["step"] < STEPS
+    with simulated_board() as fresh_board:
+        resumed = resume(fresh_board, run)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_parameters(run, reference.output)
 
 
 # ---- faults -----------------------------------------------------------------------------------------------
