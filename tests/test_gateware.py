@@ -13,7 +13,9 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
+import numpy as np
 import pytest
 
 from echoforge.runtime.commands import COMMAND_VERSION, Opcode, decode_hello, encode_request
@@ -23,28 +25,46 @@ from echoforge.runtime.faults import FaultyTransport
 from echoforge.runtime.frame import DELIMITER, Flags, Frame, FrameReader, FrameType, encode_frame
 from echoforge.runtime.link import SYNC, Link, response_opcode
 from echoforge.runtime.transport import SerialTransport
+from echoforge.targets.emulator import EmulatorCore, FormatConfig
 from echoforge.targets.fpga.gateware.design import GatewareConfig
 
 pytestmark = pytest.mark.skipif(shutil.which("verilator") is None,
                                 reason="needs verilator (apt-get install verilator; .ci/run installs it)")
 
-CONFIG = GatewareConfig()
+CONFIG = GatewareConfig()                                            # the protocol engine alone
+WORDS = FormatConfig(24)
+CORE_CONFIGS = {kind: GatewareConfig(formats=WORDS, kind=kind) for kind in ("linear", "nonlinear")}
 QUIET_SECONDS = 0.3   # no answer within this: the board sent nothing
+# The simulated UART moves ~20 kB/s on a loaded machine: a first resend after 0.5 s of silence, not 0.05 s,
+# keeps a 4 kB request from being sent again while the board still receives it (the bits never depend on it).
+PATIENT_LINK = {"timeout": 30.0, "retry_interval": 0.5, "max_retry_interval": 1.0}
 
 
-@pytest.fixture(scope="module")
-def gateware():
+@contextmanager
+def served(config: GatewareConfig):
     """The board image on a pty (the binary runs in its own process); yields the pty's path."""
     from echoforge.targets.fpga.gateware.sim import serve_pty
 
     stop, uris = threading.Event(), queue.Queue()
-    server = threading.Thread(target=serve_pty, args=(CONFIG, stop, uris.put), daemon=True)
+    server = threading.Thread(target=serve_pty, args=(config, stop, uris.put), daemon=True)
     server.start()
     try:
-        yield uris.get(timeout=600)   # a cold cache verilates and compiles the image first
+        yield uris.get(timeout=900)   # a cold cache verilates and compiles the image first
     finally:
         stop.set()
         server.join(30)
+
+
+@pytest.fixture(scope="module")
+def gateware():
+    with served(CONFIG) as uri:
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def linear_gateware():
+    with served(CORE_CONFIGS["linear"]) as uri:
+        yield uri
 
 
 @pytest.fixture
@@ -301,3 +321,137 @@ def test_the_host_honours_a_small_response_limit_declared_in_hello():
     with pytest.raises(DeviceError) as refused:
         board.device(Opcode.READ_OBSERVABLES, encode_request(Opcode.READ_OBSERVABLES, board.device.epoch, (0, 0, 2)))
     assert refused.value.code == ErrorCode.RESPONSE_TOO_LARGE
+
+
+# ---- the image with an oscillator core ---------------------------------------------------------------------
+
+def _params(kind: str, size: int, seed: int):
+    from echoforge.models.core import OscillatorParams
+
+    rng = np.random.default_rng(seed)
+    return OscillatorParams(kind, a=rng.uniform(0.2, 1, size), delta=rng.uniform(0.3, 0.7, size),
+                            w=rng.uniform(0.5, 1, size), b=rng.uniform(-0.5, 0.5, size), c=rng.uniform(0.3, 0.7, size))
+
+
+def _rhel(core, kind: str, seed: int = 8, batch: int = 2, length: int = 300, size: int = 5):
+    """Load, forward from a non-zero state, ±ε echoes: everything the core contract returns."""
+    rng = np.random.default_rng(seed)
+    forcing, phi, nudges = (rng.normal(size=(batch, length, size)), rng.normal(size=(batch, size)),
+                            rng.normal(size=(batch, length, size)))
+    core.load(_params(kind, size, seed))
+    positions, end_phi, end_pi = core.forward(forcing, 0.3 * phi, np.zeros_like(phi))
+    echo = core.echo(forcing, end_phi, end_pi, nudges, 0.05)
+    return [positions, end_phi, end_pi, echo.grad_forcing, *echo.grad_params.values(), *echo.final_state]
+
+
+def _rhel_through_the_gateware_is_the_emulators(uri: str, kind: str):
+    from echoforge.runtime.device import DeviceCore
+
+    with DeviceCore(uri, config=WORDS, **PATIENT_LINK) as core:
+        got = _rhel(core, kind)
+        traffic = core.device.traffic
+    expected = _rhel(EmulatorCore(WORDS), kind)
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+    # batch 1 on the board: a group per row; 300 steps of 5 oscillators: 2 forward and 3 echo chunks a row
+    assert traffic["BEGIN_FORWARD"]["calls"] == 2 and traffic["ECHO_CHUNK"]["calls"] == 6
+
+
+def test_rhel_through_the_gateware_is_bit_identical_to_the_emulator(linear_gateware):
+    _rhel_through_the_gateware_is_the_emulators(linear_gateware, "linear")
+
+
+@pytest.mark.slow
+def test_rhel_through_a_nonlinear_gateware_is_bit_identical_to_the_emulator():
+    with served(CORE_CONFIGS["nonlinear"]) as uri:
+        _rhel_through_the_gateware_is_the_emulators(uri, "nonlinear")
+
+
+def _core_requests():
+    """(opcode, payload(epoch)) requests through every core command and its refusals, in order."""
+    from echoforge.runtime.commands import BankProgram, PhaseFlags, Register, encode_program, pack_samples
+
+    size, width = 3, 3
+    codes = EmulatorCore(WORDS)
+    codes.load(_params("linear", size, 1))
+    program = BankProgram("linear", WORDS, codes.param_codes)
+    image = encode_program([program])
+    rng = np.random.default_rng(2)
+
+    def samples(count, scale=1000):
+        return pack_samples(rng.integers(-scale, scale, count), width)
+
+    def request(opcode, fields=(), body=b""):
+        return opcode, lambda epoch: encode_request(opcode, epoch, fields, body)
+
+    big = np.array([1 << 23], dtype=np.int64)                  # outside ±(2^23 − 1)
+    zero, state = PhaseFlags.ZERO_STATE, PhaseFlags.NONE
+    return [
+        request(Opcode.RESET),                                                             # whatever ran before
+        request(Opcode.BEGIN_FORWARD, (0, zero, 1, 4)),                                   # NO_PROGRAM
+        request(Opcode.LOAD_PROGRAM, body=encode_program([BankProgram("linear", FormatConfig(20), codes.param_codes)])),
+        request(Opcode.LOAD_PROGRAM, body=encode_program([BankProgram("nonlinear", WORDS, codes.param_codes)])),
+        request(Opcode.LOAD_PROGRAM, body=encode_program([BankProgram("linear", WORDS, np.ones((5, 17), np.int64))])),
+        request(Opcode.LOAD_PROGRAM, body=image[:-3] + pack_samples(big, width)),          # a code out of range
+        request(Opcode.LOAD_PROGRAM, body=image + b"\x00"),
+        request(Opcode.LOAD_PROGRAM, body=image),                                          # the program hash
+        request(Opcode.WRITE_PARAMS, (1,), pack_samples(codes.param_codes, width)),        # BAD_BANK
+        request(Opcode.WRITE_PARAMS, (0,), pack_samples(codes.param_codes, width)[:-1]),   # BAD_PAYLOAD
+        request(Opcode.READ_STATE, (0, Register.STATE, 0, 1)),                             # NO_STATE
+        request(Opcode.BEGIN_FORWARD, (0, state, 1, 4)),                                   # NO_STATE
+        request(Opcode.BEGIN_FORWARD, (0, zero, 2, 4)),                                    # batch 2: OVER_CAPACITY
+        request(Opcode.BEGIN_FORWARD, (0, 0x02, 1, 4)),                                    # undefined flag
+        request(Opcode.FORWARD_CHUNK, (0, 2), samples(2 * size)),                          # NO_PHASE
+        request(Opcode.WRITE_STATE, (0, 1, 0, 1), samples(2 * size)[:-3] + pack_samples(big, width)),
+        request(Opcode.WRITE_STATE, (0, 1, 0, 1), samples(2 * size)),
+        request(Opcode.BEGIN_FORWARD, (0, state, 1, 10)),
+        request(Opcode.FORWARD_CHUNK, (1, 2), samples(2 * size)),                          # OUT_OF_ORDER
+        request(Opcode.FORWARD_CHUNK, (0, 0), b""),                                        # OVER_CAPACITY
+        request(Opcode.FORWARD_CHUNK, (0, 11), samples(11 * size)),                        # past L: OUT_OF_ORDER
+        request(Opcode.FORWARD_CHUNK, (0, 2), samples(2 * size - 1) + pack_samples(-big, width)),
+        request(Opcode.END_FORWARD),                                                       # incomplete
+        request(Opcode.FORWARD_CHUNK, (0, 6), samples(6 * size, 1 << 22)),
+        request(Opcode.FORWARD_CHUNK, (6, 4), samples(4 * size)),
+        request(Opcode.END_FORWARD),                                                       # the counters
+        request(Opcode.READ_STATE, (0, Register.STATE, 0, 1)),
+        request(Opcode.READ_STATE, (0, 2, 0, 1)),                                          # no register 2
+        request(Opcode.READ_OBSERVABLES, (0, 0, 1)),                                       # NO_STATE
+        request(Opcode.BEGIN_ECHO, (0, state, 1, 0)),                                      # BAD_PAYLOAD
+        request(Opcode.BEGIN_ECHO, (0, state, 1, 10)),
+        request(Opcode.ECHO_CHUNK, (0, 5), samples(10 * size)),                            # OUT_OF_ORDER
+        request(Opcode.ECHO_CHUNK, (5, 5), samples(10 * size)),
+        request(Opcode.ECHO_CHUNK, (0, 5), samples(10 * size)),
+        request(Opcode.END_ECHO),
+        request(Opcode.READ_STATE, (0, Register.ECHO, 0, 1)),
+        request(Opcode.READ_OBSERVABLES, (0, 0, 1)),
+        request(Opcode.READ_OBSERVABLES, (0, 0, 2)),                                       # rows past the batch
+        request(Opcode.WRITE_PARAMS, (0,), pack_samples(codes.param_codes[:, ::-1], width)),
+        request(Opcode.READ_STATE, (0, Register.STATE, 0, 1)),                             # kept by WRITE_PARAMS
+        request(Opcode.END_ECHO),                                                          # NO_PHASE
+        (0x0040, lambda epoch: encode_request(Opcode.RESET, epoch)),                       # UNKNOWN_OPCODE
+        (Opcode.RESET, lambda epoch: encode_request(Opcode.RESET, epoch ^ 1)),             # STALE_EPOCH
+        request(Opcode.RESET),
+        request(Opcode.READ_STATE, (0, Register.STATE, 0, 1)),                             # NO_PROGRAM
+    ]
+
+
+def _answer(call):
+    try:
+        return call()
+    except DeviceError as error:
+        return ErrorCode(error.code)
+
+
+def test_core_commands_answer_as_the_board_simulator_does(linear_gateware):
+    """Every core command and its refusals, sent to the gateware and to the Python board simulator
+    declaring the same limits: the same results, byte for byte, and the same error codes."""
+    from echoforge.runtime.board import BoardDevice
+
+    simulator = BoardDevice(CORE_CONFIGS["linear"].capabilities(), "fpga")
+    with SerialTransport(linear_gateware, timeout=5.0) as transport:
+        link = Link(transport, **PATIENT_LINK)
+        epoch = decode_hello(link.call(Opcode.HELLO)).epoch
+        answers = [(_answer(lambda: link.call(opcode, payload(epoch))),
+                    _answer(lambda: simulator(opcode, payload(simulator.epoch))[1])) for opcode, payload in _core_requests()]
+    mismatches = [(index, *pair) for index, pair in enumerate(answers) if pair[0] != pair[1]]
+    assert not mismatches
+    assert sum(isinstance(answer, ErrorCode) for answer, _ in answers) >= 25   # the refusals were refusals
