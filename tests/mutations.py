@@ -10,6 +10,7 @@ those tests are named for.
     python tests/mutations.py                 # all mutations (a baseline run first: the tests pass unpatched)
     python tests/mutations.py --only crc      # mutations whose name contains "crc"
     python tests/mutations.py --list          # the mutations and their tests, nothing run
+    python tests/mutations.py --commit HEAD   # the committed state, without uncommitted edits
     python tests/mutations.py --write         # also write the table to docs/results.md
 
 Exit status 0 when every mutation is killed, 1 when one survives or the baseline fails, 2 for bad use.
@@ -19,10 +20,12 @@ docs/testing.md says when to run it and how to add a mutation.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
@@ -68,7 +71,7 @@ MUTATIONS = (
     Mutation("echo-nudge-off-by-one", "models",
              "the echo adds the nudge of step k instead of k − 1",
              "echoforge/models/kernels.py",
-             "eps * (nudges[bi, k - 1, p] if k > 0", "eps * (nudges[bi, k, p] if k > 0",
+             "nudges[bi, k - 1, p] if k > 0", "nudges[bi, k, p] if k > 0",
              _t("test_models.py::test_linear_hru_rhel_equals_bptt")),
     Mutation("echo-chunk-drops-last-step", "models",
              "time_chunks ends one step short of the sequence",
@@ -100,7 +103,8 @@ MUTATIONS = (
              "R(x, s) rounds ties up instead of away from zero (not odd-symmetric: the echo does not retrace)",
              "echoforge/targets/emulator/fixed.py",
              "return (x + (((1 << s) + (x >> 63)) >> 1)) >> s", "return (x + ((1 << s) >> 1)) >> s",
-             _t("test_emulator.py")),
+             _t("test_emulator.py::test_round_shift_is_odd_symmetric",
+                "test_emulator.py::test_round_shift_rounds_to_nearest_ties_away_from_zero")),
     Mutation("quantize-ties-to-zero", "emulator",
              "Q rounds ties toward zero",
              "echoforge/targets/emulator/fixed.py",
@@ -110,7 +114,7 @@ MUTATIONS = (
              "a clamped minus-echo nudge is not counted as a saturation",
              "echoforge/targets/emulator/kernels.py",
              "n += (pi_plus[p] != plus) + (pi_minus[p] != minus)", "n += (pi_plus[p] != plus)",
-             _t("test_emulator.py")),
+             _t("test_emulator.py::test_a_nudge_that_clamps_either_echo_is_counted")),
     Mutation("quantize-saturation-uncounted", "emulator",
              "quantising parameters or streams forgets to count saturated values",
              "echoforge/targets/emulator/fixed.py",
@@ -142,50 +146,60 @@ MUTATIONS = (
              "the sequence number is not wrapped at 0xFFFF",
              "echoforge/runtime/link.py",
              "(self._next_seq + 1) & 0xFFFF", "self._next_seq + 1",
-             _t("test_link.py")),
+             _t("test_link.py::test_sequence_numbers_wrap_from_0xffff_to_0")),
     Mutation("stale-uncounted", "runtime",
              "the host does not count stale frames",
              "echoforge/runtime/link.py",
              "                self._counts[\"stale\"] += 1\n", "                pass\n",
-             _t("test_link.py")),
+             _t("test_link.py::test_a_late_response_to_an_abandoned_call_is_counted_stale_and_skipped")),
     Mutation("ignored-uncounted", "runtime",
              "the device does not count the frames it ignores",
              "echoforge/runtime/link.py",
              "            self._counts[\"ignored\"] += 1\n", "            pass\n",
-             _t("test_link.py")),
+             _t("test_link.py::test_frames_a_device_does_not_answer_are_counted_ignored")),
     Mutation("response-size-unchecked", "runtime",
              "the link server sends a response larger than the protocol's maximum payload",
              "echoforge/runtime/link.py",
              "if len(payload) > MAX_PAYLOAD:", "if False:",
-             _t("test_link.py")),
+             _t("test_link.py::test_a_response_too_large_for_a_frame_becomes_an_error_and_the_server_survives")),
     Mutation("row-pages-off-by-one", "runtime",
              "the host splits a large batch into row groups that skip a row at each boundary",
              "echoforge/runtime/device.py",
              "for start in range(0, total, size)]", "for start in range(0, total, size + 1)]",
-             _t("test_runtime_device.py")),
+             _t("test_runtime_device.py::test_batches_too_large_for_the_board_are_split_without_changing_a_bit")),
+    Mutation("board-rows-off-by-one", "runtime",
+             "the board accepts a row range that ends one row past the batch",
+             "echoforge/runtime/board.py",
+             "if rows == 0 or first + rows > batch:", "if rows == 0 or first + rows > batch + 1:",
+             _t("test_board.py::test_refusals")),
     # ---- hil -----------------------------------------------------------------------------------------------
     Mutation("hil-sha-unchecked", "hil",
              "HIL training accepts a source checkpoint that changed since compilation",
              "echoforge/hil/trainer.py",
              "if hashlib.sha256(path.read_bytes()).hexdigest() != provenance.source_sha256:", "if False:",
-             _t("test_hil.py")),
+             _t("test_hil.py::test_a_missing_or_changed_source_checkpoint_is_refused")),
     Mutation("hil-resume-other-program", "hil",
              "resuming a HIL run against another program is not refused",
              "echoforge/hil/trainer.py",
              "    if {k: identity[k] for k in (\"source_sha256\", \"banks\")} != ",
              "    if False and {k: identity[k] for k in (\"source_sha256\", \"banks\")} != ",
-             _t("test_hil.py")),
+             _t("test_hil.py::test_resuming_against_another_program_is_refused")),
     Mutation("hil-learning-rule", "hil",
              "a HIL run accepts a learning rule other than RHEL",
              "echoforge/hil/trainer.py",
              "    if config[\"learning\"] != \"rhel\":", "    if False:",
-             _t("test_hil.py")),
+             _t("test_hil.py::test_a_learning_rule_other_than_rhel_is_refused")),
     Mutation("hil-float-test-on-device", "hil",
              "the report's float accuracy is taken on the device's banks",
              "echoforge/hil/trainer.py",
              "with banks_on(self.model, [FloatCore() for _ in self.cores]):",
              "with banks_on(self.model, self.cores):",
-             _t("test_hil.py")),
+             _t("test_hil.py::test_the_device_and_float_test_scores_are_of_the_same_parameters")),
+    Mutation("fidelity-warns-at-equality", "hil",
+             "the fidelity monitor flags a device gradient equal to the emulator's (≥ for >)",
+             "echoforge/hil/fidelity.py",
+             "if values[\"emulator_max_diff\"] > EMULATOR_TOLERANCE:", "if values[\"emulator_max_diff\"] >= EMULATOR_TOLERANCE:",
+             _t("test_hil.py::test_divergence_is_named_against_the_thresholds_where_host_rhel_meets_them")),
 )
 
 
@@ -199,8 +213,16 @@ def repository_files(root: Path) -> list[str]:
     return [name for name in listed.split("\0") if name and (root / name).is_file()]
 
 
-def copy_repository(root: Path, destination: Path) -> None:
-    """The repository's files with their times (so numba's on-disk caches, copied too, stay valid)."""
+def copy_repository(root: Path, destination: Path, commit: str | None = None) -> None:
+    """The repository's files as in the working tree, with their times (so numba's on-disk caches, copied
+    too, stay valid); or, given a commit, as committed there (other people's unfinished edits left out)."""
+    if commit is not None:
+        archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=root, capture_output=True)
+        if archive.returncode:
+            raise ValueError(f"--commit {commit}: {archive.stderr.decode().strip()}")
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(destination, filter="data")
+        return
     for name in repository_files(root):
         target = destination / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -242,6 +264,7 @@ class Patched:
 @dataclass(frozen=True)
 class Outcome:
     failed: list[str]  # the failing (or erroring) test ids, in order
+    ran: int  # test cases in the report (0: the selection matched nothing)
     seconds: float
     timed_out: bool
     output: str
@@ -260,19 +283,18 @@ def run_tests(copy: Path, node_ids: list[str], stop_at_first: bool) -> Outcome:
                               timeout=TIMEOUT_SECONDS)
     except subprocess.TimeoutExpired as expired:
         output = expired.stdout.decode() if isinstance(expired.stdout, bytes) else (expired.stdout or "")
-        return Outcome([], time.monotonic() - started, True, output)
-    return Outcome(_failed_tests(report), time.monotonic() - started, False, done.stdout + done.stderr)
+        return Outcome([], 0, time.monotonic() - started, True, output)
+    return Outcome(*_test_cases(report), time.monotonic() - started, False, done.stdout + done.stderr)
 
 
-def _failed_tests(report: Path) -> list[str]:
+def _test_cases(report: Path) -> tuple[list[str], int]:
+    """The failed (or erroring) test ids in the junit report, and how many test cases it has."""
     if not report.exists():
-        return []
-    failed = []
-    for case in ElementTree.parse(report).getroot().iter("testcase"):
-        if case.find("failure") is not None or case.find("error") is not None:
-            module = case.get("classname", "").replace(".", "/")
-            failed.append(f"{module}.py::{case.get('name')}" if module else case.get("name"))
-    return failed
+        return [], 0
+    cases = list(ElementTree.parse(report).getroot().iter("testcase"))
+    failed = [f"{case.get('classname', '').replace('.', '/')}.py::{case.get('name')}" for case in cases
+              if case.find("failure") is not None or case.find("error") is not None]
+    return failed, len(cases)
 
 
 def check_copy_is_imported(copy: Path) -> None:
@@ -300,16 +322,20 @@ class Result:
     def killer(self) -> str:
         if self.outcome.timed_out:
             return f"timeout after {TIMEOUT_SECONDS} s"
-        return self.outcome.failed[0].removeprefix("tests/") if self.outcome.failed else "SURVIVED"
+        if self.outcome.failed:
+            return self.outcome.failed[0].removeprefix("tests/")
+        return "SURVIVED" if self.outcome.ran else "SURVIVED (its tests matched nothing)"
 
 
-def run_check(mutations: list[Mutation], baseline: bool = True, progress=print) -> tuple[list[Result], Outcome | None]:
-    """Baseline (the selected tests pass unpatched), then each mutation in turn on one copy."""
-    for mutation in mutations:
-        check_applies(mutation)
+def run_check(mutations: list[Mutation], baseline: bool = True, commit: str | None = None,
+              progress=print) -> tuple[list[Result], Outcome | None]:
+    """Baseline (the selected tests pass unpatched), then each mutation in turn on one copy (of the working
+    tree, or of `commit`)."""
     with tempfile.TemporaryDirectory(prefix="echoforge-mutations-") as directory:
         copy = Path(directory)
-        copy_repository(ROOT, copy)
+        copy_repository(ROOT, copy, commit)
+        for mutation in mutations:
+            check_applies(mutation, copy)
         check_copy_is_imported(copy)
         base = None
         if baseline:
@@ -349,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the mutations whose name contains TEXT (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the mutations and their tests, run nothing")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unpatched run of the selected tests")
+    parser.add_argument("--commit", metavar="REF", help="check the repository as committed at REF (e.g. HEAD) "
+                        "instead of the working tree")
     parser.add_argument("--write", action="store_true", help="write the table to docs/results.md")
     args = parser.parse_args(argv)
     mutations = [m for m in MUTATIONS if not args.only or any(text in m.name for text in args.only)]
@@ -359,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m.name:32} {m.area:9} {m.path}: {m.bug}\n{'':42} tests: {' '.join(m.tests)}")
         return 0
     try:
-        results, base = run_check(mutations, baseline=not args.no_baseline)
+        results, base = run_check(mutations, baseline=not args.no_baseline, commit=args.commit)
     except ValueError as error:
         print(f"mutations: error: {error}", file=sys.stderr)
         return 2
