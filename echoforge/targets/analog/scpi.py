@@ -543,6 +543,8 @@ def serve(settings, host: str, port: int) -> int:
     bench = Bench(Oscillators(settings.board, fabrication_seed=settings.fabrication_seed,
                               noise_seed=settings.noise_seed))
     instruments = (WaveformGenerator(bench), Digitizer(bench))
+    if port == 65535:
+        raise ValueError("--scpi 65535: the digitizer needs the next port — give a port below 65535, or 0")
     try:
         awg = socket.create_server((host, port))
         digitizer = socket.create_server((host, port + 1 if port else 0))
