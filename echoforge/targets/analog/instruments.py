@@ -216,15 +216,3 @@ class InstrumentCore(AnalogCore):
         pi, clamped_pi = self.config.state.quantize(pi_read)
         return phi, pi, clamped_phi + clamped_pi
 
-
-def identify(resource: str, timeout: float) -> str:
-    """What a SCPI instrument at ``resource`` says it is (``*IDN?``), or InstrumentError."""
-    manager = pyvisa.ResourceManager("@py")
-    try:
-        session = Session(manager, resource, timeout)
-        try:
-            return session.query("*IDN?")
-        finally:
-            session.close()
-    finally:
-        manager.close()

@@ -64,7 +64,7 @@ class BankMapping:
         rows = []
         for i in range(self.size):
             rows.append({"oscillator": self.first + i,
-                         **{f"{name}": {"target": _num(self.target[name][i]), "code": int(self.codes[name][i]),
+                         **{name: {"target": _num(self.target[name][i]), "code": int(self.codes[name][i]),
                                         "programmed": _num(self.programmed[name][i]),
                                         "expected": _num(self.expected[name][i])} for name in QUANTITIES},
                          "offset_v": _num(self.offset_v[i])})

@@ -123,7 +123,7 @@ def parse_message(message: bytes) -> list[Command]:
             raise ScpiError(-113, f"Undefined header; {header[:40]}")
         query = header.endswith("?")
         header = header.rstrip("?")
-        if header.startswith(":") or header.startswith("*") or not path:
+        if header.startswith((":", "*")) or not path:
             header = header.lstrip(":")
         else:
             header = f"{path}:{header}"
@@ -211,7 +211,7 @@ class Bench:
         if self.dac is None:
             raise ScpiError(-221, "Settings conflict; no waveform loaded (SOURce:SHAPe, SOURce:DATA)")
         oscillators = self.oscillators
-        batch, points = self.shape
+        batch = self.shape[0]
         if self.mode == "ECHO":
             if self.held is None or self.held[0].shape[0] != batch:
                 raise ScpiError(-221, "Settings conflict; an echo needs a forward of the same batch before it")

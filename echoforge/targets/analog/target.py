@@ -18,7 +18,7 @@ DEFAULT_BOARD = "lc-tank-pcb"
 def add_options(parser) -> None:
     """`compile --target analog` options."""
     parser.add_argument("--board", metavar="BOARD", help="board description: a shipped board's name "
-                        f"(lc-tank-pcb, on-chip-array) or a YAML file (docs/analog.md); required for --target analog")
+                        "(lc-tank-pcb, on-chip-array) or a YAML file (docs/analog.md); required for --target analog")
     parser.add_argument("--calibration", metavar="CAL.yaml", help="the board's calibration (echoforge calibrate)")
     parser.add_argument("--fabrication-seed", type=non_negative_int, default=0, metavar="N",
                         help="the twin board instance the report's expected accuracy is measured on (default 0)")
