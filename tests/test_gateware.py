@@ -455,3 +455,71 @@ def test_core_commands_answer_as_the_board_simulator_does(linear_gateware):
     mismatches = [(index, *pair) for index, pair in enumerate(answers) if pair[0] != pair[1]]
     assert not mismatches
     assert sum(isinstance(answer, ErrorCode) for answer, _ in answers) >= 25   # the refusals were refusals
+
+
+@contextmanager
+def faulty_line(uri: str, **rates):
+    """A new pty whose frames reach the board at `uri` through a line that drops, corrupts and
+    duplicates whole frames at `rates` (both directions): the host opens the yielded path."""
+    from echoforge.runtime.faults import FaultyFrameTransport
+    from echoforge.runtime.transport import PtyTransport
+
+    stop = threading.Event()
+    with PtyTransport() as near, SerialTransport(uri, timeout=5.0) as far_line:
+        far = FaultyFrameTransport(far_line, seed=12, **rates)
+
+        def relay():
+            while not stop.is_set():
+                for source, sink in ((near, far), (far, near)):
+                    if data := source.read(4096, 0.005):
+                        sink.write(data)
+
+        thread = threading.Thread(target=relay, daemon=True)
+        thread.start()
+        try:
+            yield near.device_path
+        finally:
+            stop.set()
+            thread.join(5)
+        assert sum(far.faults.values()) > 0
+
+
+def test_one_percent_of_frames_lost_damaged_or_duplicated_changes_no_bit(linear_gateware):
+    """Per frame, as `board serve --drop/--corrupt/--duplicate` does for the simulator: at 1 % per byte a
+    4 kB chunk request would almost never cross whole (0.98^4000), on any board."""
+    from echoforge.runtime.device import DeviceCore
+
+    with faulty_line(linear_gateware, drop=0.01, corrupt=0.01, duplicate=0.01) as uri, \
+            DeviceCore(uri, config=WORDS, **PATIENT_LINK) as core:
+        got = _rhel(core, "linear", length=120)
+    assert all(np.array_equal(a, b) for a, b in zip(got, _rhel(EmulatorCore(WORDS), "linear", length=120), strict=True))
+
+
+@pytest.mark.slow
+def test_hil_training_through_the_gateware_ends_as_on_the_emulator_board(tmp_path):
+    """`echoforge hil train` on the board image serving a compiled program: parameters after two steps
+    equal, bit for bit, those of the same run on the emulator board."""
+    import torch
+
+    from echoforge.runtime.simulator import simulated_board
+
+    def echoforge(*arguments):
+        subprocess.run([sys.executable, "-m", "echoforge.cli", *arguments], check=True, capture_output=True,
+                       timeout=1800)
+
+    echoforge("train", "--set", "steps=4", "--set", "eval_every=4", "--set", "model.num_blocks=1", "--set",
+              "model.hidden_size=4", "--set", "model.state_size=4", "-o", str(tmp_path / "run"))
+    echoforge("compile", str(tmp_path / "run"), "--target", "emulator", "-o", str(tmp_path / "program"))
+    from echoforge.targets.fpga.gateware.sim import build
+    from echoforge.targets.fpga.gateware.target import image_config
+
+    build(image_config(tmp_path / "program"))   # within the simulator's start-up wait below
+    finals = {}
+    for name, options in (("gateware", ("--target", "gateware", "--program", str(tmp_path / "program"))),
+                          ("emulator", ())):
+        with simulated_board(*options) as uri:
+            echoforge("hil", "train", "--device", uri, "--program", str(tmp_path / "program"), "--steps", "2",
+                      "--fidelity-every", "0", "--timeout", "30", "--no-progress", "-o", str(tmp_path / name))
+        finals[name] = torch.load(tmp_path / name / "last.pt", weights_only=True)["model"]
+    assert finals["gateware"].keys() == finals["emulator"].keys()
+    assert all(torch.equal(finals["gateware"][key], finals["emulator"][key]) for key in finals["emulator"])
