@@ -227,7 +227,8 @@ def test_board_serve_runs_the_twin_behind_the_device_protocol():
     local_positions, local_echo = _rhel(local, forcing, nudges)
     options = ("--target", "analog-twin", "--fabrication-seed", "2", "--noise-seed", "5", "--max-chunk-steps", "32")
     with simulated_board(*options) as uri, DeviceCore(uri, config=CONFIG) as remote:
-        assert remote.handshake().target == "analog"
+        info = remote.handshake()
+        assert (info.target, info.capabilities.hru_kinds, info.capabilities.max_oscillators) == ("analog", ("linear",), 16)
         remote.load(params)
         positions, echo = _rhel(remote, forcing, nudges)
     np.testing.assert_array_equal(positions, local_positions)

@@ -84,9 +84,10 @@ def run_board_serve(args) -> int:
     return serve_protocol(args, kind.cores(args))
 
 
-def serve_protocol(args, cores) -> int:
+def serve_protocol(args, cores, capabilities=None) -> int:
     """Serve the device protocol with the Python board simulator, a fresh core from ``cores(config)``
-    per bank, on the pty or TCP port and with the faults `board serve` was given."""
+    per bank, on the pty or TCP port and with the faults `board serve` was given; ``capabilities``
+    (default: the emulator's) are what HELLO reports, --max-chunk-steps and --buffer-samples applied."""
     from dataclasses import replace
 
     from echoforge.targets.emulator.stream import warm_up
@@ -101,7 +102,8 @@ def serve_protocol(args, cores) -> int:
     for name, value in sizes.items():
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {value}")
-    capabilities = replace(Capabilities(), **{name: value for name, value in sizes.items() if value is not None})
+    capabilities = replace(capabilities or Capabilities(),
+                           **{name: value for name, value in sizes.items() if value is not None})
     board = Board(capabilities, faults, target=args.target, cores=cores)
     warm_up()  # the board is ready when it announces itself
     stop = threading.Event()

@@ -41,7 +41,16 @@ def serve(args) -> int:
 
         return serve_instruments(settings, args.host, args.scpi)
     hello = argparse.Namespace(**{**vars(args), "target": "analog"})  # HELLO's target family (protocol §10.3)
-    return serve_protocol(hello, twin_cores(settings))
+    return serve_protocol(hello, twin_cores(settings), capabilities(board))
+
+
+def capabilities(board: Board):
+    """What HELLO reports: linear banks, the board's oscillators over all banks of a program."""
+    from dataclasses import replace
+
+    from echoforge.runtime.commands import Capabilities
+
+    return replace(Capabilities(), hru_kinds=("linear",), max_oscillators=board.oscillators)
 
 
 def twin_cores(settings: TwinSettings):
