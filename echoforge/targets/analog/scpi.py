@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.05
 MAX_ERRORS = 20
-MAX_MESSAGE_BYTES = 1 << 30
+MAX_MESSAGE_BYTES = 1 << 26  # 64 MiB: a message (and its blocks) the instruments buffer
 ESR_OPC, ESR_QUERY, ESR_DEVICE, ESR_EXECUTION, ESR_COMMAND = 0x01, 0x04, 0x08, 0x10, 0x20
 
 
