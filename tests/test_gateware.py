@@ -6,6 +6,7 @@ read exact answers, so they pin the RTL to docs/protocol.md (and to the Python e
 are compared with `encode_frame`'s bytes).
 """
 
+import json
 import queue
 import random
 import shutil
@@ -523,3 +524,35 @@ def test_hil_training_through_the_gateware_ends_as_on_the_emulator_board(tmp_pat
         finals[name] = torch.load(tmp_path / name / "last.pt", weights_only=True)["model"]
     assert finals["gateware"].keys() == finals["emulator"].keys()
     assert all(torch.equal(finals["gateware"][key], finals["emulator"][key]) for key in finals["emulator"])
+
+
+# ---- the bitstream -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--board", "ulx3s"], "unknown board 'ulx3s' — use one of icebreaker"),
+    ([], "cannot read the emulator program file"),
+    (["--baud", "5000000"], "no UART divisor ≥ 4"),
+])
+def test_build_user_errors_are_one_line(tmp_path, capsys, arguments, message, monkeypatch):
+    from echoforge.cli import main
+    from echoforge.targets.fpga.gateware import target
+
+    if "--baud" in arguments:   # a readable program, so that the baud rate is what is refused
+        monkeypatch.setattr(target, "image_config", lambda program: CONFIG)
+    assert main(["build", str(tmp_path / "missing"), "-o", str(tmp_path / "out"), *arguments]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_the_protocol_engine_builds_into_an_icebreaker_bitstream(tmp_path):
+    """yosys + nextpnr-ice40 + icepack on the image without a core: a bitstream of the UP5K's size that
+    meets the board's 12 MHz, and the report beside it."""
+    from echoforge.targets.fpga.gateware.bitstream import build_image
+
+    image = build_image(CONFIG, "icebreaker", tmp_path)
+    logic_used, logic_available = image.synthesis.utilization["logic"]
+    assert image.bitstream.stat().st_size == 104090 and image.synthesis.meets_timing
+    assert 0 < logic_used < logic_available
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["board"] == "icebreaker" and report["fmax_mhz"] == image.synthesis.fmax_mhz
