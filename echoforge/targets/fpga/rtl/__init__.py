@@ -112,9 +112,11 @@ def _write_init_files(directory: Path, memories, table, param_codes, layout: Lay
 
 
 def hex_lines(values, width: int) -> str:
-    """One two's-complement hex word per line, as $readmemh reads them."""
+    """One two's-complement hex word per line, as $readmemh reads them. ``values``: an integer array,
+    or a list of Python ints (words wider than int64 stay exact: numpy would make them float64)."""
     digits, mask = (width + 3) // 4, (1 << width) - 1
-    return "".join(f"{int(v) & mask:0{digits}x}\n" for v in np.asarray(values).ravel())
+    words = values if isinstance(values, list) else np.asarray(values, dtype=np.int64).ravel().tolist()
+    return "".join(f"{v & mask:0{digits}x}\n" for v in words)
 
 
 def _bits(n: int) -> int:

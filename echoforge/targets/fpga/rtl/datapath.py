@@ -124,6 +124,8 @@ class _Builder:
     # ---- the step -------------------------------------------------------------------------------
 
     def build(self) -> Datapath:
+        """The lane-step, one operation group per stage: a multiply, a rounding add, a sum, a clamp (so
+        no stage chains two carry chains: what sets the clock on a small FPGA)."""
         p, w = self.p, self.w
         p.input("live", 1, 0, reset=True, signed=False)   # a lane (not a bubble) is in this stage
         p.input("echo", 1, 0, signed=False)               # mode: the ±ε pair
@@ -138,74 +140,78 @@ class _Builder:
         state_depth = 1 << self.lane_bits
         pi_mem = self.read(Memory("state_pi", w, state_depth, region="pi"), "lane", 0)
         delta = self.param("delta", 0)
-        # stage 1: flip, nudge
+        # nudge: π_n = clamp(flip·π ± q)
         pi_flip = p.wire("pi_flip", w, 1, f"{{flip}} ? -{{{pi_mem}}} : {{{pi_mem}}}")  # |π| ≤ lim: no overflow
-        q_lane = p.wire("q_lane", w, 1, f"{{sigma}} ? -{{q}} : {{q}}")
-        nudged = self.add("pi_nudged_raw", 1, f"{{{pi_flip}}} + {{{q_lane}}}", pi_flip, q_lane)
-        pi_n, nudge_sat = self.clamp("pi_n", nudged, 1)
-        phi_mem = self.read(Memory("state_phi", w, state_depth, region="phi"), "lane", 1)
-        # stage 2-3: drift to the half step
-        d_pi = p.multiply("delta_pi", delta, pi_n, 2)
-        d_pi_r = self.round_shift("delta_pi_r", d_pi, self.h_shift, 3)
-        m_raw = self.add("m_raw", 3, f"{{{phi_mem}}} + {{{d_pi_r}}}", phi_mem, d_pi_r)
-        m, m_sat = self.clamp("m", m_raw, 3)
+        q_lane = p.wire("q_lane", w, 1, "{sigma} ? -{q} : {q}")
+        nudged = self.add("pi_nudged_raw", 2, f"{{{pi_flip}}} + {{{q_lane}}}", pi_flip, q_lane)
+        pi_n, nudge_sat = self.clamp("pi_n", nudged, 3)
+        # drift to the half step: m = clamp(ϕ + R(δ·π_n))
+        d_pi = p.multiply("delta_pi", delta, pi_n, 4)
+        d_pi_r = self.round_shift("delta_pi_r", d_pi, self.h_shift, 5)
+        phi_mem = self.read(Memory("state_phi", w, state_depth, region="phi"), "lane", 5)
+        m_raw = self.add("m_raw", 6, f"{{{phi_mem}}} + {{{d_pi_r}}}", phi_mem, d_pi_r)
+        m, m_sat = self.clamp("m", m_raw, 7)
         if self.kind == "nonlinear":
-            coupling, stage, extra = self._tanh_force(m, 4)
+            coupling, stage, extra = self._tanh_force(m, 8)
+            force_sum = f"+ {{{coupling}}}"
         else:
-            coupling, stage, extra = self.add("coupling", 5, "-{f}", "f"), 5, {}
-        # F = clamp(R(a·m) + coupling), a·m formed in the stage before
-        a = self.param("a", stage - 2)
-        a_m = p.multiply("a_m", a, m, stage - 1)
-        a_m_r = self.round_shift("a_m_r", a_m, self.a_shift, stage)
-        force_raw = self.add("force_raw", stage, f"{{{a_m_r}}} + {{{coupling}}}", a_m_r, coupling)
-        force, force_sat = self.clamp("kick_force", force_raw, stage)
-        # kick and drift
-        d_f = p.multiply("delta_force", delta, force, stage + 1)
-        d_f_r = self.round_shift("delta_force_r", d_f, self.delta_shift, stage + 2)
-        pi_raw = self.add("pi_raw", stage + 2, f"{{{pi_n}}} - {{{d_f_r}}}", pi_n, d_f_r)
-        pi_new, pi_sat = self.clamp("pi_new", pi_raw, stage + 2)
-        d_pi2 = p.multiply("delta_pi_new", delta, pi_new, stage + 3)
-        d_pi2_r = self.round_shift("delta_pi_new_r", d_pi2, self.h_shift, stage + 4)
-        phi_raw = self.add("phi_raw", stage + 4, f"{{{m}}} + {{{d_pi2_r}}}", m, d_pi2_r)
-        phi_new, phi_sat = self.clamp("phi_new", phi_raw, stage + 4)
-        write_stage = stage + 4
+            coupling, stage, extra = "f", 10, {}
+            force_sum = "- {f}"
+        # F = clamp(R(a·m) + coupling)
+        a = self.param("a", stage - 3)
+        a_m = p.multiply("a_m", a, m, stage - 2)
+        a_m_r = self.round_shift("a_m_r", a_m, self.a_shift, stage - 1)
+        force_raw = self.add("force_raw", stage, f"{{{a_m_r}}} {force_sum}", a_m_r, coupling)
+        force, force_sat = self.clamp("kick_force", force_raw, stage + 1)
+        # kick: π' = clamp(π_n − R(δ·F)); drift: ϕ' = clamp(m + R(δ·π'))
+        s = stage + 2
+        d_f = p.multiply("delta_force", delta, force, s)
+        d_f_r = self.round_shift("delta_force_r", d_f, self.delta_shift, s + 1)
+        pi_raw = self.add("pi_raw", s + 2, f"{{{pi_n}}} - {{{d_f_r}}}", pi_n, d_f_r)
+        pi_new, pi_sat = self.clamp("pi_new", pi_raw, s + 3)
+        d_pi2 = p.multiply("delta_pi_new", delta, pi_new, s + 4)
+        d_pi2_r = self.round_shift("delta_pi_new_r", d_pi2, self.h_shift, s + 5)
+        phi_raw = self.add("phi_raw", s + 6, f"{{{m}}} + {{{d_pi2_r}}}", m, d_pi2_r)
+        phi_new, phi_sat = self.clamp("phi_new", phi_raw, s + 7)
+        write_stage = s + 7
         self._write_state("state_pi", pi_new, write_stage)
         self._write_state("state_phi", phi_new, write_stage)
         # the echo's observables, + lane held one clock, differences on the − lane
-        acc_stage = write_stage + 1
-        products = {"mm": p.multiply("m_sq", m, m, 4),
-                    "pp_before": p.multiply("pi_n_sq", pi_n, pi_n, 2),
-                    "pp_after": p.multiply("pi_new_sq", pi_new, pi_new, write_stage)}
+        products = {"mm": p.multiply("m_sq", m, m, 8),
+                    "pp_before": p.multiply("pi_n_sq", pi_n, pi_n, 4),
+                    "pp_after": p.multiply("pi_new_sq", pi_new, pi_new, s + 4)}
         if self.kind == "linear":
-            products["fm"] = p.multiply("f_m", "f", m, 4)
-            plain = {}
-            observable = m
+            products["fm"] = p.multiply("f_m", "f", m, 8)
+            plain, observable = {}, m
         else:
-            products["tm"] = p.multiply("t_m", extra["t"], m, extra["t_stage"])
-            plain = {"t": extra["t"], "lc": extra["g"]}
-            observable = extra["t"]
-        last, acc_flags, obs = self._accumulate(products, plain, observable, acc_stage)
+            products["tm"] = p.multiply("t_m", extra["t"], m, extra["t_ready"])
+            plain, observable = {"t": extra["t"], "lc": extra["g"]}, extra["t"]
+        last, acc_flags, obs, acc_reach = self._accumulate(products, plain, observable, s + 5)
         out = p.wire("out_beat", w + 1, last, f"{{echo}} ? {{{obs}}} : {{{phi_new}}}")
         out_valid = p.wire("out_lane", 1, last, "{live} & (~{echo} | {sigma})", signed=False)
         flags = {"state": [nudge_sat, m_sat, pi_sat, phi_sat], "force": [force_sat],
                  "preact": [extra["z_sat"]] if extra else [], "accumulator": acc_flags}
-        increments = {name: self._count(name, names, last) for name, names in flags.items()}
-        # a lane's state is read (π in stage 0) after its previous step wrote it (write_stage)
-        return Datapath(p, self.memories, last, write_stage + 1, p.at(out, last), p.at(out_valid, last), increments)
+        increments = {name: self._count(names, last) for name, names in flags.items()}
+        # a lane's π is read (stage 0) after its previous step wrote it back; an accumulator likewise
+        return Datapath(p, self.memories, last, max(write_stage + 1, acc_reach), p.at(out, last),
+                        p.at(out_valid, last), increments)
 
-    def _tanh_force(self, m: str, stage: int) -> tuple[str, int, dict]:
-        """z, t = T(z), G(z), and R(c·t): the nonlinear coupling. Returns (coupling, its stage, extras)."""
+    def _tanh_force(self, m: str, st: int) -> tuple[str, int, dict]:
+        """z, t = T(z), G(z) and R(c·t) from m (ready in stage ``st``). Returns (R(c·t), the stage it is
+        ready in, {t, the stage t is ready in, G, z's clamp flag})."""
         p, w, table = self.p, self.w, self.table
         s, segments = self.seg_shift, table.values.shape[0] - 2
-        weight = self.param("w", stage - 1)
-        bias = self.param("b", stage)
-        w_m = p.multiply("w_m", weight, m, stage)
-        w_m_r = self.round_shift("w_m_r", w_m, self.w_shift, stage + 1)
-        z_raw = self.add("z_raw", stage + 1, f"{{{w_m_r}}} + {{f}} + {{{bias}}}", w_m_r, "f", bias)
-        z, z_sat = self.clamp("z", z_raw, stage + 1)
-        st = stage + 2
+        weight = self.param("w", st - 1)
+        bias = self.param("b", 0)
+        forcing_bias = self.add("f_plus_b", 1, f"{{f}} + {{{bias}}}", "f", bias)
+        w_m = p.multiply("w_m", weight, m, st)
+        w_m_r = self.round_shift("w_m_r", w_m, self.w_shift, st + 1)
+        z_raw = self.add("z_raw", st + 2, f"{{{w_m_r}}} + {{{forcing_bias}}}", w_m_r, forcing_bias)
+        z, z_sat = self.clamp("z", z_raw, st + 3)
+        st += 4
         negative = p.wire("z_negative", 1, st, f"{{{z}}} < {literal(0, w)}", signed=False)
         magnitude = p.wire("z_abs", w, st, f"{{{negative}}} ? -{{{z}}} : {{{z}}}")  # |z| ≤ lim
+        st += 1
         segment = p.wire("z_segment", w, st, f"{{{magnitude}}} >>> {s}")
         clamped = p.wire("table_clamped", 1, st, f"{{{segment}}} > {literal(segments, w + 4)}", signed=False)
         index = p.wire("table_index", segments.bit_length(), st, f"{{{clamped}}} ? {segments} : {{{segment}}}",
@@ -222,36 +228,44 @@ class _Builder:
         base = self.read(Memory("tanh_integral", integral_bits, segments + 1, init="tanh_integral.hex"), index, st)
         st += 1
         rise = p.wire("table_rise", value_bits, st, f"{{{high}}} - {{{low}}}")  # 0 ≤ rise ≤ high
-        rise_r = p.multiply("rise_offset", rise, offset_low, st)
         low_r = p.multiply("low_offset", low, offset, st)
-        st += 1
+        rise_r = p.multiply("rise_offset", rise, offset_low, st + 1)
         half = literal(1 << (s - 1), p.width(rise_r) + 1)
-        y = p.wire("tanh_magnitude", value_bits + 1, st, f"{{{low}}} + (({{{rise_r}}} + {half}) >>> {s})")
-        t = p.wire("t", value_bits + 1, st, f"{{{negative}}} ? -{{{y}}} : {{{y}}}")
-        rise_r2 = p.multiply("rise_offset_sq", rise_r, offset_low, st)
-        c = self.param("c", st)
-        st += 1
-        c_t = p.multiply("c_t", c, t, st)
+        rounded = p.wire("rise_offset_r", p.width(rise_r) + 1 - s, st + 2, f"({{{rise_r}}} + {half}) >>> {s}")
+        rise_r2 = p.multiply("rise_offset_sq", rise_r, offset_low, st + 2)
+        y = p.wire("tanh_magnitude", value_bits + 1, st + 3, f"{{{low}}} + {{{rounded}}}")
+        t = p.wire("t", value_bits + 1, st + 4, f"{{{negative}}} ? -{{{y}}} : {{{y}}}")
+        # log cosh: G = R(C[i] + T[i]·r + R(rise·r², s + 1), S)
         fine_bits = max(integral_bits, p.width(low_r), p.width(rise_r2)) + 2
         one = literal(1 << s, p.width(rise_r2) + 1)
-        fine = p.wire("logcosh_fine", fine_bits, st,
-                      f"{{{base}}} + {{{low_r}}} + (({{{rise_r2}}} + {one}) >>> {s + 1})")
-        g = p.wire("logcosh", fine_bits, st + 1,
+        quadratic = p.wire("logcosh_quadratic", p.width(rise_r2) + 1 - s, st + 3, f"({{{rise_r2}}} + {one}) >>> {s + 1}")
+        linear = p.wire("logcosh_linear", fine_bits, st + 3, f"{{{base}}} + {{{low_r}}}")
+        fine = p.wire("logcosh_fine", fine_bits, st + 4, f"{{{linear}}} + {{{quadratic}}}")
+        g = p.wire("logcosh", fine_bits, st + 5,
                    f"({{{fine}}} + {literal(1 << (self.g_shift - 1), fine_bits)}) >>> {self.g_shift}")
-        st += 1
-        coupling = self.round_shift("c_t_r", c_t, self.ct_shift, st)
-        return coupling, st, {"t": t, "t_stage": st - 1, "g": g, "z_sat": z_sat}
+        c = self.param("c", st + 4)
+        c_t = p.multiply("c_t", c, t, st + 5)
+        coupling = self.round_shift("c_t_r", c_t, self.ct_shift, st + 6)
+        return coupling, st + 7, {"t": t, "t_ready": st + 5, "g": g, "z_sat": z_sat}
 
     def _write_state(self, name: str, value: str, stage: int) -> None:
         memory = next(m for m in self.memories if m.name == name)
         memory.write = (self.p.at("live", stage), self.p.at("lane", stage), self.p.at(value, stage))
 
     def _accumulate(self, products: dict, plain: dict, observable: str, stage: int):
-        """Hold the + lane's terms, form the pair's differences, add them to the accumulator memories."""
+        """Hold the + lane's terms, form the pair's differences, add them to the accumulator memories.
+
+        Stages: the differences (and their rounding at 32-bit words), then per term a 65-bit add split
+        in two halves (low half and carry, then high half) and the clamp to ±2^62; PP adds its two terms
+        one after the other, as the kernels do. Returns (last stage, clamp flags, the observable
+        difference, the clocks between an accumulator's read and its write + 1)."""
         p = self.p
         diff_bits = min(2 * self.w + 1, 64)
         terms, hold_regs = {}, []
+        ready = max(p.signals[x].stage + 1 for x in (*products.values(), *plain.values()))
+        stage = max(stage, ready)
         hold = p.wire("hold_plus", 1, stage, "{live} & ~{sigma}", signed=False)
+        update = p.wire("acc_update", 1, stage, "{live} & {echo} & {sigma}", signed=False)
         for name, x in {**products, **plain, "obs": observable}.items():
             width = p.width(x)
             held = f"held_{name}"
@@ -260,29 +274,55 @@ class _Builder:
             p.input(held, width, stage)
             if name == "obs":
                 continue
-            width_diff = diff_bits if name in products else width + 1
-            diff = p.wire(f"{name}_diff", width_diff, stage, f"{{{held}}} - {{{x}}}")
-            terms[name] = self.round_shift(f"{name}_term", diff, self.acc_shift, stage) if name in products else diff
+            diff = p.wire(f"{name}_diff", diff_bits if name in products else width + 1, stage, f"{{{held}}} - {{{x}}}")
+            terms[name] = diff
         p.text[:0] = hold_regs
         obs = p.wire("obs_diff", self.w + 1, stage, f"{{held_obs}} - {{{observable}}}")
-        # accumulator memories: read with the pair's address in this stage, written in the next
-        last = stage + 1
-        update = p.wire("acc_update", 1, last, "{live} & {echo} & {sigma}", signed=False)
+        base = stage + 1
+        if self.acc_shift:
+            terms = {name: (self.round_shift(f"{name}_term", diff, self.acc_shift, base) if name in products else diff)
+                     for name, diff in terms.items()}
+            base += 1
         rows = [("mm", ["mm"]), ("pp", ["pp_before", "pp_after"])]
         rows += [("fm", ["fm"])] if "fm" in products else [("t", ["t"]), ("tm", ["tm"]), ("lc", ["lc"])]
-        flags = []
+        flags, writes = [], []
         for row, parts in rows:
             memory = Memory(f"acc_{row}", ACC_WIDTH, 1 << (self.lane_bits - 1), region="acc")
-            value = self.read(memory, "pair", stage, bits=self.lane_bits - 1)
+            value = self.read(memory, "pair", base - 1, bits=self.lane_bits - 1)
             for k, part in enumerate(parts):
-                raw = p.wire(f"acc_{row}_raw{k}", ACC_WIDTH + 1, last, f"{{{value}}} + {{{terms[part]}}}")
-                value, flag = self.clamp(f"acc_{row}_{k}", raw, last, lim=ACC_LIMIT, width=ACC_WIDTH)
+                value, flag = self._add_to_accumulator(f"acc_{row}_{k}", value, terms[part], base + 3 * k)
                 flags.append(flag)
-            memory.write = (p.at(update, last), f"{p.at('pair', last)}[{self.lane_bits - 2}:0]", p.at(value, last))
+            write_stage = base + 3 * len(parts) - 1
+            writes.append((memory, write_stage, value))
+        last = max(stage for _, stage, _ in writes)
+        for memory, write_stage, value in writes:
+            memory.write = (p.at(update, write_stage), f"{p.at('pair', write_stage)}[{self.lane_bits - 2}:0]",
+                            p.at(value, write_stage))
         gated = [p.wire(f"{flag}_counted", 1, last, f"{{{update}}} & {{{flag}}}", signed=False) for flag in flags]
-        return last, gated, obs
+        return last, gated, obs, last - (base - 1) + 1
 
-    def _count(self, name: str, flags: list[str], stage: int) -> str:
+    def _add_to_accumulator(self, name: str, acc: str, term: str, stage: int) -> tuple[str, str]:
+        """clamp(acc + term, ±2^62) over three stages: low half and its carry; high half; the clamp,
+        decided from the top bits of the 65-bit sum (> 2^62: not negative and above bit 62; < −2^62:
+        negative and not both bits 63 and 62 set)."""
+        p = self.p
+        wide = ACC_WIDTH + 1
+        extended = p.wire(f"{name}_term", wide, stage, f"{{{term}}}")  # sign-extended to 65 bits
+        low = p.wire(f"{name}_low", 33, stage, f"{{1'b0, {{{acc}}}[31:0]}} + {{1'b0, {{{extended}}}[31:0]}}",
+                     signed=False)
+        high = p.wire(f"{name}_high", 33, stage + 1,
+                      f"$signed({{{acc}}}[63:32]) + $signed({{{extended}}}[64:32]) + $signed({{1'b0, {{{low}}}[32]}})")
+        raw = p.wire(f"{name}_raw", wide, stage + 1, f"$signed({{{{{high}}}, {{{low}}}[31:0]}})")
+        over = p.wire(f"{name}_over", 1, stage + 2,
+                      f"~{{{raw}}}[64] & ({{{raw}}}[63] | ({{{raw}}}[62] & |{{{raw}}}[61:0]))", signed=False)
+        under = p.wire(f"{name}_under", 1, stage + 2, f"{{{raw}}}[64] & ~({{{raw}}}[63] & {{{raw}}}[62])",
+                       signed=False)
+        limit = literal(ACC_LIMIT, ACC_WIDTH)
+        value = p.wire(name, ACC_WIDTH, stage + 2,
+                       f"{{{over}}} ? {limit} : ({{{under}}} ? {literal(-ACC_LIMIT, ACC_WIDTH)} : {{{raw}}}[63:0])")
+        return value, p.wire(f"{name}_sat", 1, stage + 2, f"{{{over}}} | {{{under}}}", signed=False)
+
+    def _count(self, flags: list[str], stage: int) -> str:
         """The number of ``flags`` set, for a real lane, as an unsigned 4-bit increment."""
         if not flags:
             return "4'd0"
