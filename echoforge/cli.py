@@ -18,6 +18,7 @@ from .demo import add_demo
 from .targets.fpga.gateware.cli import add_build as add_gateware_build
 from .hil.cli import add_commands as add_hil_commands
 from .runtime.cli import add_commands as add_runtime_commands
+from .targets.analog.calibration_cli import add_command as add_calibrate
 
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, KeyError)
 
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compiler_commands(commands)
     add_runtime_commands(commands)
     add_hil_commands(commands)
+    add_calibrate(commands)
     add_demo(commands)
     add_gateware_build(commands)
     return parser
