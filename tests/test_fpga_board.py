@@ -65,7 +65,7 @@ def test_hil_training_on_the_rtl_board_ends_with_the_emulator_boards_parameters(
 def test_serving_the_rtl_board_without_verilator_is_one_line_and_exit_2(tmp_path):
     env = {**os.environ, "PATH": str(tmp_path)}
     done = subprocess.run([sys.executable, "-m", "echoforge.cli", "board", "serve", "--target", "fpga-sim", "--pty"],
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "apt-get install verilator" in lines[0], done.stderr

@@ -12,8 +12,6 @@ both, a few Icarus programs (its builds take a second, its runs are slow) and th
 line. The word-length sweep (12..24, 28 and 32 bits, both kinds: 28 more builds) is marked slow.
 """
 
-import os
-
 import numpy as np
 import pytest
 

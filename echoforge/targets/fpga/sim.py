@@ -17,11 +17,12 @@ install command, exit 2 from the CLI).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ BUILD_TIMEOUT_S = 1800
 RUN_HEX, PARAMS_HEX, STATE_HEX, ACC_HEX, IN_HEX, OUT_HEX, RESULT_HEX = (
     "run.hex", "params.hex", "state.hex", "acc.hex", "in.hex", "out.hex", "result.hex")
 RESULT_COUNTERS = ("COUNTER_STATE", "COUNTER_FORCE", "COUNTER_PREACT", "COUNTER_ACCUMULATOR", "CYCLES")
+TESTBENCH = "tb.v"
 
 
 class SimulatorMissing(FileNotFoundError):
@@ -122,7 +124,8 @@ class Simulation:
 
     def _execute(self, run_dir: Path, timeout: float) -> None:
         try:
-            done = subprocess.run(self.command, cwd=run_dir, capture_output=True, text=True, timeout=timeout)
+            done = subprocess.run(self.command, cwd=run_dir, capture_output=True, text=True, timeout=timeout,
+                                  check=False)
         except subprocess.TimeoutExpired:
             raise SimulationFailed(f"{self.simulator} run exceeded {timeout:.0f} s") from None
         if done.returncode != 0 or not (run_dir / RESULT_HEX).exists():
@@ -151,17 +154,11 @@ def build(config: FormatConfig, kind: str, *, lanes: int, oscillators: int, simu
                 if not (target / "done").exists():
                     raise
     design = _relocate(design, target)
-    binary = ("./sim",) if simulator == "verilator" else ("vvp", "-n", "sim.vvp")
-    command = (str(target / binary[0]),) if simulator == "verilator" else ("vvp", "-n", str(target / "sim.vvp"))
+    command = (str(target / "sim"),) if simulator == "verilator" else ("vvp", "-n", str(target / "sim.vvp"))
     return Simulation(design, simulator, command, accumulators)
 
 
-TESTBENCH = "tb.v"
-
-
 def _accumulator_rows(design: RtlDesign) -> list[str]:
-    import json
-
     return list(json.loads(design.regmap.read_text())["acc"]["rows"])
 
 
@@ -180,7 +177,8 @@ def _compile(design: RtlDesign, simulator: str) -> None:
                    "-o", "sim", "--Mdir", "obj", *sources]
     else:
         command = ["iverilog", "-g2005", "-s", "tb", "-o", "sim.vvp", *sources]
-    done = subprocess.run(command, cwd=design.directory, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+    done = subprocess.run(command, cwd=design.directory, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
+                          check=False)
     if done.returncode != 0:
         raise SimulationFailed(f"{simulator} build failed: {(done.stderr or done.stdout)[-3000:]}")
     if simulator == "verilator":
@@ -190,11 +188,9 @@ def _compile(design: RtlDesign, simulator: str) -> None:
 
 def _relocate(design: RtlDesign, directory: Path) -> RtlDesign:
     """The design's paths in its cache directory."""
-    from dataclasses import replace
-
-    move = lambda path: directory / path.name  # noqa: E731
-    return replace(design, directory=directory, sources=tuple(map(move, design.sources)),
-                   init_files=tuple(map(move, design.init_files)), regmap=move(design.regmap))
+    return replace(design, directory=directory, sources=tuple(directory / p.name for p in design.sources),
+                   init_files=tuple(directory / p.name for p in design.init_files),
+                   regmap=directory / design.regmap.name)
 
 
 def _beats(forcing, nudges, w: int) -> list[int]:
@@ -219,8 +215,6 @@ def _read_hex(path: Path, width: int) -> np.ndarray:
 
 def testbench(design: RtlDesign, accumulators) -> str:
     """The Verilog testbench of ``design`` (see the module docstring for its files)."""
-    import json
-
     regmap = json.loads(design.regmap.read_text())
     registers = "\n".join(f"localparam R_{name} = {regmap['control']['base'] + index};"
                           for name, (index, _, _) in CONTROL.items())

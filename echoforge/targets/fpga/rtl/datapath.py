@@ -45,6 +45,8 @@ class Memory:
     data: str = ""               # the read data's signal name
     init: str | None = None      # $readmemh file
     region: str | None = None    # register-map region the bus reaches it through (None: a ROM)
+    field: int | None = None     # its field in a params / acc region (index mod 8)
+    readable: bool = True        # the bus reads it (False: a copy, for one more read port)
     write: tuple[str, str, str] | None = None  # pipeline write (enable, address, data), Verilog
 
 
@@ -115,10 +117,13 @@ class _Builder:
         width = max(self.p.width(x) for x in operands) + max(1, (len(operands) - 1).bit_length())
         return self.p.wire(name, width, stage, expression)
 
-    def param(self, field_name: str, stage: int) -> str:
-        """Read one per-oscillator parameter in ``stage`` (available in stage + 1)."""
-        memory = Memory(f"param_{field_name}", self.w, 1 << self.osc_bits, init=f"param_{field_name}.hex",
-                        region="params")
+    def param(self, field_name: str, stage: int, copy: int = 0) -> str:
+        """Read one per-oscillator parameter in ``stage`` (available in stage + 1). Each read is a memory
+        of its own (``copy``: the bus writes every copy): a parameter read again where it is used costs a
+        small RAM, carrying it down the pipeline a register per bit and stage."""
+        name = f"param_{field_name}" + (f"_{copy}" if copy else "")
+        memory = Memory(name, self.w, 1 << self.osc_bits, init=f"param_{field_name}.hex", region="params",
+                        field=PARAM_FIELDS.index(field_name), readable=not copy)
         return self.read(memory, "osc", stage)
 
     # ---- the step -------------------------------------------------------------------------------
@@ -132,7 +137,6 @@ class _Builder:
         p.input("sigma", 1, 0, signed=False)              # the − lane of a pair
         p.input("flip", 1, 0, signed=False)               # negate π as it is read (first step of a flip run)
         p.input("lane", self.lane_bits, 0, signed=False)
-        p.input("pair", self.lane_bits, 0, signed=False)  # accumulator row: (batch row, oscillator)
         p.input("osc", self.osc_bits, 0, signed=False)
         p.input("f", w, 0)
         p.input("q", w, 0)                                # the + nudge (0 in the forward)
@@ -165,11 +169,11 @@ class _Builder:
         force, force_sat = self.clamp("kick_force", force_raw, stage + 1)
         # kick: π' = clamp(π_n − R(δ·F)); drift: ϕ' = clamp(m + R(δ·π'))
         s = stage + 2
-        d_f = p.multiply("delta_force", delta, force, s)
+        d_f = p.multiply("delta_force", self.param("delta", s - 1, copy=1), force, s)
         d_f_r = self.round_shift("delta_force_r", d_f, self.delta_shift, s + 1)
         pi_raw = self.add("pi_raw", s + 2, f"{{{pi_n}}} - {{{d_f_r}}}", pi_n, d_f_r)
         pi_new, pi_sat = self.clamp("pi_new", pi_raw, s + 3)
-        d_pi2 = p.multiply("delta_pi_new", delta, pi_new, s + 4)
+        d_pi2 = p.multiply("delta_pi_new", self.param("delta", s + 3, copy=2), pi_new, s + 4)
         d_pi2_r = self.round_shift("delta_pi_new_r", d_pi2, self.h_shift, s + 5)
         phi_raw = self.add("phi_raw", s + 6, f"{{{m}}} + {{{d_pi2_r}}}", m, d_pi2_r)
         phi_new, phi_sat = self.clamp("phi_new", phi_raw, s + 7)
@@ -177,14 +181,16 @@ class _Builder:
         self._write_state("state_pi", pi_new, write_stage)
         self._write_state("state_phi", phi_new, write_stage)
         # the echo's observables, + lane held one clock, differences on the − lane
-        products = {"mm": p.multiply("m_sq", m, m, 8),
-                    "pp_before": p.multiply("pi_n_sq", pi_n, pi_n, 4),
+        # (formed late, in the stage before the accumulators: carrying W-bit operands down the pipeline
+        # costs half the registers of carrying 2W-bit products)
+        products = {"mm": p.multiply("m_sq", m, m, s + 4),
+                    "pp_before": p.multiply("pi_n_sq", pi_n, pi_n, s + 4),
                     "pp_after": p.multiply("pi_new_sq", pi_new, pi_new, s + 4)}
         if self.kind == "linear":
-            products["fm"] = p.multiply("f_m", "f", m, 8)
+            products["fm"] = p.multiply("f_m", "f", m, s + 4)
             plain, observable = {}, m
         else:
-            products["tm"] = p.multiply("t_m", extra["t"], m, extra["t_ready"])
+            products["tm"] = p.multiply("t_m", extra["t"], m, s + 4)
             plain, observable = {"t": extra["t"], "lc": extra["g"]}, extra["t"]
         last, acc_flags, obs, acc_reach = self._accumulate(products, plain, observable, s + 5)
         out = p.wire("out_beat", w + 1, last, f"{{echo}} ? {{{obs}}} : {{{phi_new}}}")
@@ -287,8 +293,10 @@ class _Builder:
         rows += [("fm", ["fm"])] if "fm" in products else [("t", ["t"]), ("tm", ["tm"]), ("lc", ["lc"])]
         flags, writes = [], []
         for row, parts in rows:
-            memory = Memory(f"acc_{row}", ACC_WIDTH, 1 << (self.lane_bits - 1), region="acc")
-            value = self.read(memory, "pair", base - 1, bits=self.lane_bits - 1)
+            memory = Memory(f"acc_{row}", ACC_WIDTH, 1 << (self.lane_bits - 1), region="acc",
+                            field=len(writes))
+            value = self.read(memory, "lane", base - 1)
+            memory.read_address = _pair_of(memory.read_address, self.lane_bits)
             for k, part in enumerate(parts):
                 value, flag = self._add_to_accumulator(f"acc_{row}_{k}", value, terms[part], base + 3 * k)
                 flags.append(flag)
@@ -296,7 +304,7 @@ class _Builder:
             writes.append((memory, write_stage, value))
         last = max(stage for _, stage, _ in writes)
         for memory, write_stage, value in writes:
-            memory.write = (p.at(update, write_stage), f"{p.at('pair', write_stage)}[{self.lane_bits - 2}:0]",
+            memory.write = (p.at(update, write_stage), _pair_of(p.at("lane", write_stage), self.lane_bits),
                             p.at(value, write_stage))
         gated = [p.wire(f"{flag}_counted", 1, last, f"{{{update}}} & {{{flag}}}", signed=False) for flag in flags]
         return last, gated, obs, last - (base - 1) + 1
@@ -329,6 +337,11 @@ class _Builder:
         terms = " + ".join(f"{{3'd0, {{{flag}}}}}" for flag in flags)
         live = self.p.at("live", stage)
         return self.p.resolve(f"({live} ? ({terms}) : 4'd0)", stage)
+
+
+def _pair_of(lane: str, lane_bits: int) -> str:
+    """An echo lane's pair (accumulator row): lane = 2·pair + σ."""
+    return f"{lane}[{lane_bits - 1}:1]"
 
 
 def build(config: FormatConfig, kind: str, lane_bits: int, osc_bits: int, table: OddTable | None) -> Datapath:

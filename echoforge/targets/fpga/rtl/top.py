@@ -101,14 +101,14 @@ def verilog(datapath: Datapath, layout: Layout, kind: str, accumulators) -> str:
     controls = "\n".join(f"localparam R_{name} = {index};" for name, (index, _, _) in CONTROL.items())
     sections = [
         _HEADER.replace("@W@", str(w)).replace("@AB@", str(ab)),
-        f"localparam W = {w};\nlocalparam LB = {lb};\nlocalparam OB = {ob};\nlocalparam IB = {ib};\n"
-        f"localparam DEPTH = {datapath.min_step_clocks};\nlocalparam LAST = {datapath.last_stage};\n"
-        f"localparam [31:0] CONFIG_WORD = 32'h{config_word:08x};\n{controls}",
+        (f"localparam W = {w};\nlocalparam LB = {lb};\nlocalparam OB = {ob};\nlocalparam IB = {ib};\n"
+         f"localparam DEPTH = {datapath.min_step_clocks};\nlocalparam LAST = {datapath.last_stage};\n"
+         f"localparam [31:0] CONFIG_WORD = 32'h{config_word:08x};\n{controls}"),
         _CONTROL,
         datapath.pipeline.emit(),
         "// ---- memories ----",
-        *(_memory(m, layout, accumulators) for m in datapath.memories),
-        _readback(datapath.memories, accumulators),
+        *(_memory(m, layout) for m in datapath.memories),
+        _readback(datapath.memories),
         _counters(datapath),
         f"assign out_data = {datapath.out_data};\nassign out_pending = {datapath.out_valid};",
         "endmodule",
@@ -116,14 +116,14 @@ def verilog(datapath: Datapath, layout: Layout, kind: str, accumulators) -> str:
     return "\n\n".join(sections) + "\n"
 
 
-def _memory(memory: Memory, layout: Layout, accumulators) -> str:
+def _memory(memory: Memory, layout: Layout) -> str:
     """A 1R1W memory; the register bus owns its ports while the core is idle."""
     n = memory.name
     lines = [f"reg [{memory.width - 1}:0] {n} [0:{memory.depth - 1}];",
              f"reg signed [{memory.width - 1}:0] {memory.data};"]
     if memory.init:
         lines.append(f'initial $readmemh("{memory.init}", {n});')
-    bus_index, bus_write = _bus_port(memory, layout, accumulators)
+    bus_index, bus_write = _bus_port(memory, layout)
     read_address = f"(busy ? {memory.read_address} : {bus_index})" if bus_index else memory.read_address
     lines.append(f"always @(posedge clk) if (busy ? advance : 1'b1) {memory.data} <= {n}[{read_address}];")
     writes = []
@@ -137,7 +137,7 @@ def _memory(memory: Memory, layout: Layout, accumulators) -> str:
     return "\n".join(lines)
 
 
-def _bus_port(memory: Memory, layout: Layout, accumulators) -> tuple[str, str]:
+def _bus_port(memory: Memory, layout: Layout) -> tuple[str, str]:
     """(the memory address the bus selects, the bus write condition) — empty for ROMs."""
     region = memory.region
     if region is None:
@@ -145,26 +145,22 @@ def _bus_port(memory: Memory, layout: Layout, accumulators) -> tuple[str, str]:
     hit = f"reg_we && reg_region == 3'd{REGIONS.index(region)}"
     if region in ("phi", "pi"):
         return f"reg_index[{layout.lane_bits - 1}:0]", hit
-    field = (PARAM_FIELDS.index(memory.name.removeprefix("param_")) if region == "params"
-             else accumulators.index(memory.name.removeprefix("acc_")))
     bits = layout.osc_bits if region == "params" else layout.lane_bits - 1
-    return f"reg_index[{bits + 2}:3]", f"{hit} && reg_index[2:0] == 3'd{field}"
+    return f"reg_index[{bits + 2}:3]", f"{hit} && reg_index[2:0] == 3'd{memory.field}"
 
 
-def _readback(memories: list[Memory], accumulators) -> str:
+def _readback(memories: list[Memory]) -> str:
     """reg_rdata: the addressed register or memory word, sign-extended, one clock after reg_addr."""
     lines = ["// ---- register read-back ----"]
     cases = []
     for m in memories:
-        if m.region is None:
+        if m.region is None or not m.readable:
             continue
         lines.append(f"wire signed [63:0] {m.name}_bus = {m.data};")
         if m.region in ("phi", "pi"):
             cases.append((f"read_region == 3'd{REGIONS.index(m.region)}", f"{m.name}_bus"))
         else:
-            field = (PARAM_FIELDS.index(m.name.removeprefix("param_")) if m.region == "params"
-                     else accumulators.index(m.name.removeprefix("acc_")))
-            cases.append((f"read_region == 3'd{REGIONS.index(m.region)} && read_field == 3'd{field}",
+            cases.append((f"read_region == 3'd{REGIONS.index(m.region)} && read_field == 3'd{m.field}",
                           f"{m.name}_bus"))
     expression = "control_rdata"
     for condition, value in reversed(cases):
@@ -175,12 +171,12 @@ def _readback(memories: list[Memory], accumulators) -> str:
 
 def _counters(datapath: Datapath) -> str:
     lines = ["// ---- saturation counters (saturating u32, cleared by START) ----"]
-    for k, name in enumerate(COUNTERS):
+    for name in COUNTERS:
         lines += [f"wire [3:0] count_{name}_inc = {datapath.increments[name]};",
                   f"wire [32:0] count_{name}_sum = {{1'b0, count_{name}}} + {{29'd0, count_{name}_inc}};",
-                  f"always @(posedge clk) if (rst || start) count_{name} <= 32'd0; "
-                  f"else if (busy && advance) count_{name} <= count_{name}_sum[32] ? 32'hffffffff : "
-                  f"count_{name}_sum[31:0];"]
+                  (f"always @(posedge clk) if (rst || start) count_{name} <= 32'd0; "
+                   f"else if (busy && advance) count_{name} <= count_{name}_sum[32] ? 32'hffffffff : "
+                   f"count_{name}_sum[31:0];")]
     return "\n".join(lines)
 
 
@@ -260,7 +256,6 @@ end
 // ---- lane issue ----
 reg [31:0] step;
 reg [LB:0] slot;
-reg [LB-1:0] pair_count;
 reg [OB-1:0] osc_count;
 reg sigma_count;
 reg signed [W-1:0] f_hold, q_hold;
@@ -278,7 +273,6 @@ wire echo = mode;
 wire sigma = sigma_count;
 wire flip = flip_setting && step == 32'd0;
 wire [LB-1:0] lane = slot[LB-1:0];
-wire [LB-1:0] pair = pair_count;
 wire [OB-1:0] osc = osc_count;
 wire signed [W-1:0] f = sigma_count ? f_hold : in_f;
 wire signed [W-1:0] q = !mode ? {W{1'b0}} : (sigma_count ? q_hold : in_q);
@@ -288,20 +282,19 @@ always @(posedge clk) begin
     if (rst) begin
         running <= 1'b0; drain <= 8'd0; cycles <= 32'd0;
     end else if (start) begin
-        running <= steps != 32'd0; step <= 32'd0; slot <= 0; pair_count <= 0; osc_count <= 0;
+        running <= steps != 32'd0; step <= 32'd0; slot <= 0; osc_count <= 0;
         sigma_count <= 1'b0; cycles <= 32'd0;
     end else begin
         if (busy) cycles <= cycles + 32'd1;
         if (running && advance) begin
             if (last_slot) begin
-                slot <= 0; pair_count <= 0; osc_count <= 0; sigma_count <= 1'b0; step <= step + 32'd1;
+                slot <= 0; osc_count <= 0; sigma_count <= 1'b0; step <= step + 32'd1;
                 if (step == steps - 32'd1) begin running <= 1'b0; drain <= LAST; end
             end else begin
                 slot <= slot + 1'b1;
                 if (mode && !sigma_count) sigma_count <= 1'b1;
                 else begin
                     sigma_count <= 1'b0;
-                    pair_count <= pair_count + 1'b1;
                     osc_count <= (osc_count == oscillators - 1'b1) ? {OB{1'b0}} : osc_count + 1'b1;
                 end
             end
