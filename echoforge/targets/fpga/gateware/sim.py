@@ -91,13 +91,16 @@ def _verilate(directory: Path, sources: list[Path], config: GatewareConfig) -> N
         raise RuntimeError(f"verilator failed on the board image: {(errors or ['(no error line)'])[0]}")
 
 
-def serve_pty(config: GatewareConfig, stop_event: threading.Event, announce: Callable[[str], None]) -> int:
-    """Serve the board image on a new pseudo-terminal until `stop_event` is set; the bridge's exit code."""
+def serve_pty(config: GatewareConfig, stop_event: threading.Event, announce: Callable[[str], None], *,
+              cycles_file: Path | None = None) -> int:
+    """Serve the board image on a new pseudo-terminal until `stop_event` is set; the bridge's exit code.
+    `cycles_file` receives the count of clocks the board and its lines were busy (benchmarks)."""
     binary = build(config)
     master, slave = os.openpty()
     tty.setraw(slave)
     try:
-        process = subprocess.Popen([str(binary), str(master), str(_entropy())], pass_fds=(master,),
+        counter = [str(cycles_file)] if cycles_file else []
+        process = subprocess.Popen([str(binary), str(master), str(_entropy()), *counter], pass_fds=(master,),
                                    stdin=subprocess.DEVNULL, cwd=binary.parent.parent)  # its $readmemh files
         try:
             announce(os.ttyname(slave))

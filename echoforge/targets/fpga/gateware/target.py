@@ -64,7 +64,8 @@ def image_config(program: Path | None):
     if len(banks) != 1:
         raise ValueError(f"{program}: {len(banks)} banks; a gateware image holds one bank "
                          "(compile a model with one HRU block)")
-    return GatewareConfig(formats=banks[0].config, kind=banks[0].params.kind)
+    size = banks[0].params.size
+    return GatewareConfig(formats=banks[0].config, kind=banks[0].params.kind, oscillators=1 << (size - 1).bit_length())
 
 
 BOARDS = (BoardKind("gateware", SUMMARY, serve=serve, add_options=add_options),)

@@ -233,8 +233,6 @@ module ef_commands #(
             state_valid <= 1'b0;
             echo_valid  <= 1'b0;
             phase       <= NONE;
-            feeding     <= 1'b0;
-            collecting  <= 1'b0;
         end else case (state)
             IDLE: if (start) begin
                 failed          <= 1'b0;

@@ -3,7 +3,10 @@
 // back up the other line and out to the host. The clock runs while a byte is on a line or the board
 // works; otherwise the bridge sleeps in poll() until the host writes.
 //
-// usage: ef_board_sim FD ENTROPY     (FD: the pty master, inherited; ENTROPY: seeds the boot epoch)
+// usage: ef_board_sim FD ENTROPY [CYCLES_FILE]
+//   FD: the pty master, inherited; ENTROPY: seeds the boot epoch; CYCLES_FILE: where the clocks that
+//   had a byte on a line or the board working are counted (rewritten whenever the bridge goes idle):
+//   at CLKS_PER_BIT = 4 they are what a 12 MHz board at 3 Mbaud would spend.
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -32,7 +35,7 @@ static void tick(Vef_sim_top &top) {
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        std::fprintf(stderr, "usage: %s PTY_MASTER_FD ENTROPY\n", argv[0]);
+        std::fprintf(stderr, "usage: %s PTY_MASTER_FD ENTROPY [CYCLES_FILE]\n", argv[0]);
         return 2;
     }
     prctl(PR_SET_PDEATHSIG, SIGTERM);  // the serving process owns the pty: stop with it
@@ -49,10 +52,18 @@ int main(int argc, char **argv) {
 
     std::deque<uint8_t> to_board;
     std::vector<uint8_t> to_host;
-    uint64_t quiet = 0;
+    uint64_t quiet = 0, active = 0, reported = 0;
+    const char *cycles_file = argc > 3 ? argv[3] : nullptr;
     uint8_t buffer[4096];
     for (;;) {
         if (to_board.empty() && quiet > QUIET_CYCLES) {
+            if (cycles_file && active != reported) {
+                if (FILE *out = std::fopen(cycles_file, "w")) {
+                    std::fprintf(out, "%llu\n", static_cast<unsigned long long>(active));
+                    std::fclose(out);
+                }
+                reported = active;
+            }
             pollfd waiting = {fd, static_cast<short>(POLLIN | (to_host.empty() ? 0 : POLLOUT)), 0};
             poll(&waiting, 1, 200);
         }
@@ -75,7 +86,9 @@ int main(int argc, char **argv) {
             top.eval();
             if (taken) to_board.pop_front();
             if (top.board_valid) to_host.push_back(top.board_data);
-            quiet = (top.active || !to_board.empty()) ? 0 : quiet + 1;
+            const bool busy = top.active || !to_board.empty();
+            quiet = busy ? 0 : quiet + 1;
+            active += busy;
         }
         size_t sent = 0;
         while (sent < to_host.size()) {
