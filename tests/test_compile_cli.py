@@ -148,10 +148,10 @@ def test_unknown_node_kind(program):
                                "unknown node kind 'conv1d'")
 
 
-def test_newer_schema_major(program):
-    _edit(program / "model.yaml", "schema_version: '1.0'", "schema_version: '2.0'")
-    assert_fails_with_one_line(echoforge("emulate", program), "model.yaml", "2.0 is newer",
-                               "upgrade echoforge")
+@pytest.mark.parametrize("file, field", [("model.yaml", "schema_version"), ("program.yaml", "program_version")])
+def test_newer_schema_major(program, file, field):
+    _edit(program / file, f"{field}: '1.0'", f"{field}: '2.0'")
+    assert_fails_with_one_line(echoforge("emulate", program), file, "2.0 is newer", "upgrade echoforge")
 
 
 def test_missing_weights_file(program):

@@ -44,7 +44,7 @@ def test_the_demo_runs_end_to_end_and_stops_its_board(tmp_path, capsys):
     assert child_pids() <= before
 
 
-@pytest.mark.slow  # ~4 min: the faults' retries wait out their retransmission timers
+@pytest.mark.slow  # ~3 min (measured 165 s): the faults' retries wait out their retransmission timers
 def test_the_demo_through_faults_ends_with_the_parameters_of_the_demo_without(tmp_path):
     """`demo --faults` promises that lost and damaged frames and a board reboot change no result: 12 steps in
     the loop (the reboot comes at the 100th echo chunk, about the tenth step) end bit-identical."""
