@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from echoforge.targets.fpga.parts import ECP5_25F, PARTS, UP5K
-from echoforge.targets.fpga.synth import INSTALL, ToolFailed, ports, serial_shell, synthesize
+from echoforge.targets.fpga.synth import INSTALL, ToolFailed, ports, serial_shell, signal, synthesize
 
 LANES = """
 module lanes #(parameter W = 16, parameter LANES = 256) (
@@ -158,3 +158,13 @@ def test_a_compiled_bank_is_synthesized_and_a_missed_clock_is_a_finding(tmp_path
     assert synthesis["utilization"]["bram"]["used"] == bank["planned"]["bram"] == block_rams(UP5K, plan.memories)
     assert 0 < synthesis["utilization"]["logic"]["used"] <= UP5K.logic_cells
     assert (out / "synth" / "blocks.0.hru.bank" / "stat.json").exists()
+
+
+@pytest.mark.parametrize("cell, name", [
+    ("core.acc_pp.0.3_RDATA_15_SB_DFFE_Q_1_D_SB_LUT4_O_LC", "core.acc_pp"),   # iCE40: a BRAM's read data
+    ("core.acc_pp.0.0_RAM", "core.acc_pp"),                                  # iCE40: the BRAM cell
+    ("core.acc_pp.0.0", "core.acc_pp"),                                      # ECP5: the DP16KD cell
+    ("core.count_accumulator_TRELLIS_FF_Q_1_DI_LUT4_Z_C_CCU2C_S1_A1", "core.count_accumulator"),
+    ("core.out_valid", "core.out_valid")])
+def test_a_critical_path_is_named_by_the_rtl_signals_of_its_ends(cell, name):
+    assert signal(cell) == name

@@ -16,18 +16,19 @@ the bank is memory, and what grows with the word is multipliers and logic. The d
 passes/drc.py through `Capabilities.rules`) check each device bank's RTL plan — the multipliers and
 memories the generator would instantiate for it, at one batch row — against the part:
 
-    multiplier-width  every product maps to one DSP (operands ≤ the DSP's width)
-    dsp-count         the products fit the part's DSPs
-    block-ram         the memories, mapped to the part's block-RAM shapes, fit its blocks
+    dsp-count   the products fit the part's DSPs (a product wider than a DSP takes several)
+    block-ram   the memories, each in the part's cheapest block-RAM shape, fit its blocks
 
 Word lengths are those the part multiplies in one DSP: 12…16 bits on the UP5K, 12…18 on the ECP5
-(12 is the emulator's shortest word).
+(12 is the emulator's shortest word); `max_oscillators` is the largest linear bank the block RAM holds
+at the widest word and one batch row.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
 
 from echoforge.compiler.capabilities import Capabilities
 from echoforge.compiler.ir import Finding
@@ -129,22 +130,25 @@ def _error(rule: str, node, message: str) -> Finding:
 
 
 def dsp_count(ir, node, caps):
-    if not _device_bank(node):
+    plan = bank_plan(node)
+    if plan is None:
         return
-    part, plan = _part(caps), bank_plan(node)
+    part = _part(caps)
     needed = sum(dsps_for(part, wa, wb) for _, wa, wb in plan.multipliers)
     if needed > part.dsps:
         widest = max(plan.multipliers, key=lambda m: dsps_for(part, m[1], m[2]))
-        yield _error("dsp-count", node, f"a {node.attrs['hru_kind']} bank at {node.formats['positions'].word_bits}-bit words needs "
-                     f"{needed} {part.dsp_cell} DSPs for its {len(plan.multipliers)} products (the widest, "
+        word = node.formats["positions"].word_bits
+        yield _error("dsp-count", node, f"a {node.attrs['hru_kind']} bank at {word}-bit words needs {needed} "
+                     f"{part.dsp_cell} DSPs for its {len(plan.multipliers)} products (the widest, "
                      f"{widest[0]}, is {widest[1]}×{widest[2]} bits); the {part.device} has {part.dsps} — "
                      f"use a linear HRU, a shorter word (--word-bits) or a part with more DSPs")
 
 
 def block_ram(ir, node, caps):
-    if not _device_bank(node):
+    plan = bank_plan(node)
+    if plan is None:
         return
-    part, plan = _part(caps), bank_plan(node)
+    part = _part(caps)
     needed = block_rams(part, plan.memories)
     if needed > part.bram.count:
         bits = sum(memory.depth * memory.width for memory in plan.memories)
@@ -166,6 +170,7 @@ class BankPlan:
     memories: tuple      # each with .depth, .width
 
 
+@cache
 def bank_plan_of(kind: str, config, oscillators: int, batch: int) -> BankPlan:
     """The multipliers and memories the RTL generator instantiates for a bank of `batch` rows."""
     from echoforge.targets.emulator.tables import FixedFunctions
@@ -178,11 +183,18 @@ def bank_plan_of(kind: str, config, oscillators: int, batch: int) -> BankPlan:
     return BankPlan(tuple(path.pipeline.multipliers), tuple(path.memories))
 
 
-def bank_plan(node, batch: int = 1):
-    """The RTL plan of a device bank node at its HWIR formats (as lowering maps them)."""
+def bank_plan(node) -> BankPlan | None:
+    """The RTL plan of a device bank node at its HWIR formats (as lowering maps them), at one batch row;
+    None for any other node, or a bank whose formats the emulator cannot represent (lowering refuses it,
+    naming the rule)."""
     from echoforge.targets.emulator.lower import format_config
 
-    return bank_plan_of(node.attrs["hru_kind"], format_config(node), node.shape[-1], batch)
+    if not _device_bank(node):
+        return None
+    try:
+        return bank_plan_of(node.attrs["hru_kind"], format_config(node), node.shape[-1], 1)
+    except (KeyError, ValueError):
+        return None
 
 
 def capabilities(part: Part) -> Capabilities:

@@ -286,7 +286,7 @@ def fmax(report: dict) -> float:
 def signal(cell: str) -> str:
     """The RTL signal a mapped cell or net is named after ('core.acc_pp.0.3_RDATA_15_SB_DFFE_Q_1_D_SB_LUT4_O_LC'
     → 'core.acc_pp'): the name up to the first mapped-cell or port suffix, without memory tile indices."""
-    name = re.split(r"_(?:SB_|TRELLIS_|LUT4|CCU2C|MULT18X18D|DP16KD|PFUMX|L6MUX21|RDATA|WDATA|DO[AB]\d|DI[AB]\d)",
+    name = re.split(r"_(?:SB_|TRELLIS_|LUT4|CCU2C|MULT18X18D|DP16KD|PFUMX|L6MUX21|RDATA|WDATA|DO[AB]\d|DI[AB]\d|RAM$)",
                     cell)[0]
     return re.sub(r"(\.\d+)+$", "", name)
 
