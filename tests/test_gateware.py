@@ -42,12 +42,12 @@ PATIENT_LINK = {"timeout": 30.0, "retry_interval": 0.5, "max_retry_interval": 1.
 
 
 @contextmanager
-def served(config: GatewareConfig):
+def served(config: GatewareConfig, **options):
     """The board image on a pty (the binary runs in its own process); yields the pty's path."""
     from echoforge.targets.fpga.gateware.sim import serve_pty
 
     stop, uris = threading.Event(), queue.Queue()
-    server = threading.Thread(target=serve_pty, args=(config, stop, uris.put), daemon=True)
+    server = threading.Thread(target=serve_pty, args=(config, stop, uris.put), kwargs=options, daemon=True)
     server.start()
     try:
         yield uris.get(timeout=900)   # a cold cache verilates and compiles the image first
@@ -459,30 +459,30 @@ def test_core_commands_answer_as_the_board_simulator_does(linear_gateware):
 
 
 @contextmanager
-def faulty_line(uri: str, **rates):
-    """A new pty whose frames reach the board at `uri` through a line that drops, corrupts and
-    duplicates whole frames at `rates` (both directions): the host opens the yielded path."""
-    from echoforge.runtime.faults import FaultyFrameTransport
+def relayed(uri: str, line=lambda transport: transport, watch=lambda frames: None):
+    """A new pty relayed to the board at `uri` through `line(transport)` (e.g. one that damages frames);
+    `watch` sees the host's frames before they are passed on. Yields (the pty's path, the line)."""
     from echoforge.runtime.transport import PtyTransport
 
-    stop = threading.Event()
+    stop, requests = threading.Event(), FrameReader()
     with PtyTransport() as near, SerialTransport(uri, timeout=5.0) as far_line:
-        far = FaultyFrameTransport(far_line, seed=12, **rates)
+        far = line(far_line)
 
         def relay():
             while not stop.is_set():
-                for source, sink in ((near, far), (far, near)):
-                    if data := source.read(4096, 0.005):
-                        sink.write(data)
+                if data := near.read(4096, 0.005):
+                    watch(requests.feed(data))
+                    far.write(data)
+                if data := far.read(4096, 0.005):
+                    near.write(data)
 
         thread = threading.Thread(target=relay, daemon=True)
         thread.start()
         try:
-            yield near.device_path
+            yield near.device_path, far
         finally:
             stop.set()
             thread.join(5)
-        assert sum(far.faults.values()) > 0
 
 
 def test_one_percent_of_frames_lost_damaged_or_duplicated_changes_no_bit(linear_gateware):
@@ -490,10 +490,37 @@ def test_one_percent_of_frames_lost_damaged_or_duplicated_changes_no_bit(linear_
     4 kB chunk request would almost never cross whole (0.98^4000), on any board."""
     from echoforge.runtime.device import DeviceCore
 
-    with faulty_line(linear_gateware, drop=0.01, corrupt=0.01, duplicate=0.01) as uri, \
-            DeviceCore(uri, config=WORDS, **PATIENT_LINK) as core:
+    from echoforge.runtime.faults import FaultyFrameTransport
+
+    def faulty(transport):
+        return FaultyFrameTransport(transport, drop=0.01, corrupt=0.01, duplicate=0.01, seed=12)
+
+    with relayed(linear_gateware, faulty) as (uri, line), DeviceCore(uri, config=WORDS, **PATIENT_LINK) as core:
         got = _rhel(core, "linear", length=120)
+    assert sum(line.faults.values()) > 0
     assert all(np.array_equal(a, b) for a, b in zip(got, _rhel(EmulatorCore(WORDS), "linear", length=120), strict=True))
+
+
+def test_a_reboot_mid_echo_is_detected_and_the_phase_replayed(linear_gateware):
+    """The board loses power as the second ECHO_CHUNK arrives: the request is refused for its stale epoch,
+    and the host handshakes, re-loads and replays the phase — the same bits as the emulator."""
+    from echoforge.runtime.device import DeviceCore
+
+    power_cycle, echo_chunks, rebooted = threading.Event(), [], []
+
+    def watch(frames):
+        echo_chunks.extend(frame.seq for frame in frames if frame.opcode == Opcode.ECHO_CHUNK)
+        if len(set(echo_chunks)) == 2 and not rebooted:
+            rebooted.append(echo_chunks[-1])
+            power_cycle.set()
+            time.sleep(0.5)                   # the board reboots before the chunk reaches it
+
+    with served(CORE_CONFIGS["linear"], power_cycle=power_cycle) as board, relayed(board, watch=watch) as (uri, _), \
+            DeviceCore(uri, config=WORDS, **PATIENT_LINK) as core:
+        got = _rhel(core, "linear", batch=1)
+        reboots = core.device.reboots
+    assert reboots == 1 and len(set(echo_chunks)) > 3   # the echo's chunks were sent again
+    assert all(np.array_equal(a, b) for a, b in zip(got, _rhel(EmulatorCore(WORDS), "linear", batch=1), strict=True))
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -92,9 +93,10 @@ def _verilate(directory: Path, sources: list[Path], config: GatewareConfig) -> N
 
 
 def serve_pty(config: GatewareConfig, stop_event: threading.Event, announce: Callable[[str], None], *,
-              cycles_file: Path | None = None) -> int:
+              cycles_file: Path | None = None, power_cycle: threading.Event | None = None) -> int:
     """Serve the board image on a new pseudo-terminal until `stop_event` is set; the bridge's exit code.
-    `cycles_file` receives the count of clocks the board and its lines were busy (benchmarks)."""
+    `cycles_file` receives the count of clocks the board and its lines were busy (benchmarks); setting
+    `power_cycle` reboots the board (a new epoch, everything lost), as a board losing power would."""
     binary = build(config)
     master, slave = os.openpty()
     tty.setraw(slave)
@@ -104,9 +106,12 @@ def serve_pty(config: GatewareConfig, stop_event: threading.Event, announce: Cal
                                    stdin=subprocess.DEVNULL, cwd=binary.parent.parent)  # its $readmemh files
         try:
             announce(os.ttyname(slave))
-            while not stop_event.wait(0.2):
+            while not stop_event.wait(0.01):
                 if process.poll() is not None:
                     raise RuntimeError(f"the board image simulator exited with code {process.returncode}")
+                if power_cycle is not None and power_cycle.is_set():
+                    process.send_signal(signal.SIGUSR1)
+                    power_cycle.clear()
         finally:
             _stop(process)
         return process.returncode

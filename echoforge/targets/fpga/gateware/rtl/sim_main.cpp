@@ -3,6 +3,8 @@
 // back up the other line and out to the host. The clock runs while a byte is on a line or the board
 // works; otherwise the bridge sleeps in poll() until the host writes.
 //
+// SIGUSR1 power-cycles the board: reset, a new boot epoch, every register and the response cache lost.
+//
 // usage: ef_board_sim FD ENTROPY [CYCLES_FILE]
 //   FD: the pty master, inherited; ENTROPY: seeds the boot epoch; CYCLES_FILE: where the clocks that
 //   had a byte on a line or the board working are counted (rewritten whenever the bridge goes idle):
@@ -26,6 +28,9 @@ static const int CYCLES_PER_ROUND = 4096;
 static const uint64_t QUIET_CYCLES = 4096;   // idle clocks before the bridge sleeps (a byte is 40 clocks)
 static const size_t MAX_QUEUED = 1 << 20;
 
+static volatile sig_atomic_t power_cycle = 0;
+static void on_power_cycle(int) { power_cycle = 1; }
+
 static void tick(Vef_sim_top &top) {
     top.clk = 0;
     top.eval();
@@ -44,11 +49,19 @@ int main(int argc, char **argv) {
 
     Verilated::commandArgs(argc, argv);
     Vef_sim_top top;
-    top.entropy = static_cast<uint32_t>(std::strtoul(argv[2], nullptr, 0));
-    top.host_valid = 0;
-    top.rst = 1;
-    for (int i = 0; i < 8; ++i) tick(top);
-    top.rst = 0;
+    uint32_t entropy = static_cast<uint32_t>(std::strtoul(argv[2], nullptr, 0));
+    signal(SIGUSR1, on_power_cycle);
+    auto boot = [&top, &entropy]() {
+        top.entropy = entropy;
+        top.host_valid = 0;
+        top.rst = 1;
+        for (int i = 0; i < 8; ++i) tick(top);
+        top.rst = 0;
+        entropy ^= entropy << 13;  // xorshift32: the next boot's draw
+        entropy ^= entropy >> 17;
+        entropy ^= entropy << 5;
+    };
+    boot();
 
     std::deque<uint8_t> to_board;
     std::vector<uint8_t> to_host;
@@ -56,6 +69,10 @@ int main(int argc, char **argv) {
     const char *cycles_file = argc > 3 ? argv[3] : nullptr;
     uint8_t buffer[4096];
     for (;;) {
+        if (power_cycle) {
+            power_cycle = 0;
+            boot();
+        }
         if (to_board.empty() && quiet > QUIET_CYCLES) {
             if (cycles_file && active != reported) {
                 if (FILE *out = std::fopen(cycles_file, "w")) {
