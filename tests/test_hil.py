@@ -8,8 +8,10 @@ fine-tunes it for STEPS steps with the same config. The reference run is monitor
 others are not, so the comparisons also show that monitoring leaves training untouched.
 """
 
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +23,8 @@ import torch
 
 from echoforge.cli import main
 from echoforge.hil.fidelity import MIN_BPTT_COSINE, divergences
-from echoforge.hil.trainer import HILTrainer, hil_config
+from echoforge.hil.trainer import HILTrainer, device_cores, hil_config
+from echoforge.models.core import OscillatorParams
 from echoforge.models.training import ConfigError, Trainer, load_config
 from echoforge.runtime.device import Device
 from echoforge.runtime.simulator import simulated_board
@@ -263,7 +266,6 @@ def test_bad_runs_are_one_line(capsys, program_dir, board, tmp_path, args, messa
 
 def compile_copy(tiny_run, tmp_path):
     """The tiny run copied to tmp_path/run and compiled from there: its source checkpoint can be changed."""
-    import shutil
     run = shutil.copytree(tiny_run, tmp_path / "run")
     out = tmp_path / "program"
     assert main(["compile", str(run), "--target", "emulator", "-o", str(out), "--no-progress"]) == 0
@@ -313,9 +315,6 @@ def test_resuming_against_another_program_is_refused(capsys, tiny_run, reference
 
 def test_a_program_whose_banks_are_not_the_models_is_refused(program_dir):
     """The device banks must be the model's HRU banks, in order and in size."""
-    import dataclasses
-    from echoforge.hil.trainer import device_cores
-    from echoforge.models.core import OscillatorParams
     program = load_program(program_dir)
     config = hil_config(program, program_dir)
     model = Trainer(config, program_dir / "unused").model
