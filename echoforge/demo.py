@@ -14,6 +14,10 @@ import shlex
 from pathlib import Path
 
 DEFAULT_OUTPUT = "runs/demo"
+# Training in the loop moves the parameters and sees training batches (batch statistics, dropout), so the
+# ranges grow past the ones calibrated in eval mode: three bits of headroom keep every state unsaturated and
+# every echo exactly reversible (docs/hil.md).
+HEADROOM_BITS = "3"
 # --faults: what the fault-tolerance test injects — 1% of frames dropped and 1% corrupted, both ways,
 # and one reboot mid-run (the 100th echo chunk: around the tenth step of the default model).
 FAULTS = ("--drop", "0.01", "--corrupt", "0.01", "--reset-at", "ECHO_CHUNK:100", "--seed", "1")
@@ -45,7 +49,7 @@ def run_demo(args) -> int:
     run, program = output / "train", output / "program"
     quiet = ["--no-progress"] if args.no_progress else []
     echoforge("train", "--steps", str(args.steps), "-o", str(run), *quiet)
-    echoforge("compile", str(run), "--target", "emulator", "-o", str(program), *quiet)
+    echoforge("compile", str(run), "--target", "emulator", "--headroom-bits", HEADROOM_BITS, "-o", str(program), *quiet)
     board = ("--target", "emulator", *(FAULTS if args.faults else ()))
     print(f"\n$ echoforge board serve --pty {shlex.join(board)} &", flush=True)
     with simulated_board(*board) as uri:

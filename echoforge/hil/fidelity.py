@@ -1,12 +1,18 @@
 """The fidelity monitor: is the board computing the gradient it should? (DESIGN §6)
 
-Every N steps, on that step's batch and parameters, the monitor takes the model's gradient four ways:
+Every N steps, on that step's batch and parameters, the monitor takes the model's gradient four ways,
+each with the host layers in float64 (a float64 copy of the model):
 
     device     banks on the board (DeviceCores): what hardware-in-the-loop training uses
     emulator   banks on in-process EmulatorCores with the same formats: the board's reference
                semantics, so the device's gradient must equal it bit for bit
-    bptt       a float64 copy of the model with learning="bptt": the float model's exact gradient
+    bptt       learning="bptt": the float model's exact gradient
     host_rhel  banks on the float64 core: host RHEL training, timed for the step-time comparison
+
+Float64 host layers make the comparison with BPTT mean something on every batch: once the model fits a
+batch to float32 roundoff (loss ~1e-7, or 0), a gradient through float32 layers is rounding noise next to
+BPTT's whatever the banks compute, while the banks' echo scales its nudges to the gradient's size
+(EmulatorCore ε_used), so in float64 the check measures the banks' fixed point and nothing else.
 
 and records, per bank parameter group (an HRU's oscillator parameters and input map B) and for the
 whole model, the largest |device − emulator|, the cosine and norm ratio of device to BPTT and, as a
@@ -20,6 +26,7 @@ monitored run ends bit-identical to an unmonitored one.
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -127,13 +134,23 @@ def divergences(group: str, values: dict) -> list[str]:
     return problems
 
 
+def _warn(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
 class FidelityMonitor:
     """Compares the device's gradient with the emulator's and float BPTT's every `every` steps
-    (0: never); `records` holds one entry per check, for metrics.jsonl and the plots."""
+    (0: never); `records` holds one entry per check, for metrics.jsonl and the plots. `reference` is a
+    float64 copy of the model's architecture (any learning rule); a divergence is passed to `warn` as
+    one line (default: a RuntimeWarning)."""
 
     def __init__(self, model: HSSM, reference: HSSM, loss: Callable, device: Device,
-                 cores: Sequence[DeviceCore], every: int):
-        self.model, self.reference, self.loss = model, reference, loss
+                 cores: Sequence[DeviceCore], every: int, warn: Callable[[str], None] = _warn):
+        self.model, self.loss, self.warn = model, loss, warn
+        self.reference = reference.double()
+        self.reference.set_learning("bptt")
+        self.rhel = copy.deepcopy(self.reference)  # the same float64 model, its banks on cores (RHEL)
+        self.rhel.set_learning("rhel")
         self.device, self.cores, self.every = device, list(cores), every
         self.emulators = [TimedEmulatorCore(core.config) for core in cores]
         self.groups = parameter_groups(model)
@@ -146,25 +163,33 @@ class FidelityMonitor:
         """Compare the four gradients at `step` (the parameters after `step` updates) on batch (x, y);
         record and return the comparison, warning about any divergence."""
         seconds = {}
+        for copy_ in (self.rhel, self.reference):
+            copy_.load_state_dict(self.model.state_dict())
+            copy_.train(self.model.training)
+        x, y = x.double(), y.double() if y.is_floating_point() else y
         with same_draws(self.model) as again:
             link, computed = self.device.link_seconds(), self._emulator_seconds()
-            device = self._timed(seconds, "device", self.model, x, y, self.cores)
+            device = self._timed(seconds, "device", self.rhel, x, y, self.cores)
             seconds["link"] = self.device.link_seconds() - link
-            again()
-            emulator = self._timed(seconds, "emulator", self.model, x, y, self.emulators)
+            self._restore(again)
+            emulator = self._timed(seconds, "emulator", self.rhel, x, y, self.emulators)
             seconds["device_compute"] = self._emulator_seconds() - computed
-            again()
-            host_rhel = self._timed(seconds, "host_rhel", self.model, x, y, [FloatCore() for _ in self.cores])
-            again()
-            self.reference.load_state_dict(self.model.state_dict())
-            bptt = self._timed(seconds, "bptt", self.reference, x.double(),
-                               y.double() if y.is_floating_point() else y, None)
+            self._restore(again)
+            host_rhel = self._timed(seconds, "host_rhel", self.rhel, x, y, [FloatCore() for _ in self.cores])
+            self._restore(again)
+            bptt = self._timed(seconds, "bptt", self.reference, x, y, None)
         record = {"step": step, "fidelity": {group: compare(device, emulator, host_rhel, bptt, names)
                                              for group, names in self.groups.items()},
                   "seconds": seconds}
         self.records.append(record)
         self._warn(record)
         return record
+
+    def _restore(self, again: Callable[[], None]) -> None:
+        """The RNG as at the check's start, and the float64 copy's batch-norm statistics the model's."""
+        again()
+        for mine, theirs in zip(self.rhel.buffers(), self.model.buffers()):
+            mine.copy_(theirs)
 
     def _timed(self, seconds: dict, name: str, model, x, y, cores) -> Gradients:
         started = time.perf_counter()
@@ -175,13 +200,11 @@ class FidelityMonitor:
     def _emulator_seconds(self) -> float:
         return sum(core.seconds for core in self.emulators)
 
-    @staticmethod
-    def _warn(record: dict) -> None:
+    def _warn(self, record: dict) -> None:
         problems = [problem for group, values in record["fidelity"].items()
                     for problem in divergences(group, values)]
         if problems:
-            warnings.warn(f"gradient fidelity at step {record['step']}: " + "; ".join(problems),
-                          RuntimeWarning, stacklevel=3)
+            self.warn(f"gradient fidelity at step {record['step']}: " + "; ".join(problems))
 
 
 @contextmanager

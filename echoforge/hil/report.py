@@ -7,13 +7,15 @@ from pathlib import Path
 from .fidelity import MIN_BPTT_COSINE, NORM_RATIO_RANGE, WHOLE_MODEL, divergences
 
 TIMING_METHOD = (
-    "At each fidelity check, on the same batch and parameters, back to back: the HIL gradient (banks on "
-    "the board) and the host RHEL gradient (banks on the float64 core). link = seconds inside link calls "
+    "At each fidelity check, on the same batch and parameters (host layers in float64), back to back: the HIL "
+    "gradient (banks on the board) and the host RHEL gradient (banks on the float64 core). link = seconds inside "
+    "link calls "
     "during the HIL gradient (request to response: the line both ways and the board's work meanwhile); "
     "device compute = the in-process emulator's integer passes on the same work, timed (the board reports "
     "no compute time); link transfer = link − device compute (with the simulator, its Python protocol "
-    "handling too); host = HIL − link (torch layers, quantisation, gradients from the accumulators). Means "
-    "over the checks after the first (which also loads the program and warms up).")
+    "handling too; null when the in-process emulator took longer than the whole link call, which then cannot be "
+    "split); host = HIL − link (torch layers, quantisation, gradients from the accumulators). Means over the "
+    "checks after the first (which also loads the program and warms up).")
 
 
 def _mean(values) -> float:
@@ -34,7 +36,8 @@ def summarize_timing(training: dict, checks: list[dict]) -> dict:
     compute, host_rhel = _mean(s["device_compute"] for s in timed), _mean(s["host_rhel"] for s in timed)
     return summary | {
         "hil_gradient_s": hil, "host_rhel_gradient_s": host_rhel, "hil_vs_host_rhel": hil / host_rhel,
-        "hil_breakdown_s": {"link_transfer": link - compute, "device_compute": compute, "host": hil - link},
+        "hil_breakdown_s": {"link": link, "link_transfer": link - compute if link >= compute else None,
+                            "device_compute": compute, "host": hil - link},
         "checks_timed": len(timed), "method": TIMING_METHOD}
 
 
@@ -91,6 +94,20 @@ def _accuracy(test: dict) -> str:
     return f"MSE {test['mse']:.4f}" if "mse" in test else f"accuracy {100 * test['accuracy']:.1f}%"
 
 
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+def _link_text(parts: dict) -> str:
+    """Link transfer and device compute, or the link time whole when it cannot be split (see TIMING_METHOD)."""
+    compute = 1e3 * parts["device_compute"]
+    if parts.get("link_transfer") is None:
+        return (f"link {1e3 * parts['link']:.1f} ms, transfer and board compute together (the in-process emulator "
+                f"took {compute:.1f} ms on the same work, more than the whole link, so they are not split)")
+    return (f"link transfer {1e3 * parts['link_transfer']:.1f} ms, device compute {compute:.1f} ms (in-process "
+            "emulator on the same work)")
+
+
 def describe(summary: dict, output: Path) -> str:
     """The short printed report of a HIL run."""
     hil, timing, fidelity, link = summary["hil"], summary["hil"]["timing"], summary["hil"]["fidelity"], summary["hil"]["link"]
@@ -103,9 +120,7 @@ def describe(summary: dict, output: Path) -> str:
         parts = timing["hil_breakdown_s"]
         lines.append(f"  HIL gradient {1e3 * timing['hil_gradient_s']:.1f} ms vs host RHEL "
                      f"{1e3 * timing['host_rhel_gradient_s']:.1f} ms ({timing['hil_vs_host_rhel']:.1f}×), same batch: "
-                     f"link transfer {1e3 * parts['link_transfer']:.1f} ms, device compute "
-                     f"{1e3 * parts['device_compute']:.1f} ms (in-process emulator on the same work), host "
-                     f"{1e3 * parts['host']:.1f} ms")
+                     f"{_link_text(parts)}, host {1e3 * parts['host']:.1f} ms")
         def banks(key):
             return [value for group, value in fidelity[key].items() if group != WHOLE_MODEL]
 
@@ -114,12 +129,14 @@ def describe(summary: dict, output: Path) -> str:
                      + ("= emulator bit for bit" if fidelity["device_equals_emulator"] else "≠ emulator")
                      + f"; vs float BPTT, per bank: cosine ≥ {min(banks('min_bptt_cosine')):.6f}, norm ratio "
                      f"{min(ratios):.4f}–{max(ratios):.4f} (host RHEL on the same batches, the yardstick: cosine ≥ "
-                     f"{min(banks('min_host_rhel_cosine')):.6f}); warnings at {fidelity['warned_checks']} checks")
+                     f"{min(banks('min_host_rhel_cosine')):.6f}); "
+                     + (f"warnings at {fidelity['warned_checks']} checks" if fidelity["warned_checks"] else "all within bounds"))
     if hil["unretraced_steps"]:
         lines.append(f"  the echo did not retrace the forward path at {hil['unretraced_steps']} of {summary['steps']} "
                      "steps: a state saturated, the program's formats leave too little headroom for those training "
                      "batches, and their gradients are less exact (the fidelity checks say how much)")
     lines.append(f"  link (this session): {link['calls']} calls, {link['wire_bytes'] / 1e6:.2f} MB on the wire, "
-                 f"{link['retries']} retries, {link['crc_errors']} CRC errors, {link['replays']} replays after reboots")
+                 f"{_count(link['retries'], 'retry', 'retries')}, {_count(link['crc_errors'], 'CRC error')}, "
+                 f"{_count(link['replays'], 'replay')} after reboots")
     lines.append(f"  plots (curves.png, fidelity.png), checkpoints and summary.json in {output}")
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 import warnings
 from collections import Counter
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from tqdm import tqdm
 
 from echoforge.compiler.frontend_checkpoint import run_config
 from echoforge.models.core import FloatCore
@@ -47,6 +49,11 @@ DATA_PROTOCOL = ("dataset", "seed")
 # counts the steps whose echo did not retrace instead (progress bar, summary), as one line per call
 # would bury the progress bar.
 ECHO_WARNINGS = "fixed-point emulator saturated|RHEL echo did not retrace"
+
+
+def _say(message: str) -> None:
+    """A warning for the user: one plain line on stderr, above the progress bar."""
+    tqdm.write(f"echoforge hil: {message}", file=sys.stderr)
 
 
 # ---- the program's source ----------------------------------------------------------------------
@@ -145,7 +152,7 @@ class HILTrainer(Trainer):
         for hru, core in zip(self.model.hrus(), self.cores):
             hru.core = core
         self.monitor = FidelityMonitor(self.model, self._reference_model(), self.loss, device, self.cores,
-                                       fidelity_every)
+                                       fidelity_every, warn=_say)
         # Training steps: how many, their seconds, the seconds in link calls, and how many had an echo
         # that did not retrace the forward path (a saturated state breaks the exact reversibility).
         self.tally = Counter()
