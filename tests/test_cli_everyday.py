@@ -155,3 +155,31 @@ def test_a_program_the_board_cannot_hold_is_refused_before_anything_is_sent(boar
                                              rf"oscillators .* the program has {too_many} in 1 — train a smaller"):
             device.set_bank(0, program)
         assert "LOAD_PROGRAM" not in device.traffic
+
+
+# ---- 6. conventions ------------------------------------------------------------------------------------
+
+def test_python_m_echoforge_and_version():
+    from echoforge import __version__
+
+    result = echoforge("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"echoforge {__version__}"
+    assert echoforge("--help").stdout.startswith("usage: echoforge")
+
+
+def test_devices_probe_fails_when_a_given_uri_does_not_answer():
+    # Port 9 (discard) on localhost is closed: nothing answers there.
+    one_line_error(echoforge("devices", "--probe", "socket://127.0.0.1:9", "--timeout", "0.5"),
+                   "no answer from socket://127.0.0.1:9")
+
+
+def test_export_of_a_non_checkpoint_never_advises_weights_only_false(tmp_path):
+    not_a_checkpoint = tmp_path / "notes.pt"
+    not_a_checkpoint.write_bytes(b"PK\x03\x04 something else entirely")
+    line = one_line_error(echoforge("export", not_a_checkpoint, "-o", tmp_path / "m.onnx"),
+                          "a run directory or a checkpoint")
+    assert "weights_only" not in line
+
+
+def test_emulate_of_a_run_directory_says_compile_it_first(tiny_run):
+    one_line_error(echoforge("emulate", tiny_run), "compile it first", f"echoforge compile {tiny_run}")

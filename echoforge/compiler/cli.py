@@ -161,6 +161,7 @@ def run_emulate(args) -> int:
     from .report import compare, trace_errors, trace_table
 
     torch.set_num_threads(args.threads)
+    _check_compiled(Path(args.program))
     program = load_program(args.program)
     options = _emulate_dataset(program.dataset, args.data, Path(args.program))
     data = _load(options)
@@ -234,6 +235,15 @@ def _check_data(ir, data, name: str, model: str) -> None:
         what = "targets" if data.task == "regression" else "classes"
         raise ValueError(f"{name}: the data have {data.num_outputs} {what} but the model in {model} has "
                          f"{outputs} outputs — give the dataset it was trained on (--data)")
+
+
+def _check_compiled(directory: Path) -> None:
+    """A run directory or a model file where a compiled program belongs: say what to do."""
+    from .frontend_checkpoint import CHECKPOINTS
+
+    if directory.is_file() or any((directory / name).exists() for name in CHECKPOINTS):
+        raise ValueError(f"{directory} is a trained model, not a compiled program — compile it first: "
+                         f"echoforge compile {directory} -o OUT, then echoforge emulate OUT")
 
 
 def _check_word_bits(target: str, word_bits: int | None) -> None:

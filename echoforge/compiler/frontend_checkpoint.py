@@ -154,9 +154,12 @@ def _reading(file: Path):
         raise
     except (OSError, EOFError, pickle.UnpicklingError, RuntimeError, KeyError, TypeError,
             ValueError) as error:
-        first_line = next(iter(str(error).splitlines()), "")
+        # torch's refusal of a non-checkpoint advises weights_only=False, i.e. running the file's code: never
+        # pass that on.
+        first_line = ("not a torch checkpoint of tensors and plain data" if isinstance(error, pickle.UnpicklingError)
+                      else next(iter(str(error).splitlines()), ""))
         raise fail(str(file), None, f"cannot rebuild the model ({type(error).__name__}: {first_line})",
-                   "give a checkpoint written by `echoforge train`") from None
+                   "give a run directory or a checkpoint (.pt) written by `echoforge train`") from None
 
 
 def run_config(path: str | Path) -> dict:

@@ -16,7 +16,7 @@ import sys
 import threading
 import warnings
 
-from ..argtypes import tcp_port
+from ..argtypes import non_negative_float, non_negative_int, positive_float, positive_int, probability, tcp_port
 
 PROBE_TIMEOUT = 0.5
 
@@ -45,17 +45,17 @@ def add_board(commands) -> None:
     medium.add_argument("--pty", action="store_true", help="serve on a new pseudo-terminal (the default)")
     medium.add_argument("--tcp", type=tcp_port, metavar="PORT", help="serve on a TCP port (0: any free one)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on with --tcp (default 127.0.0.1)")
-    serve.add_argument("--drop", type=float, default=0.0, metavar="R", help="drop frames at rate R")
-    serve.add_argument("--corrupt", type=float, default=0.0, metavar="R", help="corrupt one byte of frames at rate R")
-    serve.add_argument("--duplicate", type=float, default=0.0, metavar="R", help="duplicate frames at rate R")
-    serve.add_argument("--delay", type=float, default=0.0, metavar="SECONDS",
+    serve.add_argument("--drop", type=probability, default=0.0, metavar="R", help="drop frames at rate R")
+    serve.add_argument("--corrupt", type=probability, default=0.0, metavar="R", help="corrupt one byte of frames at rate R")
+    serve.add_argument("--duplicate", type=probability, default=0.0, metavar="R", help="duplicate frames at rate R")
+    serve.add_argument("--delay", type=non_negative_float, default=0.0, metavar="SECONDS",
                        help="hold each frame the board sends for up to SECONDS (uniformly random)")
-    serve.add_argument("--reset-after", type=int, metavar="N", help="reboot once, on receipt of command N+1")
+    serve.add_argument("--reset-after", type=non_negative_int, metavar="N", help="reboot once, on receipt of command N+1")
     serve.add_argument("--reset-at", metavar="NAME[:K]",
                        help="reboot once, on receipt of the K-th (default first) command NAME, e.g. ECHO_CHUNK:2")
-    serve.add_argument("--seed", type=int, default=0, help="seed of the fault draws (default 0)")
-    serve.add_argument("--max-chunk-steps", type=int, metavar="N", help="capability: most time steps per chunk")
-    serve.add_argument("--buffer-samples", type=int, metavar="N", help="capability: most samples per chunk request")
+    serve.add_argument("--seed", type=non_negative_int, default=0, help="seed of the fault draws (default 0)")
+    serve.add_argument("--max-chunk-steps", type=positive_int, metavar="N", help="capability: most time steps per chunk")
+    serve.add_argument("--buffer-samples", type=positive_int, metavar="N", help="capability: most samples per chunk request")
     for kind in kinds.values():  # a board kind's own options (e.g. analog-twin's --board)
         if kind.add_options is not None:
             kind.add_options(serve.add_argument_group(f"--target {kind.name}"))
@@ -70,7 +70,7 @@ def add_devices(commands) -> None:
     parser.add_argument("uris", nargs="*", metavar="URI",
                         help="more ports to list, e.g. /dev/pts/7 or socket://host:port")
     parser.add_argument("--probe", action="store_true", help="handshake with each and print what answered")
-    parser.add_argument("--timeout", type=float, default=PROBE_TIMEOUT,
+    parser.add_argument("--timeout", type=positive_float, default=PROBE_TIMEOUT,
                         help=f"seconds to wait for each answer (default {PROBE_TIMEOUT})")
     parser.set_defaults(run=run_devices)
 
@@ -132,9 +132,14 @@ def run_devices(args) -> int:
     found = list_serial_ports() + list_visa_resources() + [(uri, "given") for uri in args.uris]
     if not found:
         print("no serial ports or VISA resources found")
+    silent = []
     for uri, description in found:
-        answer = f"  {probe(uri, args.timeout)}" if args.probe else ""
-        print(f"{uri}  ({description}){answer}")
+        answer = probe(uri, args.timeout) if args.probe else ""
+        if description == "given" and args.probe and not answer.startswith("answers"):
+            silent.append(uri)
+        print(f"{uri}  ({description}){'  ' + answer if answer else ''}")
+    if silent:
+        raise ValueError(f"no answer from {', '.join(silent)} (see above) — is a board serving there?")
     return 0
 
 
