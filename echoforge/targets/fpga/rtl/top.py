@@ -253,13 +253,13 @@ always @(posedge clk) begin
     endcase
 end
 
-// ---- lane issue ----
+// ---- lane issue (limits registered at START, so no compare against a subtraction sits on the issue path) ----
 reg [31:0] step;
-reg [LB:0] slot;
-reg [OB-1:0] osc_count;
-reg sigma_count;
+reg [LB:0] slot, slot_last, lane_last;
+reg [31:0] step_last;
+reg [OB-1:0] osc_count, osc_last;
+reg sigma_count, slot_live, first_step;
 reg signed [W-1:0] f_hold, q_hold;
-wire slot_live = running && slot < lanes;
 wire need_in = slot_live && !(mode && sigma_count);
 wire out_pending;
 wire advance = (!need_in || in_valid) && (!out_pending || out_ready);
@@ -271,31 +271,36 @@ wire signed [W-1:0] in_q = in_data[2*W-1:W];
 wire live = slot_live;
 wire echo = mode;
 wire sigma = sigma_count;
-wire flip = flip_setting && step == 32'd0;
+wire flip = flip_setting && first_step;
 wire [LB-1:0] lane = slot[LB-1:0];
 wire [OB-1:0] osc = osc_count;
 wire signed [W-1:0] f = sigma_count ? f_hold : in_f;
 wire signed [W-1:0] q = !mode ? {W{1'b0}} : (sigma_count ? q_hold : in_q);
 always @(posedge clk) if (advance && need_in) begin f_hold <= in_f; q_hold <= in_q; end
-wire last_slot = slot == slots - 1'b1;
+wire last_slot = slot == slot_last;
+wire last_step = step == step_last;
 always @(posedge clk) begin
     if (rst) begin
-        running <= 1'b0; drain <= 8'd0; cycles <= 32'd0;
+        running <= 1'b0; slot_live <= 1'b0; drain <= 8'd0; cycles <= 32'd0;
     end else if (start) begin
-        running <= steps != 32'd0; step <= 32'd0; slot <= 0; osc_count <= 0;
-        sigma_count <= 1'b0; cycles <= 32'd0;
+        running <= steps != 32'd0; slot_live <= steps != 32'd0; first_step <= 1'b1;
+        step <= 32'd0; slot <= 0; osc_count <= 0; sigma_count <= 1'b0; cycles <= 32'd0;
+        slot_last <= slots - 1'b1; lane_last <= lanes - 1'b1; step_last <= steps - 32'd1;
+        osc_last <= oscillators[OB-1:0] - 1'b1;
     end else begin
         if (busy) cycles <= cycles + 32'd1;
         if (running && advance) begin
             if (last_slot) begin
-                slot <= 0; osc_count <= 0; sigma_count <= 1'b0; step <= step + 32'd1;
-                if (step == steps - 32'd1) begin running <= 1'b0; drain <= LAST; end
+                slot <= 0; osc_count <= 0; sigma_count <= 1'b0; step <= step + 32'd1; first_step <= 1'b0;
+                slot_live <= !last_step;
+                if (last_step) begin running <= 1'b0; drain <= LAST; end
             end else begin
                 slot <= slot + 1'b1;
+                slot_live <= slot_live && slot != lane_last;
                 if (mode && !sigma_count) sigma_count <= 1'b1;
                 else begin
                     sigma_count <= 1'b0;
-                    osc_count <= (osc_count == oscillators - 1'b1) ? {OB{1'b0}} : osc_count + 1'b1;
+                    osc_count <= (osc_count == osc_last) ? {OB{1'b0}} : osc_count + 1'b1;
                 end
             end
         end else if (!running && drain != 8'd0 && advance) drain <= drain - 8'd1;
