@@ -65,18 +65,24 @@ def refusal(part, kind: str, word: int, oscillators: int, batch: int) -> str | N
     return None
 
 
-def synthesize_bank(part, kind: str, word: int, oscillators: int, batch: int, workdir: Path) -> dict:
+def generate_bank(part, kind: str, word: int, oscillators: int, batch: int, workdir: Path) -> dict:
+    """The row of one bank, with its generated design unless the design rules refuse it."""
     row = {"part": part.name, "kind": kind, "word": word, "oscillators": oscillators, "batch": batch}
     refused = refusal(part, kind, word, oscillators, batch)
     if refused:
         return row | {"refused": refused}
-    design = generate_core(FormatConfig(word_bits=word), kind, workdir / "rtl", lanes=2 * batch * oscillators,
-                           oscillators=oscillators)
+    return row | {"design": generate_core(FormatConfig(word_bits=word), kind, workdir / "rtl",
+                                          lanes=2 * batch * oscillators, oscillators=oscillators)}
+
+
+def synthesize_bank(part, row: dict, workdir: Path) -> dict:
+    """The row with the design's resources, fmax and speed on the part (at the part's clock)."""
+    design = row.pop("design")
     try:
         result = synthesize(list(design.sources), design.top, part.tools, workdir / "synth", clock_mhz=part.clock_mhz)
     except ToolFailed as failure:
         return row | {"failed": str(failure)}
-    lanes = batch * oscillators
+    lanes = row["batch"] * row["oscillators"]
     clocks = design.clocks_per_step(lanes)
     return row | {"logic": result.utilization["logic"], "ff": result.resources["ff"],
                   "dsp": result.utilization["dsp"], "bram": result.utilization["bram"], "fmax": result.fmax_mhz,
@@ -123,6 +129,7 @@ def cosimulation(batch: int, length: int, size: int, repeats: int) -> list[str]:
     for core in cores.values():
         core.load(params)
         core.forward_int(forcing, zeros, zeros)  # builds the simulator / compiles the kernels
+        core.echo_int(forcing, zeros, zeros, nudges)
     steps = batch * length * size
     lines = [f"Linear bank, 16-bit words, {batch} rows × {size} oscillators × {length} steps; median of "
              f"{repeats} calls taking turns.", "", "| pass | contender | osc-steps/s | simulated clocks/s |",
@@ -194,13 +201,16 @@ def main() -> None:
     jobs = [(part, *config) for part in parts for config in configurations(part, args.quick)]
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-fpga-") as scratch:
-        for k, job in enumerate(tqdm(jobs, desc="synthesize", unit="bank")):
+        # every design first, so that all of them come from one state of the generator
+        designs = [generate_bank(*job, Path(scratch) / str(k)) for k, job in enumerate(jobs)]
+        generator = revision()
+        for k, (job, row) in enumerate(tqdm(list(zip(jobs, designs)), desc="synthesize", unit="bank")):
             start = time.perf_counter()
-            rows.append(synthesize_bank(*job, Path(scratch) / str(k)))
+            rows.append(synthesize_bank(job[0], row, Path(scratch) / str(k)) if "design" in row else row)
             tqdm.write(f"{rows[-1]} ({time.perf_counter() - start:.0f} s)")
     table = synthesis_table(rows)
     cosim = cosimulation(batch=4, length=args.cosim_length, size=BANK_OSCILLATORS, repeats=args.repeats)
-    text = "\n".join(["## FPGA: resources, fmax and co-simulation", "", f"RTL generator at {revision()}.", "",
+    text = "\n".join(["## FPGA: resources, fmax and co-simulation", "", f"RTL generator at {generator}.", "",
                       "Each bank's generated Verilog synthesized, placed and routed at the part's clock "
                       "(YoWASP Yosys 0.70 + nextpnr 0.11, inside the serial I/O shell); logic is LUT4 cells "
                       "(iCE40: logic cells), BRAM the part's block RAMs. ![resources](fpga-resources.png)",
