@@ -165,3 +165,33 @@ def test_generate_writes_the_design_its_tables_and_register_map(tmp_path):
     assert regmap["acc"]["rows"] == {"mm": 0, "pp": 1, "t": 2, "tm": 3, "lc": 4}
     names = {name for name, _, _ in design.multipliers}
     assert {"delta_pi", "w_m", "c_t", "a_m", "delta_force", "delta_pi_new"} <= names
+
+
+@pytest.mark.parametrize("kind, word_bits", DEFAULT_BANKS)
+def test_accumulators_near_their_limit_clamp_and_count_as_the_kernels_do(kind, word_bits):
+    """Echo chunks continued from accumulators a few products below ±2^62 (a stream's carried state):
+    the RTL's split 65-bit adds and its clamp from the top bits give the kernels' values and counts."""
+    from echoforge.targets.emulator.fixed import ACC_LIMIT
+    from echoforge.targets.emulator.kernels import ACCUMULATORS
+
+    rng = np.random.default_rng(11)
+    size, rows, steps = 5, 2, 12
+    emulator, rtl = cores(kind, word_bits, random_params(rng, kind, size))
+    lim = emulator.config.state.limit
+    forcing, nudges = random_codes(rng, (rows, steps, size), lim // 8), rng.integers(-lim, lim + 1, (rows, steps, size))
+    phi, pi = rng.integers(-lim, lim + 1, (rows, 2, size)), rng.integers(-lim, lim + 1, (rows, 2, size))
+    margin = rng.integers(0, 4 * lim * lim, (rows, len(ACCUMULATORS), size))
+    acc = np.where(rng.random(margin.shape) < 0.5, ACC_LIMIT - margin, margin - ACC_LIMIT)
+    results = []
+    for core in (emulator, rtl):
+        state = [np.array(x) for x in (phi, pi, acc)]
+        observable, counters = np.empty_like(forcing), np.zeros(4, dtype=np.int64)
+        core._bank_echo(forcing, nudges, *state[:2], state[2], observable, counters, core._conversion(),
+                        np.ones(size), np.zeros(3, dtype=np.int64))
+        results.append((state, observable, counters))
+    (expected, expected_obs, expected_counts), (got, got_obs, got_counts) = results
+    for name, a, b in zip(("phi", "pi", "acc"), expected, got):
+        np.testing.assert_array_equal(b, a, err_msg=name)
+    np.testing.assert_array_equal(got_obs, expected_obs)
+    np.testing.assert_array_equal(got_counts, expected_counts)
+    assert expected_counts[3] > 0 and np.any(np.abs(expected[2]) == ACC_LIMIT)  # clamps happened

@@ -318,8 +318,11 @@ class _Builder:
         extended = p.wire(f"{name}_term", wide, stage, f"{{{term}}}")  # sign-extended to 65 bits
         low = p.wire(f"{name}_low", 33, stage, f"{{1'b0, {{{acc}}}[31:0]}} + {{1'b0, {{{extended}}}[31:0]}}",
                      signed=False)
+        # the high halves as wires of their own, so that only they are carried to the next stage
+        acc_high = p.wire(f"{name}_acc_high", 32, stage, f"{{{acc}}}[63:32]")
+        term_high = p.wire(f"{name}_term_high", 33, stage, f"{{{extended}}}[64:32]")
         high = p.wire(f"{name}_high", 33, stage + 1,
-                      f"$signed({{{acc}}}[63:32]) + $signed({{{extended}}}[64:32]) + $signed({{1'b0, {{{low}}}[32]}})")
+                      f"{{{acc_high}}} + {{{term_high}}} + $signed({{1'b0, {{{low}}}[32]}})")
         raw = p.wire(f"{name}_raw", wide, stage + 1, f"$signed({{{{{high}}}, {{{low}}}[31:0]}})")
         over = p.wire(f"{name}_over", 1, stage + 2,
                       f"~{{{raw}}}[64] & ({{{raw}}}[63] | ({{{raw}}}[62] & |{{{raw}}}[61:0]))", signed=False)
