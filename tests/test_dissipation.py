@@ -1,6 +1,8 @@
 """Dissipation and RHEL (issue 16): the damped leapfrog is conformally symplectic, the echo with gain
 retraces it, and the compensated echo gives BPTT's gradient of the damped model — and where it stops."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -125,7 +127,7 @@ def test_compensated_nonlinear_rhel_error_falls_as_epsilon_squared():
     errors = [dis.agreement(gradients(bank, forcing, nudges, eps)[0].grads,
                             dis.bptt(bank, forcing, nudges))["all"][1] for eps in (1e-2, 1e-3, 1e-4)]
     assert errors[0] > 1e-4
-    for coarse, fine in zip(errors, errors[1:]):
+    for coarse, fine in itertools.pairwise(errors):
         assert 60 < coarse / fine < 160
 
 

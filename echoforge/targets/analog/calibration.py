@@ -207,19 +207,23 @@ def fit_model(runs: list[Run], eigen_phase: np.ndarray, radius: np.ndarray, prog
     results = np.empty((4, len(theta0)))
     rms = np.empty(len(theta0))
     for p in tqdm(range(len(theta0)), desc="model fit", unit="osc", disable=not progress, file=sys.stderr):
-        volts = [run.volts[..., p] for run in runs]
-        data = np.concatenate([run.positions[:, ::FIT_STRIDE, p].ravel() for run in runs])
-
-        def basis(x):
-            z = np.concatenate([response(x[0], math.exp(x[1]), u)[:, ::FIT_STRIDE].ravel() for u in volts])
-            return np.stack([z, np.ones_like(z)], axis=1)
-
         start = np.array([theta0[p], math.log(max(kappa0[p], 1e-12))])
-        fitted = optimize.least_squares(lambda x: _projected_residual(basis(x), data), start, x_scale="jac")
-        (gain, offset), *_ = np.linalg.lstsq(basis(fitted.x), data, rcond=None)
-        results[:, p] = fitted.x[0], math.exp(fitted.x[1]), gain, offset
-        rms[p] = math.sqrt(np.mean(fitted.fun ** 2))
+        results[:, p], rms[p] = _fit_oscillator([run.volts[..., p] for run in runs],
+                                                [run.positions[..., p] for run in runs], start)
     return results, rms
+
+
+def _fit_oscillator(volts: list[np.ndarray], positions: list[np.ndarray], start: np.ndarray):
+    """One oscillator's (θ, κ, K, c) and rms residual, from (θ, log κ) = start."""
+    data = np.concatenate([read[:, ::FIT_STRIDE].ravel() for read in positions])
+
+    def basis(x):
+        z = np.concatenate([response(x[0], math.exp(x[1]), u)[:, ::FIT_STRIDE].ravel() for u in volts])
+        return np.stack([z, np.ones_like(z)], axis=1)
+
+    fitted = optimize.least_squares(lambda x: _projected_residual(basis(x), data), start, x_scale="jac")
+    (gain, offset), *_ = np.linalg.lstsq(basis(fitted.x), data, rcond=None)
+    return (fitted.x[0], math.exp(fitted.x[1]), gain, offset), math.sqrt(np.mean(fitted.fun ** 2))
 
 
 def readout_ratio(runs: list[Run]) -> np.ndarray:

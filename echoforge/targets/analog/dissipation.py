@@ -66,7 +66,7 @@ class DampedBank:
             object.__setattr__(self, "coupling", coupling)
 
     @classmethod
-    def from_quality(cls, params: OscillatorParams, quality, coupling=None) -> "DampedBank":
+    def from_quality(cls, params: OscillatorParams, quality, coupling=None) -> DampedBank:
         """The bank whose oscillators lose 1/Q of their phase advance per step: κ = θ/Q."""
         quality = np.asarray(quality, dtype=np.float64)
         if np.any(~(quality > 0)):
@@ -223,9 +223,8 @@ def rhel(bank: DampedBank, forcing, phi, pi, nudges, epsilon: float, mode: str =
             q3c, q3d = (qc * factor - p["delta"] * fc) * factor, (qd * factor - p["delta"] * fd) * factor
             observed = _pair_observables(kind, p, mc, md, f)
             mid, start, end = (torch.exp(-rate * t) for t in (j + 0.5, j, j + 1))
-            for name in acc:
-                if name in observed:
-                    acc[name] = acc[name] + mid * observed[name]
+            for name in acc.keys() & observed.keys():
+                acc[name] = acc[name] + mid * observed[name]
             # ∂H_½/∂δ = V(m) + (π_start² + π_end²)/4, each term weighted at its own echo time
             acc["delta"] = acc["delta"] + mid * observed["V"] + start * qc * qd + end * q3c * q3d
             grad_forcing[:, k] = -p["delta"] / (2 * epsilon) * mid * observed["forcing"]
