@@ -9,8 +9,8 @@ Each bank is its own design: banks run one after another (the host computes the 
 so the part holds one bank at a time; the report says whether all of them would fit at once. A bank
 holds `batch` rows of lanes (2·batch·oscillators for the echo pair): --fpga-batch, by default the
 largest power of two up to 16 (the training default) whose memories fit the part. Timing not met at
---clock is a finding: compile prints the report and exits 2 naming the bank, its fmax and the
-critical path's slowest net.
+--clock is a finding: compile prints the report and exits 2 naming the bank, its fmax and its
+critical path.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def choose_batch(part: Part, bank, requested: int | None) -> int:
             raise ValueError(f"{bank.node}: batch {requested} needs more than the {part.device}'s "
                              f"{part.bram.count} {part.bram.cell} blocks — use a smaller --fpga-batch")
         return requested
-    return next(batch for batch in (16, 8, 4, 2, 1) if fits(batch))
+    return next(DEFAULT_BATCH >> k for k in range(DEFAULT_BATCH.bit_length()) if fits(DEFAULT_BATCH >> k))
 
 
 def build(ctx: BuildContext) -> TargetReport:
@@ -48,7 +48,8 @@ def build(ctx: BuildContext) -> TargetReport:
     part = PARTS[ctx.args.target]
     clock = ctx.args.clock or part.clock_mhz
     if not ctx.args.no_synth:  # refuse a missing tool before any work
-        tool(YOSYS), tool(NEXTPNR[part.family])
+        tool(YOSYS)
+        tool(NEXTPNR[part.family])
     batch = min(choose_batch(part, bank, ctx.args.fpga_batch) for bank in ctx.program.banks)
     built = []
     for bank in tqdm(ctx.program.banks, desc=f"synthesize for {part.device}", unit="bank",
