@@ -183,3 +183,32 @@ def test_export_of_a_non_checkpoint_never_advises_weights_only_false(tmp_path):
 
 def test_emulate_of_a_run_directory_says_compile_it_first(tiny_run):
     one_line_error(echoforge("emulate", tiny_run), "compile it first", f"echoforge compile {tiny_run}")
+
+
+# ---- 7. the Python API ----------------------------------------------------------------------------------
+
+def test_the_api_pages_examples_run_as_written(tiny_run, tiny_program, tmp_path):
+    """Each Python block of docs/api.md, in a fresh interpreter, on this test's run and program."""
+    import re
+    import subprocess
+    import sys
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", page, re.S)
+    assert len(blocks) == 3
+    for block in blocks:
+        code = (block.replace('"runs/bm"', repr(str(tiny_run))).replace('"build/bm"', repr(str(tiny_program)))
+                .replace('"runs/api"', repr(str(tmp_path / "api"))))
+        result = subprocess.run([sys.executable, "-c", "import torch; torch.set_num_threads(1)\n" + code],
+                                capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert result.returncode == 0, (block, result.stderr[-2000:])
+        assert "accuracy" in result.stdout or "test" in result.stdout
+
+
+def test_emulate_writes_scores_and_trace_to_a_file(tiny_program, tmp_path):
+    result = echoforge("emulate", tiny_program, "--trace", "--no-progress", "-o", tmp_path / "scores.json")
+    assert result.returncode == 0, result.stderr
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["metric"] == "accuracy" and 0 <= scores["fixed"] <= 1 and scores["split"] == "test"
+    assert {row["node"] for row in scores["trace"]} >= {"input", "head"}
+    assert f"{100 * scores['fixed']:.1f}%" in result.stdout

@@ -15,6 +15,7 @@ fail with one line naming the program and the bank, after the numbers are printe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from ..argtypes import headroom_bits, non_negative_float, non_negative_int, positive_int
@@ -96,6 +97,8 @@ def add_emulate(commands) -> None:
     parser.add_argument("--split", choices=("train", "val", "test"), default="test", help="default test")
     parser.add_argument("--trace", action="store_true",
                         help="also print every node's float-vs-fixed error on the first batch")
+    parser.add_argument("--output", "-o", metavar="FILE.json",
+                        help="also write the scores, saturation counts and (with --trace) the trace as JSON")
     _evaluation_options(parser)
     parser.set_defaults(run=run_emulate)
 
@@ -171,10 +174,13 @@ def run_emulate(args) -> int:
     comparison = compare(emulated, split.x, split.y, f"{options['name']} {args.split}",
                          batch_size=args.batch_size, progress=_progress(args))
     print(f"{args.program} on the emulator, {comparison.describe()}")
-    if args.trace:
-        batch = split.x[:args.batch_size]
-        print(f"\nfloat vs fixed, node by node, on the first {len(batch)} sequences:")
-        print(trace_table(trace_errors(emulated, batch)))
+    rows = trace_errors(emulated, split.x[:args.batch_size]) if args.trace else []
+    if rows:
+        print(f"\nfloat vs fixed, node by node, on the first {min(len(split.x), args.batch_size)} sequences:")
+        print(trace_table(rows))
+    if args.output:
+        _write_json(args.output, {"program": str(args.program), "split": args.split, **comparison.to_json(),
+                                  "trace": [dataclasses.asdict(row) | {"relative": row.relative} for row in rows]})
     _refuse_saturation(comparison, Path(args.program) / PROGRAM_FILE, args.allow_saturation)
     _refuse_change(comparison, Path(args.program) / PROGRAM_FILE, args.max_change)
     return 0
@@ -235,6 +241,16 @@ def _check_data(ir, data, name: str, model: str) -> None:
         what = "targets" if data.task == "regression" else "classes"
         raise ValueError(f"{name}: the data have {data.num_outputs} {what} but the model in {model} has "
                          f"{outputs} outputs — give the dataset it was trained on (--data)")
+
+
+def _write_json(path: str, document: dict) -> None:
+    import json
+
+    try:
+        Path(path).write_text(json.dumps(document, indent=2) + "\n")
+    except OSError as error:
+        raise ValueError(f"cannot write {path}: {error.strerror}") from None
+    print(f"wrote {path}")
 
 
 def _check_compiled(directory: Path) -> None:

@@ -169,12 +169,22 @@ def run_config(path: str | Path) -> dict:
         return _run_config(file, torch.load(file, weights_only=True, map_location="cpu"))
 
 
-def from_checkpoint(path: str | Path) -> HWIR:
-    """Lower the model of a checkpoint (best.pt/last.pt) or run directory to an HWIR."""
-    file = checkpoint_file(path)
+def _load(file: Path) -> tuple[dict, HSSM]:
+    """(run config, model in eval mode) of a checkpoint file."""
     with _reading(file):
         state = torch.load(file, weights_only=True, map_location="cpu")
         config = _run_config(file, state)
-        model = rebuild(config, state["model"])
+        return config, rebuild(config, state["model"])
+
+
+def load_model(path: str | Path) -> HSSM:
+    """The trained HSSM of a checkpoint or run directory (its best.pt), in eval mode, for inference."""
+    return _load(checkpoint_file(path))[1]
+
+
+def from_checkpoint(path: str | Path) -> HWIR:
+    """Lower the model of a checkpoint (best.pt/last.pt) or run directory to an HWIR."""
+    file = checkpoint_file(path)
+    config, model = _load(file)
     digest = hashlib.sha256(file.read_bytes()).hexdigest()
     return from_model(model, config, source=str(file), source_sha256=digest, frontend="checkpoint")
