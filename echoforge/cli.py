@@ -38,12 +38,16 @@ def add_train(commands) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch threads (default 1: small recurrent models gain nothing from more)")
+    parser.add_argument("--nproc", type=positive_int, default=1,
+                        help="data-parallel ranks on this machine, the global batch split over them (default 1; "
+                             "under torchrun: the launcher's ranks, docs/scale.md)")
     parser.set_defaults(run=run_train)
 
 
 def run_train(args) -> int:
     import torch
 
+    from .models import distributed
     from .models.training import Trainer, describe, load_config, resume_config
 
     torch.set_num_threads(args.threads)
@@ -59,10 +63,17 @@ def run_train(args) -> int:
     else:
         config = load_config(args.config, overrides)
         output = Path(config["output"])
-    trainer = Trainer(config, output)
-    summary = trainer.run(resume=bool(args.resume), progress=False if args.no_progress else None)
-    print(describe(summary, output))
-    return 0
+    if args.nproc > 1 and not distributed.launched():
+        return distributed.launch(args.nproc, args)
+
+    def train(ranks) -> int:
+        trainer = distributed.make_trainer(Trainer, ranks, config, output)
+        summary = trainer.run(resume=bool(args.resume), progress=False if args.no_progress else None)
+        if summary is not None:
+            print(describe(summary, output))
+        return 0
+
+    return distributed.run_as_rank(train)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command (also each rank's entry point when `--nproc` starts several)."""
     try:
         return args.run(args)
     except USER_ERRORS as error:

@@ -324,12 +324,16 @@ class Trainer:
         x, y = self.batch(self.step)
         self.optimizer.zero_grad()
         loss = self.loss(self.model(x), y)
-        loss.backward()
+        self.backward(loss)
         if self.config["grad_clip"] is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config["grad_clip"])
         self.optimizer.step()
         self.step += 1
         return loss.item()
+
+    def backward(self, loss) -> None:
+        """The step's gradients (a data-parallel trainer also sums them over ranks: models.distributed)."""
+        loss.backward()
 
     # -- persistence ------------------------------------------------------------------------
 

@@ -1,0 +1,266 @@
+"""Data-parallel training on torch.distributed: N ranks train as one process would (DESIGN §7).
+
+A run launched by `torchrun` (or by `echoforge train --nproc N`, which starts N local ranks through
+torch's elastic launcher) has RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT in its environment; each
+rank joins the process group (gloo on CPU, NCCL where CUDA is present) and trains on its rows of the
+global batch. What makes N ranks equal one process on the same global batch:
+
+- batches: the trainer's batch of a step is a function of (seed, step); rank r keeps rows
+  [r·b, (r+1)·b) of it, b = batch / N;
+- loss: in training each rank's loss is its share of the global batch's mean, mean/N, so every
+  gradient reaching a layer, an oscillator bank's echo nudges included, is the one-process value for
+  those rows; the parameter gradients are then summed over ranks with one all_reduce after backward;
+- batch norm (TimeBatchNorm, statistics over batch and time): the statistics and the backward's two
+  means are taken over the global batch (all_reduce of sums) — SyncTimeBatchNorm;
+- dropout: every rank draws the mask of the whole global batch from torch's RNG, exactly as one process
+  does, and keeps its rows (GlobalBatchDropout; N times the draws), so torch's RNG state is the same on
+  every rank and equal to one process's: a checkpoint holds global state only and resumes on any
+  number of ranks.
+
+What remains is floating-point reduction order: sums over the batch are split by rank (the batch-norm
+statistics, every weight gradient's sum over rows) and added in another order, so parameters agree to
+rounding, not bit for bit (tests/test_distributed.py, docs/scale.md state the measured tolerance).
+
+Rank 0 alone evaluates, writes checkpoints, metrics, plots and the summary. A rank that fails leaves the
+run: its peers' next collective fails (`PeerLeft`) and they stop quietly, so the run ends with the
+failing rank's own message and the last checkpoint, from which `--resume` continues on any number of
+ranks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .hssm import TimeBatchNorm, _Standardize
+from .training import ConfigError
+
+LAUNCHER_LOGGER = "torch.distributed.elastic"
+
+
+class PeerLeft(RuntimeError):
+    """Another rank stopped (and said why on its own stderr): this rank ends quietly, exit 2."""
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the process group."""
+
+    rank: int
+    size: int
+    backend: str
+
+    @property
+    def leader(self) -> bool:
+        """Rank 0: writes the run directory and talks to the user."""
+        return self.rank == 0
+
+    def device(self) -> torch.device:
+        """Where collectives run: the rank's GPU under NCCL, else the CPU."""
+        if self.backend == "nccl":
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+
+
+def launched() -> bool:
+    """Whether a launcher (torchrun, `--nproc`) started this process as one rank of several."""
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def join() -> Ranks:
+    """Join the process group the launcher's environment describes."""
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    return Ranks(dist.get_rank(), dist.get_world_size(), backend)
+
+
+def run_as_rank(body) -> int:
+    """Run `body(ranks)` in the launcher's process group (`ranks` is None without a launcher): a
+    collective that fails because another rank left ends this rank with exit 2 and no message (the
+    rank that left printed why)."""
+    if not launched():
+        return body(None)
+    ranks = join()
+    try:
+        return body(ranks)
+    except PeerLeft:
+        return 2
+    finally:
+        dist.destroy_process_group()
+
+
+def launch(nproc: int, args) -> int:
+    """Run the parsed command `args` as `nproc` ranks on this machine (torch's elastic launcher, as
+    `torchrun --standalone --nproc-per-node N` would); returns the worst rank's exit status."""
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn")
+    logging.getLogger(LAUNCHER_LOGGER).setLevel(logging.CRITICAL)  # ranks report their own errors
+    statuses = elastic_launch(config, _rank_main)(args)
+    return max(statuses.values())
+
+
+def _rank_main(args) -> int:
+    """One local rank: the command as `echoforge` runs it (errors as one line, exit 2)."""
+    from echoforge.cli import run
+
+    return run(args)
+
+
+# ---- the model: batch statistics and dropout masks of the global batch ---------------------------------
+
+
+def _all_reduce(tensor: torch.Tensor, ranks: Ranks, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    """In-place all_reduce on the ranks' collective device; a peer that left raises PeerLeft."""
+    device = ranks.device()
+    moved = tensor.to(device)
+    try:
+        dist.all_reduce(moved, op=op)
+    except RuntimeError as error:  # gloo: "Connection reset by peer" once a rank has left the group
+        raise PeerLeft(str(error)) from None
+    if moved is not tensor:
+        tensor.copy_(moved)
+    return tensor
+
+
+class _SyncStandardize(torch.autograd.Function):
+    """_Standardize with its backward's means taken over the global batch."""
+
+    @staticmethod
+    def forward(ctx, x, mean, invstd, ranks, count):
+        u = (x - mean).mul_(invstd)
+        ctx.save_for_backward(u, invstd)
+        ctx.ranks, ctx.count = ranks, count
+        return u
+
+    @staticmethod
+    def backward(ctx, grad):
+        u, invstd = ctx.saved_tensors
+        sums = _all_reduce(torch.cat([grad.sum(0), (grad * u).sum(0)]), ctx.ranks)
+        mean_grad, projection = (sums / ctx.count).chunk(2)
+        return (grad - mean_grad).addcmul_(u, projection, value=-1).mul_(invstd), None, None, None, None
+
+
+class SyncTimeBatchNorm(TimeBatchNorm):
+    """TimeBatchNorm whose training statistics are those of the global batch (all ranks' rows)."""
+
+    ranks: Ranks
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
+        flat = x.reshape(-1, x.shape[-1])
+        count = len(flat) * self.ranks.size
+        with torch.no_grad():
+            mean = _all_reduce(flat.sum(0), self.ranks) / count
+            var = _all_reduce((flat - mean).square().sum(0), self.ranks) / count
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * count / (count - 1), self.momentum)
+            self.num_batches_tracked += 1
+        return _SyncStandardize.apply(flat, mean, torch.rsqrt(var + self.eps), self.ranks, count).view(x.shape)
+
+
+class GlobalBatchDropout(nn.Module):
+    """A block's dropout with the mask of the global batch, drawn as one process draws it (the wrapped
+    dropout applied to ones of the global batch's shape), cut to this rank's rows."""
+
+    def __init__(self, dropout: nn.Module, ranks: Ranks):
+        super().__init__()
+        self.dropout, self.ranks = dropout, ranks
+
+    def forward(self, x):
+        if not self.training:
+            return self.dropout(x)
+        rows = x.shape[0]
+        mask = self.dropout(x.new_ones(rows * self.ranks.size, *x.shape[1:]))
+        return x * mask[self.ranks.rank * rows:(self.ranks.rank + 1) * rows]
+
+
+def data_parallel_modules(model: nn.Module, ranks: Ranks) -> None:
+    """Give the model's batch norms and dropouts their global-batch versions (the state_dict is
+    unchanged: checkpoints stay those of one process)."""
+    for module in model.modules():
+        if type(module) is TimeBatchNorm:
+            module.__class__ = SyncTimeBatchNorm
+            module.ranks = ranks
+    for block in model.blocks:
+        block.dropout = GlobalBatchDropout(block.dropout, ranks)
+
+
+# ---- the trainer ------------------------------------------------------------------------------------------
+
+
+class DataParallel:
+    """Mixin over a Trainer (or a subclass: hil.HILTrainer) that trains on `ranks` as described in the
+    module docstring. Constructed with the trainer's arguments plus `ranks=`."""
+
+    def __init__(self, *args, ranks: Ranks, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ranks = ranks
+        size = min(self.config["batch_size"], len(self.data.train.x))
+        if size % ranks.size:
+            raise ConfigError(f"batch_size: the global batch of {size} does not split over {ranks.size} ranks — "
+                              f"give a multiple of {ranks.size}")
+        self.rows = size // ranks.size
+        data_parallel_modules(self.model, ranks)
+        self.loss_sum = 0.0
+
+    def batch(self, step: int):
+        """This rank's rows of the step's global batch."""
+        x, y = super().batch(step)
+        rows = slice(self.ranks.rank * self.rows, (self.ranks.rank + 1) * self.rows)
+        return x[rows], y[rows]
+
+    def loss(self, output, y):
+        """In training, this rank's share of the global batch's mean loss (evaluation: the plain mean)."""
+        loss = super().loss(output, y)
+        return loss / self.ranks.size if self.model.training else loss
+
+    def backward(self, loss) -> None:
+        """Backward on this rank's rows, then one all_reduce of every gradient and of the loss."""
+        loss.backward()
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
+        flat = torch.cat([*(p.grad.reshape(-1) for p in parameters), loss.detach().reshape(1)])
+        _all_reduce(flat, self.ranks)
+        offset = 0
+        for p in parameters:
+            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+            offset += p.numel()
+        self.loss_sum = float(flat[-1])
+
+    def train_step(self) -> float:
+        """The step; returns the global batch's loss."""
+        super().train_step()
+        return self.loss_sum
+
+    def run(self, *, resume: bool = False, progress: bool | None = None) -> dict:
+        return super().run(resume=resume, progress=progress if self.ranks.leader else False)
+
+    def validate_and_checkpoint(self, train_loss: float, started: float) -> dict | None:
+        """Rank 0 validates and writes the checkpoint; the others go on (their state is the same)."""
+        return super().validate_and_checkpoint(train_loss, started) if self.ranks.leader else None
+
+    def finish(self) -> dict | None:
+        """Rank 0 tests the best model and writes the summary and plots."""
+        return super().finish() if self.ranks.leader else None
+
+
+def make_trainer(trainer_class: type, ranks: Ranks | None, *args, **kwargs):
+    """A `trainer_class(*args, **kwargs)`, data-parallel over `ranks` when there are ranks."""
+    if ranks is None:
+        return trainer_class(*args, **kwargs)
+    parallel = type(f"DataParallel{trainer_class.__name__}", (DataParallel, trainer_class), {})
+    return parallel(*args, ranks=ranks, **kwargs)
