@@ -583,3 +583,14 @@ def test_the_protocol_engine_builds_into_an_icebreaker_bitstream(tmp_path):
     assert 0 < logic_used < logic_available
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["board"] == "icebreaker" and report["fmax_mhz"] == image.synthesis.fmax_mhz
+
+
+def test_an_image_too_large_for_the_board_is_refused_naming_each_resource():
+    """Measured: a 4-oscillator 16-bit linear image maps to 9,205 LUT4, 30 SB_MAC16, 32 SB_RAM40_4K."""
+    from echoforge.targets.fpga.gateware.bitstream import BOARDS, check_fit
+
+    with pytest.raises(ValueError) as refused:
+        check_fit({"lut": 9205, "dsp": 30, "bram": 32, "ff": 7442, "carry": 2352, "spram": 0}, BOARDS["icebreaker"])
+    assert str(refused.value).startswith("the image does not fit the iCE40UP5K-SG48 of the icebreaker: "
+                                         "9,205 LUT4 of 5,280, 30 DSPs (SB_MAC16) of 8, 32 block RAMs (SB_RAM40_4K) of 30")
+    check_fit({"lut": 1219, "dsp": 0, "bram": 10, "ff": 606, "carry": 437, "spram": 0}, BOARDS["icebreaker"])
