@@ -2,6 +2,7 @@
 
     echoforge hil train --device /dev/ttyUSB0 --program build/bm [CONFIG.yaml] [--output runs/hil]
     echoforge hil train --device /dev/ttyUSB0 --resume runs/hil
+    echoforge hil train --device /dev/pts/3 --device /dev/pts/5 --program build/bm   # one rank per board
 
 A board that cannot be reached, or stops answering, is a user error like a bad config: one line on
 stderr, exit 2; a run stopped that way continues with --resume.
@@ -44,8 +45,11 @@ def add_commands(commands) -> None:
         description="Fine-tune the model PROGRAM was compiled from, its HRU banks on the board at URI. CONFIG "
                     "updates the source run's config (steps, optimizer, batch size, …).")
     train.add_argument("config", nargs="?", help="YAML config; keys not given keep the source run's")
-    train.add_argument("--device", required=True, metavar="URI",
-                       help="the board: /dev/ttyUSB0, /dev/pts/N, socket://host:port, ASRL…::INSTR, TCPIP::…::SOCKET")
+    boards = train.add_mutually_exclusive_group(required=True)
+    boards.add_argument("--device", action="append", metavar="URI",
+                        help="the board: /dev/ttyUSB0, /dev/pts/N, socket://host:port, ASRL…::INSTR, TCPIP::…::SOCKET; "
+                             "repeated: one rank per board, the batch split over them (docs/scale.md)")
+    boards.add_argument("--devices", metavar="FILE", help="the boards' URIs, one per line (one rank per board)")
     train.add_argument("--program", metavar="OUT", help="directory written by `echoforge compile` "
                        "(with --resume: default the run's own)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", type=key_value,
@@ -66,26 +70,41 @@ def add_commands(commands) -> None:
 def run_hil_train(args) -> int:
     import torch
 
+    from ..models import distributed
+    from .distributed import read_devices
+
+    torch.set_num_threads(args.threads)
+    devices = read_devices(args.devices) if args.devices else args.device
+    plan = _plan(args, boards=max(len(devices), distributed.world_size()))
+    if len(devices) > 1 and not distributed.launched():
+        return distributed.launch(len(devices), args)
+    return distributed.run_as_rank(lambda ranks: _train_on_board(args, plan, devices, ranks))
+
+
+def _train_on_board(args, plan: RunPlan, devices: list[str], ranks) -> int:
+    """This rank's part of the run, on its board; a board that fails is one line naming it."""
+    from ..models.distributed import make_trainer
     from ..runtime.device import Device
     from ..runtime.errors import DeviceError
+    from .distributed import BoardParallel, board_of
     from .report import describe
     from .trainer import HILTrainer
 
-    torch.set_num_threads(args.threads)
-    plan = _plan(args)
     try:
-        with Device(args.device, timeout=args.timeout) as device:
-            trainer = HILTrainer(plan.config, plan.output, plan.program, plan.program_dir, device,
-                                 fidelity_every=plan.fidelity_every)
+        with Device(board_of(devices, ranks), timeout=args.timeout) as device:
+            trainer = make_trainer(HILTrainer, ranks, plan.config, plan.output, plan.program, plan.program_dir,
+                                   device, fidelity_every=plan.fidelity_every, mixin=BoardParallel)
             summary = trainer.run(resume=bool(args.resume), progress=False if args.no_progress else None)
     except (ConnectionError, TimeoutError, DeviceError) as error:
         resume = f" — continue with --resume {plan.output}" if (plan.output / "last.pt").exists() else ""
-        raise BoardUnavailable(f"{error}{resume}") from None
-    print(describe(summary, plan.output))
+        rank = f"rank {ranks.rank} of {ranks.size}: " if ranks else ""
+        raise BoardUnavailable(f"{rank}{error}{resume}") from None
+    if summary is not None:
+        print(describe(summary, plan.output))
     return 0
 
 
-def _plan(args) -> RunPlan:
+def _plan(args, boards: int = 1) -> RunPlan:
     from ..models.training import resume_config
     from ..targets.emulator.lower import load_program
     from .trainer import DEFAULT_FIDELITY_EVERY, check_same_program, hil_config, read_run_file
@@ -100,10 +119,21 @@ def _plan(args) -> RunPlan:
         program = load_program(program_dir)
         check_same_program(program, program_dir, recorded, args.resume)
         every = recorded["fidelity_every"] if args.fidelity_every is None else args.fidelity_every
-        return RunPlan(resume_config(args.resume, overrides), Path(args.resume), program, program_dir, every)
+        return RunPlan(resume_config(args.resume, overrides), Path(args.resume), program, program_dir,
+                       _monitor_period(every, args.fidelity_every, boards))
     if args.program is None:
         raise ValueError("give the compiled program with --program OUT (or --resume DIR)")
     program = load_program(args.program)
     config = hil_config(program, args.program, args.config, overrides)
     every = DEFAULT_FIDELITY_EVERY if args.fidelity_every is None else args.fidelity_every
-    return RunPlan(config, Path(config["output"]), program, args.program, every)
+    return RunPlan(config, Path(config["output"]), program, args.program, _monitor_period(every, args.fidelity_every, boards))
+
+
+def _monitor_period(every: int, asked: int | None, boards: int) -> int:
+    """The fidelity monitor's period: it compares one board's gradient with the emulator's, so with several
+    boards it is off (0), and asking for it is refused."""
+    if boards == 1:
+        return every
+    if asked:
+        raise ValueError(f"--fidelity-every {asked}: the fidelity monitor checks one board — run it with one --device")
+    return 0

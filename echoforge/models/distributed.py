@@ -123,7 +123,7 @@ def _rank_main(args) -> int:
 # ---- the model: batch statistics and dropout masks of the global batch ---------------------------------
 
 
-def _all_reduce(tensor: torch.Tensor, ranks: Ranks, op=dist.ReduceOp.SUM) -> torch.Tensor:
+def all_reduce(tensor: torch.Tensor, ranks: Ranks, op=dist.ReduceOp.SUM) -> torch.Tensor:
     """In-place all_reduce on the ranks' collective device; a peer that left raises PeerLeft."""
     device = ranks.device()
     moved = tensor.to(device)
@@ -149,7 +149,7 @@ class _SyncStandardize(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         u, invstd = ctx.saved_tensors
-        sums = _all_reduce(torch.cat([grad.sum(0), (grad * u).sum(0)]), ctx.ranks)
+        sums = all_reduce(torch.cat([grad.sum(0), (grad * u).sum(0)]), ctx.ranks)
         mean_grad, projection = (sums / ctx.count).chunk(2)
         return (grad - mean_grad).addcmul_(u, projection, value=-1).mul_(invstd), None, None, None, None
 
@@ -165,8 +165,8 @@ class SyncTimeBatchNorm(TimeBatchNorm):
         flat = x.reshape(-1, x.shape[-1])
         count = len(flat) * self.ranks.size
         with torch.no_grad():
-            mean = _all_reduce(flat.sum(0), self.ranks) / count
-            var = _all_reduce((flat - mean).square().sum(0), self.ranks) / count
+            mean = all_reduce(flat.sum(0), self.ranks) / count
+            var = all_reduce((flat - mean).square().sum(0), self.ranks) / count
             self.running_mean.lerp_(mean, self.momentum)
             self.running_var.lerp_(var * count / (count - 1), self.momentum)
             self.num_batches_tracked += 1
@@ -234,7 +234,7 @@ class DataParallel:
         loss.backward()
         parameters = [p for p in self.model.parameters() if p.grad is not None]
         flat = torch.cat([*(p.grad.reshape(-1) for p in parameters), loss.detach().reshape(1)])
-        _all_reduce(flat, self.ranks)
+        all_reduce(flat, self.ranks)
         offset = 0
         for p in parameters:
             p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
@@ -258,9 +258,9 @@ class DataParallel:
         return super().finish() if self.ranks.leader else None
 
 
-def make_trainer(trainer_class: type, ranks: Ranks | None, *args, **kwargs):
-    """A `trainer_class(*args, **kwargs)`, data-parallel over `ranks` when there are ranks."""
+def make_trainer(trainer_class: type, ranks: Ranks | None, *args, mixin: type = DataParallel, **kwargs):
+    """A `trainer_class(*args, **kwargs)`, data-parallel over `ranks` (through `mixin`) when there are ranks."""
     if ranks is None:
         return trainer_class(*args, **kwargs)
-    parallel = type(f"DataParallel{trainer_class.__name__}", (DataParallel, trainer_class), {})
+    parallel = type(f"{mixin.__name__}{trainer_class.__name__}", (mixin, trainer_class), {})
     return parallel(*args, ranks=ranks, **kwargs)

@@ -1,0 +1,71 @@
+"""One rank per board: hardware-in-the-loop training over several boards at once (DESIGN §7).
+
+`echoforge hil train --device URI --device URI …` (or `--devices FILE`) runs one rank per board, each
+driving its own board through the runtime for its rows of the global batch: models.distributed's data
+parallelism (global-batch batch norm and dropout, gradients summed with one all_reduce), with the
+banks on `DeviceCore`s. After each step every rank holds the same parameters, so every board receives
+the same re-quantised codes (WRITE_PARAMS) before the next forward.
+
+One thing more makes B boards compute what one board computes on the whole batch: the echo's nudge
+scale. A core raises ε until the largest nudge of its batch is a few state LSBs (EmulatorCore,
+ε_used); each rank takes that largest nudge over the global batch (all_reduce MAX), so every board
+quantises its nudges with the ε one board would use.
+
+Under torchrun across machines with one board per node, give the node's board once (`--device
+/dev/ttyUSB0`): every rank uses it; with several URIs, rank r drives the r-th.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from echoforge.models.distributed import DataParallel, Ranks, all_reduce
+from echoforge.runtime.device import DeviceCore
+
+
+class GlobalNudgeDeviceCore(DeviceCore):
+    """A DeviceCore whose ε_used is the global batch's (the largest nudge over every rank's rows)."""
+
+    ranks: Ranks
+
+    def _epsilon_for(self, nudges, epsilon: float) -> float:
+        local = np.abs(np.asarray(nudges)).max(initial=0.0)
+        largest = all_reduce(torch.tensor([float(local)], dtype=torch.float64), self.ranks, dist.ReduceOp.MAX)
+        return super()._epsilon_for(largest.numpy(), epsilon)
+
+
+class BoardParallel(DataParallel):
+    """DataParallel for hil.HILTrainer: also the echo's ε from the global batch on every bank core."""
+
+    def __init__(self, *args, ranks: Ranks, **kwargs):
+        super().__init__(*args, ranks=ranks, **kwargs)
+        for core in self.cores:
+            core.__class__ = GlobalNudgeDeviceCore
+            core.ranks = ranks
+
+
+def read_devices(path: str | Path) -> list[str]:
+    """The board URIs of a devices file: one per line; blank lines and # comments ignored."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as error:
+        raise FileNotFoundError(f"cannot read the devices file {path}: {error.strerror}") from None
+    uris = [line.split("#", 1)[0].strip() for line in lines]
+    uris = [uri for uri in uris if uri]
+    if not uris:
+        raise ValueError(f"{path}: no board URIs — one per line, e.g. /dev/ttyUSB0")
+    return uris
+
+
+def board_of(devices: list[str], ranks: Ranks | None) -> str:
+    """The board this rank drives: the r-th URI, or the only one (one board per node)."""
+    if ranks is None or len(devices) == 1:
+        return devices[0]
+    if len(devices) != ranks.size:
+        raise ValueError(f"{len(devices)} boards given for {ranks.size} ranks — give one URI per rank, or one "
+                         "URI that every rank (one per node) uses")
+    return devices[ranks.rank]
