@@ -272,7 +272,8 @@ REFUSALS = [
     ("end too early", _forwarding, Opcode.END_FORWARD, (), b"", ErrorCode.OUT_OF_ORDER),
     ("no echo yet", _loaded, Opcode.READ_OBSERVABLES, (0, 0, 1), b"", ErrorCode.NO_STATE),
     ("no register", _loaded, Opcode.READ_STATE, (0, 2, 0, 1), b"", ErrorCode.BAD_PAYLOAD),
-    ("rows outside the batch", _loaded, Opcode.WRITE_STATE, (0, 2, 1, 2), pack_samples(_chunk(2)[0], W),
+    # a body of ϕ and π for 2 rows, valid: only the row range (rows 1..2 of a batch of 2) is wrong
+    ("rows outside the batch", _loaded, Opcode.WRITE_STATE, (0, 2, 1, 2), 2 * pack_samples(_chunk(2)[0], W),
      ErrorCode.BAD_PAYLOAD),
     ("zero w", _loaded, Opcode.WRITE_PARAMS, (1,), pack_samples(np.zeros((5, SIZE), np.int64), W),
      ErrorCode.BAD_PROGRAM),

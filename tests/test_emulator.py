@@ -423,13 +423,14 @@ def test_config_rejects_words_that_do_not_fit_int64():
     assert Fixed(24, 16).limit == 2 ** 23 - 1 and str(Fixed(24, 16)) == "Q8.16"
 
 
+@pytest.mark.parametrize("word_bits", [24, 32])  # the float lanes and the integer kernel
 @pytest.mark.parametrize("side", [+1, -1])
-def test_a_nudge_that_clamps_either_echo_is_counted(side):
+def test_a_nudge_that_clamps_either_echo_is_counted(side, word_bits):
     """One step of a free mass from a momentum one code inside the state range: the nudge pushes exactly one
     of the two echoes past it, once per oscillator, and each such clamp is a state saturation."""
-    core = EmulatorCore()
+    core = EmulatorCore(FormatConfig(word_bits=word_bits))
     core.load(OscillatorParams("linear", a=np.zeros(4), delta=np.full(4, 0.5)))
-    lim = STATE.limit
+    lim = core.config.state.limit
     zeros = np.zeros((2, 1, 4), dtype=np.int64)
     # The echo starts from −π: π = ∓(lim − 1) puts the +ε (side +1) or −ε (side −1) echo one code from the edge.
     pi = np.full((2, 4), -side * (lim - 1), dtype=np.int64)
