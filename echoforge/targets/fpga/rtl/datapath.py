@@ -192,12 +192,13 @@ class _Builder:
         else:
             products["tm"] = p.multiply("t_m", extra["t"], m, s + 4)
             plain, observable = {"t": extra["t"], "lc": extra["g"]}, extra["t"]
-        last, acc_flags, obs, acc_reach = self._accumulate(products, plain, observable, s + 5)
+        acc_last, acc_flags, obs, acc_reach = self._accumulate(products, plain, observable, s + 5)
+        last = acc_last + 1  # the counters add the step's clamps one stage after the last clamp
         out = p.wire("out_beat", w + 1, last, f"{{echo}} ? {{{obs}}} : {{{phi_new}}}")
         out_valid = p.wire("out_lane", 1, last, "{live} & (~{echo} | {sigma})", signed=False)
         flags = {"state": [nudge_sat, m_sat, pi_sat, phi_sat], "force": [force_sat],
                  "preact": [extra["z_sat"]] if extra else [], "accumulator": acc_flags}
-        increments = {name: self._count(names, last) for name, names in flags.items()}
+        increments = {name: self._count(name, names, acc_last, last) for name, names in flags.items()}
         # a lane's π is read (stage 0) after its previous step wrote it back; an accumulator likewise
         return Datapath(p, self.memories, last, max(write_stage + 1, acc_reach), p.at(out, last),
                         p.at(out_valid, last), increments)
@@ -333,13 +334,14 @@ class _Builder:
                        f"{{{over}}} ? {limit} : ({{{under}}} ? {literal(-ACC_LIMIT, ACC_WIDTH)} : {{{raw}}}[63:0])")
         return value, p.wire(f"{name}_sat", 1, stage + 2, f"{{{over}}} | {{{under}}}", signed=False)
 
-    def _count(self, flags: list[str], stage: int) -> str:
-        """The number of ``flags`` set, for a real lane, as an unsigned 4-bit increment."""
+    def _count(self, name: str, flags: list[str], stage: int, counted: int) -> str:
+        """The number of ``flags`` set for a real lane, summed in ``stage``, as the unsigned 4-bit
+        increment the counter adds in ``counted``."""
         if not flags:
             return "4'd0"
         terms = " + ".join(f"{{3'd0, {{{flag}}}}}" for flag in flags)
-        live = self.p.at("live", stage)
-        return self.p.resolve(f"({live} ? ({terms}) : 4'd0)", stage)
+        increment = self.p.wire(f"clamps_{name}", 4, stage, f"{{live}} ? ({terms}) : 4'd0", signed=False)
+        return self.p.at(increment, counted)
 
 
 def _pair_of(lane: str, lane_bits: int) -> str:
