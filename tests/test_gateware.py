@@ -594,3 +594,17 @@ def test_an_image_too_large_for_the_board_is_refused_naming_each_resource():
     assert str(refused.value).startswith("the image does not fit the iCE40UP5K-SG48 of the icebreaker: "
                                          "9,205 LUT4 of 5,280, 30 DSPs (SB_MAC16) of 8, 32 block RAMs (SB_RAM40_4K) of 30")
     check_fit({"lut": 1219, "dsp": 0, "bram": 10, "ff": 606, "carry": 437, "spram": 0}, BOARDS["icebreaker"])
+
+
+def test_yosys_finds_one_driver_per_signal_in_the_image(tmp_path):
+    """Verilator simulates a register driven from two always blocks; Yosys ties one driver to a constant
+    (it did, to the stream feeder's flag: no beat would have flowed on a board). `check -assert` on the
+    elaborated image, core included, is the guard."""
+    from echoforge.targets.fpga import synth
+    from echoforge.targets.fpga.gateware.design import write_sources
+
+    sources = write_sources(CORE_CONFIGS["linear"], tmp_path)
+    names = " ".join(path.name for path in sources)
+    subprocess.run([synth.tool(synth.YOSYS), "-q", "-p", f"read_verilog -DEF_CORE -I. {names}; "
+                    "hierarchy -top ef_board; proc; check -assert"], cwd=tmp_path, check=True, capture_output=True,
+                   timeout=600)
