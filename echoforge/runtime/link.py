@@ -50,23 +50,56 @@ def decode_error(payload: bytes) -> DeviceError:
     return DeviceError(code, payload[_ERROR_CODE.size :].decode("utf-8", errors="replace"))
 
 
+class RoundTrip:
+    """A retransmission timeout that follows the measured round trip (RFC 6298, as TCP's does).
+
+    Each sample updates the smoothed round trip SRTT and its mean deviation RTTVAR; the timeout is
+    RTO = SRTT + max(G, 4·RTTVAR), kept within [floor, ceiling]. Before the first sample it is `initial`.
+    Only unambiguous exchanges are sampled (Karn's rule: the caller skips retransmitted requests).
+    """
+
+    ALPHA, BETA, K = 1 / 8, 1 / 4, 4
+    GRANULARITY = 0.001  # G: the clock and scheduling granularity a timeout must exceed
+
+    def __init__(self, initial: float, floor: float, ceiling: float):
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self.rto = initial
+        self._floor, self._ceiling = floor, ceiling
+
+    def sample(self, seconds: float) -> None:
+        if self.srtt is None:
+            self.srtt, self.rttvar = seconds, seconds / 2
+        else:
+            self.rttvar = (1 - self.BETA) * self.rttvar + self.BETA * abs(self.srtt - seconds)
+            self.srtt = (1 - self.ALPHA) * self.srtt + self.ALPHA * seconds
+        self.rto = min(max(self.srtt + max(self.GRANULARITY, self.K * self.rttvar), self._floor), self._ceiling)
+
+
 class _RetransmitTimer:
     """When to resend the outstanding request, and whether to give up.
 
-    The timer measures silence: any byte from the peer postpones it, since a response may be in
-    flight. Intervals double from `interval` up to `max_interval`. Until the peer ACKs the request,
-    at most `retries` resends are made (for any reason) and the call fails once the last interval
-    passes in silence. After an ACK the request is known to be executing: resends only poll for a
-    lost response, every `max_interval` of silence, without limit, until the call's deadline.
+    Before the peer ACKs the request, a resend is due after `ack_timeout` of silence (the measured
+    request-to-ACK round trip's RTO), doubling at each resend up to `max_interval`; any byte from the
+    peer postpones it, since a response may be in flight. At most `retries` resends are made (for any
+    reason), and the call fails once they are spent and the line has been silent for `give_up`
+    seconds since the first transmission. After an ACK the request is known to be executing: a poll
+    for a lost response is due `response_timeout` after the last transmission (the measured
+    request-to-response round trip's RTO), doubling at each poll up to `max_interval`, without limit
+    until the call's deadline.
     """
 
-    def __init__(self, retries: int, interval: float, max_interval: float):
+    def __init__(self, retries: int, ack_timeout: float, response_timeout: float, max_interval: float,
+                 give_up: float):
         self.transmissions = 0
         self.acked = False
         self.due = math.inf
+        self.first_sent = self.last_sent = math.nan
         self._retries_left = retries
-        self._interval = interval
+        self._interval = ack_timeout
+        self._poll = response_timeout
         self._max_interval = max_interval
+        self._give_up = give_up
 
     @property
     def may_resend(self) -> bool:
@@ -74,20 +107,26 @@ class _RetransmitTimer:
 
     def sent(self, now: float) -> None:
         if self.transmissions:  # a resend
-            self._interval = min(2 * self._interval, self._max_interval)
-            if not self.acked:
+            if self.acked:
+                self._poll = min(2 * self._poll, self._max_interval)
+            else:
+                self._interval = min(2 * self._interval, self._max_interval)
                 self._retries_left -= 1
+        else:
+            self.first_sent = now
         self.transmissions += 1
-        self.due = now + self._interval
+        self.last_sent = now
+        self.due = now + (self._poll if self.acked else self._interval)
+        if not self.may_resend:  # the last transmission: give up only after the full silence budget
+            self.due = max(self.due, self.first_sent + self._give_up)
 
     def heard_from_peer(self, now: float) -> None:
-        self.due = max(self.due, now + self._interval)
+        self.due = max(self.due, now + (self._poll if self.acked else self._interval))
 
     def acknowledged(self, now: float) -> None:
         if not self.acked:
             self.acked = True
-            self._interval = self._max_interval
-            self.due = now + self._interval
+            self.due = max(self.last_sent + self._poll, now)
 
 
 class Link:
@@ -119,6 +158,11 @@ class Link:
         self._next_seq = 0
         self.peer_max_payload: int | None = None
         self._lock = threading.Lock()
+        # Per opcode (commands differ in size and work): the request-to-ACK and request-to-response RTOs.
+        self._round_trips: dict[int, tuple[RoundTrip, RoundTrip]] = {}
+        # A silent peer is given up on no sooner than the fixed schedule would: every interval doubled
+        # from retry_interval, however short the measured round trips have made them.
+        self._give_up = sum(min(retry_interval * 2 ** i, max_retry_interval) for i in range(retries + 1))
 
     @property
     def stats(self) -> dict[str, int]:
@@ -165,7 +209,8 @@ class Link:
     def _exchange(self, opcode: int, payload: bytes, deadline: float) -> bytes:
         seq = self._take_seq()
         wire = DELIMITER + encode_frame(Frame(FrameType.DATA, seq, opcode, payload))
-        timer = _RetransmitTimer(self.retries, self.retry_interval, self.max_retry_interval)
+        ack, response = self._round_trip(opcode)
+        timer = _RetransmitTimer(self.retries, ack.rto, response.rto, self.max_retry_interval, self._give_up)
         started = time.monotonic()
         try:
             self._send(wire, timer)
@@ -175,14 +220,17 @@ class Link:
                     if not timer.may_resend:
                         break
                     self._send(wire, timer)
-                response, damage_seen = self._receive(seq, opcode, timer, min(timer.due, deadline) - now)
-                if response is not None:
-                    return self._result(response)
+                answer, damage_seen = self._receive(seq, opcode, timer, min(timer.due, deadline) - now)
+                if answer is not None:
+                    if timer.transmissions == 1:  # Karn's rule: a resent request's round trip is ambiguous
+                        response.sample(time.monotonic() - timer.first_sent)
+                    return self._result(answer)
                 if damage_seen and timer.may_resend:
                     self._send(wire, timer)
         except ConnectionError as error:
             self._counts["failures"] += 1
-            raise LinkTimeout(self._describe_failure(opcode, started, timer, f"connection lost ({error})")) from error
+            reason = f"connection lost ({error})" if timer.transmissions else str(error)
+            raise LinkTimeout(self._describe_failure(opcode, started, timer, reason)) from error
         self._counts["failures"] += 1
         raise LinkTimeout(self._describe_failure(opcode, started, timer, "no response"))
 
@@ -201,6 +249,8 @@ class Link:
                 return frame, False
             if frame.type is FrameType.ACK and frame.seq == seq:
                 self._counts["acks"] += 1
+                if timer.transmissions == 1 and not timer.acked:  # Karn's rule
+                    self._round_trip(opcode)[0].sample(time.monotonic() - timer.first_sent)
                 timer.acknowledged(time.monotonic())
             elif frame.type is FrameType.NACK:
                 self._counts["nacks"] += 1
@@ -208,6 +258,16 @@ class Link:
             else:
                 self._counts["stale"] += 1
         return None, damage_seen
+
+    def _round_trip(self, opcode: int) -> tuple[RoundTrip, RoundTrip]:
+        """The request-to-ACK and request-to-response estimators of `opcode`."""
+        if opcode not in self._round_trips:
+            # A timeout never goes below the first resend's interval: on a clean line nothing is resent, however
+            # the machine's load makes round trips vary; above it, it follows the measured round trip.
+            floor = self.retry_interval
+            self._round_trips[opcode] = (RoundTrip(self.retry_interval, floor, self.max_retry_interval),
+                                         RoundTrip(self.max_retry_interval, floor, self.max_retry_interval))
+        return self._round_trips[opcode]
 
     def _send(self, wire: bytes, timer: _RetransmitTimer) -> None:
         if timer.transmissions:
@@ -224,6 +284,8 @@ class Link:
 
     def _describe_failure(self, opcode: int, started: float, timer: _RetransmitTimer, reason: str) -> str:
         name = self._opcode_names.get(opcode, "opcode")
+        if not timer.transmissions:  # the request never left: nothing was lost on the way
+            return f"{self.transport.uri}: {name} (0x{opcode:04X}): cannot send to the device: {reason}"
         acked = " (the device had acknowledged it)" if timer.acked else ""
         stats = self.stats
         return (
