@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -26,3 +28,12 @@ def one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_program(tiny_run, tmp_path_factory) -> Path:
+    """tiny_run compiled for the emulator (three bits of headroom, as in-the-loop training wants)."""
+    out = tmp_path_factory.mktemp("tiny-program")
+    result = echoforge("compile", tiny_run, "-o", out, "--headroom-bits", "3", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    return out

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from everyday import echoforge, one_line_error
+from everyday import echoforge, one_line_error, tiny_program  # noqa: F401 (a fixture)
 
 torch.set_num_threads(1)
 
@@ -49,15 +49,6 @@ def test_compile_refuses_data_with_another_class_count(tiny_run, tmp_path):
     one_line_error(echoforge("compile", tmp_path / "m.onnx", "-o", tmp_path / "b", "--data", "scp1"),
                    "scp1", "2 classes", "4 outputs")
     assert not (tmp_path / "b").exists()
-
-
-@pytest.fixture(scope="module")
-def tiny_program(tiny_run, tmp_path_factory) -> Path:
-    """tiny_run compiled for the emulator (three bits of headroom, as in-the-loop training wants)."""
-    out = tmp_path_factory.mktemp("tiny-program")
-    result = echoforge("compile", tiny_run, "-o", out, "--headroom-bits", "3", "--no-progress")
-    assert result.returncode == 0, result.stderr
-    return out
 
 
 # ---- 2. config typos: one line naming the file, the key and the nearest valid key -------------------

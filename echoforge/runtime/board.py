@@ -12,6 +12,7 @@ import logging
 import secrets
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -438,17 +439,41 @@ class Board:
                 self._serve_connection(pty, stop_event)
 
     def serve_tcp(self, host: str, port: int, stop_event: threading.Event, announce: Callable[[str], None]) -> None:
-        """Accept one connection at a time on host:port (0: any free port), announcing socket://host:port."""
+        """Serve on host:port (0: any free port), announcing socket://host:port. One connection at a time holds
+        the board; any other is answered at once, every request with BUSY naming the holder and since when,
+        until it hangs up (docs/protocol.md §6)."""
+        holder, since = None, None
         with socket.create_server((host, port)) as listener:
             listener.settimeout(self.poll_interval)
             announce(f"socket://{host}:{listener.getsockname()[1]}")
             while not stop_event.is_set():
                 try:
-                    connection, _ = listener.accept()
+                    connection, peer = listener.accept()
                 except TimeoutError:
                     continue
-                with SocketTransport(connection) as line:
-                    self._serve_connection(line, stop_event)
+                if holder is not None and holder.is_alive():
+                    refusal = DeviceError(ErrorCode.BUSY, f"held by another host ({since[0]}) since {since[1]} — try "
+                                                          "again when its session ends")
+                    threading.Thread(target=self._refuse_all, args=(connection, refusal, stop_event), daemon=True).start()
+                    continue
+                since = (f"{peer[0]}:{peer[1]}", time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+                holder = threading.Thread(target=self._serve_socket, args=(connection, stop_event), daemon=True)
+                holder.start()
+            if holder is not None:
+                holder.join()
+
+    def _serve_socket(self, connection: socket.socket, stop_event: threading.Event) -> None:
+        with SocketTransport(connection) as line:
+            self._serve_connection(line, stop_event)
+
+    def _refuse_all(self, connection: socket.socket, refusal: DeviceError, stop_event: threading.Event) -> None:
+        """A link server on `connection` whose every request is refused with `refusal` (SYNC still answers)."""
+
+        def busy(opcode: int, payload: bytes):
+            raise refusal
+
+        with SocketTransport(connection) as line:
+            LinkServer(line, busy).serve(stop_event, self.poll_interval)
 
     def summary(self) -> str:
         faults = ", ".join(f"{n} {name}" for name, n in self.line_faults.items() if n) or "no line faults"

@@ -307,7 +307,12 @@ class Device:
         return 10 * payload_bytes / self.baudrate
 
     def _hello(self) -> BoardInfo:
-        info = decode_hello(self._exchange(Opcode.HELLO, b"", reply_bytes=64))
+        try:
+            info = decode_hello(self._exchange(Opcode.HELLO, b"", reply_bytes=64))
+        except DeviceError as error:
+            if error.code == ErrorCode.BUSY:  # another host's session: say so, not "device error"
+                raise ConnectionRefusedError(f"{self.uri}: the board is busy: {error.message}") from None
+            raise
         if info.version != COMMAND_VERSION:
             raise RuntimeError(f"{self.uri}: the board speaks command protocol {info.version}, "
                                f"this host {COMMAND_VERSION}")

@@ -35,6 +35,7 @@ class ErrorCode(IntEnum):
     NO_PHASE = 0x0105
     OUT_OF_ORDER = 0x0106
     OVER_CAPACITY = 0x0107
+    BUSY = 0x0108  # another host holds the board (a TCP board serves one session at a time)
 
 
 class DeviceError(RuntimeError):
