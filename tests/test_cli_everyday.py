@@ -203,3 +203,26 @@ def test_emulate_writes_scores_and_trace_to_a_file(tiny_program, tmp_path):
     assert scores["metric"] == "accuracy" and 0 <= scores["fixed"] <= 1 and scores["split"] == "test"
     assert {row["node"] for row in scores["trace"]} >= {"input", "head"}
     assert f"{100 * scores['fixed']:.1f}%" in result.stdout
+
+
+# ---- 11. smaller ---------------------------------------------------------------------------------------
+
+def test_a_refused_visa_connection_says_so_not_zero_attempts():
+    result = echoforge("devices", "--probe", "TCPIP::127.0.0.1::9::SOCKET", "--timeout", "0.5")
+    one_line_error(result, "no answer from TCPIP::127.0.0.1::9::SOCKET")
+    assert "cannot send to the device" in result.stdout and "0 attempt" not in result.stdout
+
+
+def test_a_bad_word_length_is_refused_before_the_model_is_even_read(tmp_path):
+    one_line_error(echoforge("compile", tmp_path / "no-such-run", "-o", tmp_path / "b", "--word-bits", "40"),
+                   "--word-bits 40", "12–32 bits")
+
+
+def test_the_report_gives_formats_only_to_nodes_that_run_in_fixed_point(tiny_program):
+    rows = [line.split(" | ") for line in (tiny_program / "report.md").read_text().splitlines()
+            if line.startswith("| ") and " | host | " in line or " | device | " in line]
+    host = [row for row in rows if row[2] == "host"]
+    device = [row for row in rows if row[2] == "device"]
+    assert host and device
+    assert all(row[3] == "float" and "Q" not in row[3] for row in host)
+    assert all(row[3].startswith("positions Q") for row in device)

@@ -216,14 +216,20 @@ def _bank_table(banks: list[dict]) -> list[str]:
 def _node_table(nodes: list[dict]) -> list[str]:
     lines = ["Formats per tensor, calibrated abs-max per activation, headroom of the tightest tensor (bits "
              "above its abs-max) and its saturation risk (high: saturates on the calibration data; medium: "
-             "less headroom than asked for).", "",
+             "less headroom than asked for). Nodes on the host run in float, so they have neither (report.json "
+             "keeps the formats they would take on a device).", "",
              "| node | kind | on | formats | calibrated abs-max | tightest | headroom (bits) | risk |",
              "|---|---|---|---|---|---|---|---|"]
     for entry in nodes:
-        formats = ", ".join(f"{role} {q}" for role, q in entry["formats"].items())
         ranges = ", ".join(f"{role} {r['absmax']:.4g}" for role, r in entry["ranges"].items())
+        if entry["placement"] == "host":
+            fixed_point = ["float", "-", "-", "-"]
+        else:
+            fixed_point = [", ".join(f"{role} {q}" for role, q in entry["formats"].items()),
+                           entry.get("tightest", "-"), _headroom(entry), entry.get("risk", "-")]
+        formats, tightest, headroom, risk = fixed_point
         lines.append(f"| {entry['name']} | {entry['kind']} | {entry['placement']} | {formats} | {ranges} | "
-                     f"{entry.get('tightest', '-')} | {_headroom(entry)} | {entry.get('risk', '-')} |")
+                     f"{tightest} | {headroom} | {risk} |")
     return lines
 
 
