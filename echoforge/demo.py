@@ -13,6 +13,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from .argtypes import non_negative_int, positive_int
+
 DEFAULT_OUTPUT = "runs/demo"
 # Training in the loop moves the parameters and sees training batches (batch statistics, dropout), so the
 # ranges grow past the ones calibrated in eval mode: three bits of headroom keep every state unsaturated and
@@ -29,9 +31,9 @@ def add_demo(commands) -> None:
         description="Train an HSSM with RHEL on BasicMotions, compile it for the emulator target, start a "
                     "simulated board on a pseudo-terminal and fine-tune the model through the serial link; "
                     "print a short report and write checkpoints and plots to OUTPUT.")
-    parser.add_argument("--steps", type=int, default=300, help="host training steps (default 300)")
-    parser.add_argument("--hil-steps", type=int, default=100, help="in-the-loop fine-tuning steps (default 100)")
-    parser.add_argument("--fidelity-every", type=int, default=10,
+    parser.add_argument("--steps", type=positive_int, default=300, help="host training steps (default 300)")
+    parser.add_argument("--hil-steps", type=positive_int, default=100, help="in-the-loop fine-tuning steps (default 100)")
+    parser.add_argument("--fidelity-every", type=non_negative_int, default=10,
                         help="steps between gradient fidelity checks (default 10)")
     parser.add_argument("--output", "-o", default=DEFAULT_OUTPUT,
                         help=f"directory for everything (default {DEFAULT_OUTPUT}): the HIL run itself, "

@@ -14,7 +14,7 @@ def _positive_mhz(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a clock in MHz > 0, got {text}") from None
-    if not value > 0:
+    if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a clock in MHz > 0, got {text}")
     return value
 
