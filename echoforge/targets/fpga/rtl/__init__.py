@@ -46,7 +46,7 @@ class RtlDesign:
     lanes: int                     # lane capacity (state memory depth)
     oscillators: int               # oscillator capacity (parameter memory depth)
     pipeline_depth: int            # least clocks per time step
-    latency: int                   # clocks from a lane's issue to its out beat
+    latency: int                   # clocks from a lane's issue to its last register (the pipeline drains in these)
     multipliers: tuple[tuple[str, int, int], ...]  # (wire, width a, width b), signed
     memory_bits: int
 

@@ -54,10 +54,10 @@ class Memory:
 class Datapath:
     pipeline: Pipeline
     memories: list[Memory]
-    last_stage: int               # the stage the counters, accumulator writes and out beat sit in
+    last_stage: int               # the stage the counters sit in (after every write and the out beat)
     min_step_clocks: int          # a lane's next step may read its state only after this many clocks
-    out_data: str                 # Verilog name of the out beat (W + 1 bits) at last_stage
-    out_valid: str                # whether this lane emits a beat, at last_stage
+    out_data: str                 # Verilog name of the out beat (W + 1 bits)
+    out_valid: str                # whether this lane emits a beat (in the same stage)
     increments: dict[str, str] = field(default_factory=dict)  # counter → unsigned increment at last_stage
 
 
@@ -194,14 +194,15 @@ class _Builder:
             plain, observable = {"t": extra["t"], "lc": extra["g"]}, extra["t"]
         acc_last, acc_flags, obs, acc_reach = self._accumulate(products, plain, observable, s + 5)
         last = acc_last + 1  # the counters add the step's clamps one stage after the last clamp
-        out = p.wire("out_beat", w + 1, last, f"{{echo}} ? {{{obs}}} : {{{phi_new}}}")
-        out_valid = p.wire("out_lane", 1, last, "{live} & (~{echo} | {sigma})", signed=False)
+        # the out beat leaves as soon as both kinds of beat exist (ϕ' and the observable difference)
+        out_stage = max(write_stage, p.signals[obs].stage)
+        out = p.wire("out_beat", w + 1, out_stage, f"{{echo}} ? {{{obs}}} : {{{phi_new}}}")
+        out_valid = p.wire("out_lane", 1, out_stage, "{live} & (~{echo} | {sigma})", signed=False)
         flags = {"state": [nudge_sat, m_sat, pi_sat, phi_sat], "force": [force_sat],
                  "preact": [extra["z_sat"]] if extra else [], "accumulator": acc_flags}
         increments = {name: self._count(name, names, acc_last, last) for name, names in flags.items()}
         # a lane's π is read (stage 0) after its previous step wrote it back; an accumulator likewise
-        return Datapath(p, self.memories, last, max(write_stage + 1, acc_reach), p.at(out, last),
-                        p.at(out_valid, last), increments)
+        return Datapath(p, self.memories, last, max(write_stage + 1, acc_reach), out, out_valid, increments)
 
     def _tanh_force(self, m: str, st: int) -> tuple[str, int, dict]:
         """z, t = T(z), G(z) and R(c·t) from m (ready in stage ``st``). Returns (R(c·t), the stage it is

@@ -210,9 +210,9 @@ reg [OB:0] oscillators;
 reg [LB:0] lanes;
 reg [31:0] steps;
 reg [31:0] count_state, count_force, count_preact, count_accumulator, cycles;
-reg running;
+reg running, busy_r;
 reg [7:0] drain;
-assign busy = running || drain != 8'd0;
+assign busy = busy_r;  // running, or lanes still in the pipeline (a register: it steers every memory port)
 wire start = control_write && reg_index == R_START && reg_wdata[0] && !busy;
 always @(posedge clk) begin
     if (rst) begin
@@ -281,9 +281,9 @@ wire last_slot = slot == slot_last;
 wire last_step = step == step_last;
 always @(posedge clk) begin
     if (rst) begin
-        running <= 1'b0; slot_live <= 1'b0; drain <= 8'd0; cycles <= 32'd0;
+        running <= 1'b0; busy_r <= 1'b0; slot_live <= 1'b0; drain <= 8'd0; cycles <= 32'd0;
     end else if (start) begin
-        running <= steps != 32'd0; slot_live <= steps != 32'd0; first_step <= 1'b1;
+        running <= steps != 32'd0; busy_r <= steps != 32'd0; slot_live <= steps != 32'd0; first_step <= 1'b1;
         step <= 32'd0; slot <= 0; osc_count <= 0; sigma_count <= 1'b0; cycles <= 32'd0;
         slot_last <= slots - 1'b1; lane_last <= lanes - 1'b1; step_last <= steps - 32'd1;
         osc_last <= oscillators[OB-1:0] - 1'b1;
@@ -303,6 +303,9 @@ always @(posedge clk) begin
                     osc_count <= (osc_count == osc_last) ? {OB{1'b0}} : osc_count + 1'b1;
                 end
             end
-        end else if (!running && drain != 8'd0 && advance) drain <= drain - 8'd1;
+        end else if (!running && drain != 8'd0 && advance) begin
+            drain <= drain - 8'd1;
+            if (drain == 8'd1) busy_r <= 1'b0;
+        end
     end
 end"""
