@@ -20,26 +20,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-# The public JAX reference code on this machine class, float32, as measured for the issue:
-# seconds per RHEL step and peak memory (GB).
-JAX_RHEL_SECONDS = {("linear", 16000): 1.25, ("nonlinear", 16000): 0.75,
-                    ("linear", 50000): 4.8, ("nonlinear", 50000): 2.4}
-JAX_PEAK_GB = {("linear", 50000): 3.2, ("nonlinear", 50000): 1.2}
-
-
-def _status_kb(field: str) -> int:
+def status_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _reset_peak() -> None:
+def reset_peak() -> None:
     """Reset VmHWM (peak resident memory) to the current RSS (Linux clear_refs, value 5)."""
     Path("/proc/self/clear_refs").write_text("5")
 
 
-VARIANTS = ("bptt", "rhel", "rhel+ckpt", "bptt+ckpt")  # rule, and "+ckpt" for checkpoint_glue
+VARIANTS = ("bptt", "rhel", "rhel+store", "bptt+store")  # rule, and "+store": checkpoint_glue=False
 
 
 def worker(kind: str, variant: str, length: int, repeats: int) -> dict:
@@ -48,9 +41,9 @@ def worker(kind: str, variant: str, length: int, repeats: int) -> dict:
     from echoforge.models import HSSM
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    rule, _, ckpt = variant.partition("+")
+    rule, _, store = variant.partition("+")
     model = HSSM(6, 4, hidden_size=16, state_size=16, num_blocks=2, hru=kind, learning=rule,
-                 checkpoint_glue=bool(ckpt))
+                 checkpoint_glue=not store)
     x, y = torch.randn(8, length, 6), torch.randint(0, 4, (8,))
 
     def step():
@@ -59,14 +52,14 @@ def worker(kind: str, variant: str, length: int, repeats: int) -> dict:
 
     for _ in range(2):
         step()  # compile, warm up the allocator
-    idle = _status_kb("VmRSS") * 1024
-    _reset_peak()
+    idle = status_kb("VmRSS") * 1024
+    reset_peak()
     times = []
     for _ in range(repeats):
         start = time.process_time()  # CPU time: the machine is shared, and the work is one thread
         step()
         times.append(time.process_time() - start)
-    peak = _status_kb("VmHWM") * 1024
+    peak = status_kb("VmHWM") * 1024
     return {"seconds": statistics.median(times), "peak_bytes": peak, "step_bytes": peak - idle}
 
 
@@ -88,10 +81,10 @@ def layer_backward_extra(kind: str, rule: str, length: int) -> int:
     positions = hru.bank(u)
     upstream = 1e-3 * torch.randn_like(positions)  # a loss gradient's scale
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed memory back so new allocations show
-    baseline = _status_kb("VmRSS") * 1024
-    _reset_peak()
+    baseline = status_kb("VmRSS") * 1024
+    reset_peak()
     positions.backward(upstream)
-    extra = _status_kb("VmHWM") * 1024 - baseline
+    extra = status_kb("VmHWM") * 1024 - baseline
     return extra - u.numel() * u.element_size()
 
 
@@ -126,19 +119,17 @@ def table(rows: list[dict]) -> str:
     by = {(r["kind"], r["variant"], r["length"]): r for r in rows}
     mib = 2 ** 20
     lines = ["| HRU | length | variant | s/step | × BPTT time | peak MiB | × BPTT peak | step MiB "
-             "| × BPTT step | JAX RHEL s/step |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| × BPTT step |", "|---|---|---|---|---|---|---|---|---|"]
     for kind in ("linear", "nonlinear"):
         for length in sorted({r["length"] for r in rows}):
             bptt = by[(kind, "bptt", length)]
             for variant in VARIANTS:
                 r = by[(kind, variant, length)]
-                jax = JAX_RHEL_SECONDS.get((kind, length)) if variant.startswith("rhel") else None
-                jax_text = f"{jax} ({jax / r['seconds']:.1f}× ours)" if jax else "–"
                 lines.append(
                     f"| {kind} | {length} | {variant} | {r['seconds']:.3f} | "
                     f"{r['seconds'] / bptt['seconds']:.2f} | {r['peak_bytes'] / mib:.0f} | "
                     f"{r['peak_bytes'] / bptt['peak_bytes']:.2f} | {r['step_bytes'] / mib:.0f} | "
-                    f"{r['step_bytes'] / bptt['step_bytes']:.2f} | {jax_text} |")
+                    f"{r['step_bytes'] / bptt['step_bytes']:.2f} |")
     return "\n".join(lines)
 
 
@@ -150,12 +141,11 @@ def flatness(rows: list[dict]) -> str:
         lo, hi = min(extra), max(extra)
         lines.append(f"- {kind} HRU layer alone: RHEL backward adds {extra[hi] / 2**20:.2f} MiB at "
                      f"L={hi} and {extra[lo] / 2**20:.2f} MiB at L={lo} (ratio {extra[hi] / extra[lo]:.2f})")
-    for (kind, length), gb in JAX_PEAK_GB.items():
-        for variant in ("rhel", "rhel+ckpt"):
-            ours = [r for r in rows if (r["kind"], r["length"], r["variant"]) == (kind, length, variant)]
-            if ours:
-                lines.append(f"- {kind} {variant} at L={length}: peak {ours[0]['peak_bytes'] / 2**30:.2f} GB "
-                             f"vs the JAX reference's {gb} GB")
+        peaks = {(r["variant"], r["length"]): r["peak_bytes"] for r in rows if r["kind"] == kind}
+        growth = [f"{variant} {(peaks[(variant, hi)] - peaks[(variant, lo)]) / 2**20 / (hi - lo) * 1000:.2f}"
+                  for variant in VARIANTS]
+        lines.append(f"- {kind} HSSM: peak growth in MiB per 1,000 steps (L={lo} → {hi}): " + ", ".join(growth)
+                     + f"; the input itself is {8 * 6 * 4 * 1000 / 2**20:.2f}")
     return "\n".join(lines)
 
 
@@ -182,9 +172,10 @@ def main() -> None:
         "median CPU seconds per gradient step (forward + backward; CPU time rather than wall time "
         "because the 2-core machine is shared, and every configuration runs on one thread); peak resident memory of the process "
         "(\"peak\") and the part of it above the idle process after warm-up (\"step\"); each "
-        "configuration in its own process. Variants: plain BPTT and RHEL, and each with the "
-        "feed-forward glue recomputed in backward (`checkpoint_glue=True`, \"+ckpt\"). JAX figures: "
-        "the public reference code on this machine class, as measured for the issue (not re-run here).",
+        "configuration in its own process. Variants: BPTT and RHEL as built by default (the feed-forward "
+        "glue recomputed in backward, chunk by chunk), and each with the glue's activations stored "
+        "(`checkpoint_glue=False`, \"+store\"). Against the public JAX reference, side by side: "
+        "benchmarks/bench_reference.py.",
         table(rows), flatness(rows)])
     print(report)
     if args.write:

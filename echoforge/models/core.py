@@ -155,8 +155,13 @@ class FloatCore:
         positions = np.empty(forcing.shape, _stream_dtype(forcing))
         phi, pi = _f64(phi), _f64(pi)
         for s in time_chunks(forcing.shape[1]):
-            phi, pi = kernels.forward(kind, table, _stream(forcing[:, s]), phi, pi, positions[:, s],
+            out = positions[:, s]
+            # The kernel writes a contiguous block (a strided one would not vectorise), then it is placed.
+            block = out if out.flags.c_contiguous else np.empty(out.shape, out.dtype)
+            phi, pi = kernels.forward(kind, table, _stream(forcing[:, s]), phi, pi, block,
                                       np.empty((0, 0, 0)), False)
+            if block is not out:
+                out[...] = block
         return positions, phi, pi
 
     def echo(self, forcing, phi, pi, nudges, epsilon) -> EchoResult:

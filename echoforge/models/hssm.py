@@ -14,7 +14,10 @@ from .hru import LinHRU, NonlinHRU
 HRU_KINDS = {"linear": LinHRU, "nonlinear": NonlinHRU}
 TASKS = ("classification", "regression")
 READOUTS = ("mean", "steps")
-GLUE_CHUNK = 2048  # time steps per chunk when the glue is recomputed
+# Time steps per chunk when the glue is recomputed; None: as many as keep a chunk's tensors at
+# GLUE_CHUNK_ELEMENTS elements (4 MiB in float32) — fewer, larger torch calls on a narrow model.
+GLUE_CHUNK = None
+GLUE_CHUNK_ELEMENTS = 2 ** 20
 
 
 class GLU(nn.Module):
@@ -27,6 +30,31 @@ class GLU(nn.Module):
 
     def forward(self, x):
         return self.value(x) * self.gate(x).sigmoid()
+
+
+class Dropout(nn.Module):
+    """Inverted dropout whose mask costs a third of torch's random draws.
+
+    Each 64-bit draw of torch's global generator (bits 0–62 uniform) gives three 16-bit uniforms; an
+    element is dropped when its uniform is below round(p·2¹⁶), so p is kept to within 2⁻¹⁷. torch's
+    dropout draws one number per element, and on a long sequence those draws cost more than the rest
+    of the glue (which draws its masks twice: forward and the chunked recomputation).
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.p = p
+        self.threshold = round(p * 2 ** 16)
+
+    def forward(self, x):
+        if not self.training or self.threshold == 0:
+            return x
+        draws = torch.empty((x.numel() + 2) // 3, dtype=torch.int64).random_()
+        uniforms = draws.view(torch.int16).view(-1, 4)[:, :3].reshape(-1)[:x.numel()].view(x.shape)
+        keep = uniforms >= self.threshold - 2 ** 15  # int16 uniforms span [−2¹⁵, 2¹⁵)
+        return x * keep.to(x.dtype).mul_(2 ** 16 / (2 ** 16 - self.threshold))
 
 
 class ChunkedRecompute(torch.autograd.Function):
@@ -129,18 +157,19 @@ class TimeBatchNorm(nn.Module):
 class HSSMBlock(nn.Module):
     """norm → HRU → GELU → dropout → GLU → dropout, plus the skip.
 
-    With checkpoint_glue, what follows the oscillator bank (readout, skip D, GELU, dropout, GLU) is
-    recomputed during backward, chunk by chunk in time, instead of stored: it is cheap and pointwise,
-    and what remains stored per block under RHEL is the normalised input and the bank's positions
-    (BPTT adds the momenta). Dropout masks are then drawn per chunk.
+    With checkpoint_glue (the default), what follows the oscillator bank (readout, skip D, GELU,
+    dropout, GLU) is recomputed during backward, chunk by chunk in time, instead of stored: it is cheap
+    and pointwise, and what remains stored per block under RHEL is the normalised input and the bank's
+    positions (BPTT adds the momenta), so RHEL's memory grows with the sequence by little more than
+    the bank's inputs and outputs. Dropout masks are then drawn per chunk and replayed in backward.
     """
 
-    def __init__(self, hru: nn.Module, width: int, dropout: float, checkpoint_glue: bool = False):
+    def __init__(self, hru: nn.Module, width: int, dropout: float, checkpoint_glue: bool = True):
         super().__init__()
         self.norm = TimeBatchNorm(width)
         self.hru = hru
         self.glu = GLU(width)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.checkpoint_glue = checkpoint_glue
 
     def glue(self, positions, u):
@@ -152,7 +181,8 @@ class HSSMBlock(nn.Module):
         positions = self.hru.bank(u)
         if self.checkpoint_glue and torch.is_grad_enabled():
             params = [*self.glu.parameters(), *self.hru.parameters()]  # unused ones get None
-            return ChunkedRecompute.apply(self.glue, GLUE_CHUNK, 2, x, positions, u, *params)
+            chunk = GLUE_CHUNK or max(1, GLUE_CHUNK_ELEMENTS // (x.shape[0] * x.shape[2]))
+            return ChunkedRecompute.apply(self.glue, chunk, 2, x, positions, u, *params)
         return x + self.glue(positions, u)
 
 
@@ -162,14 +192,15 @@ class HSSM(nn.Module):
     readout "mean" pools over time before the head (classification always does; a sequence-level
     regression such as the adding problem may); "steps" outputs every `output_step`-th step starting
     at step output_step − 1 (1: every step; the sequence length: the last step only) — the default
-    for regression. checkpoint_glue trades a recomputation of the pointwise layers for their
-    activations (HSSMBlock). Extra keyword arguments go to every HRU.
+    for regression. checkpoint_glue (default on) trades a recomputation of the pointwise layers for
+    their activations (HSSMBlock); False keeps them, a little faster and sequence-sized. Extra keyword
+    arguments go to every HRU.
     """
 
     def __init__(self, input_size: int, num_outputs: int, *, hidden_size: int, state_size: int,
                  num_blocks: int, hru: str = "linear", task: str = "classification",
                  learning: str = "rhel", epsilon: float = 0.1, dropout: float = 0.05,
-                 output_step: int = 1, readout: str | None = None, checkpoint_glue: bool = False,
+                 output_step: int = 1, readout: str | None = None, checkpoint_glue: bool = True,
                  **hru_options):
         super().__init__()
         if hru not in HRU_KINDS:
