@@ -556,7 +556,7 @@ def test_hil_training_through_the_gateware_ends_as_on_the_emulator_board(tmp_pat
 # ---- the bitstream -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("arguments, message", [
-    (["--board", "ulx3s"], "unknown board 'ulx3s' — use one of icebreaker"),
+    (["--board", "arty"], "unknown board 'arty' — use one of icebreaker, ulx3s"),
     ([], "cannot read the emulator program file"),
     (["--baud", "5000000"], "no UART divisor ≥ 4"),
 ])

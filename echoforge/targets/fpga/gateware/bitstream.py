@@ -1,11 +1,13 @@
-"""The board image as a bitstream for a real board: top level, pin constraints, Yosys, nextpnr, icepack.
+"""The board image as a bitstream for a real board: top level, pin constraints, Yosys, nextpnr, packer.
 
     build_image(config, "icebreaker", out)  →  out/image.bin, out/report.json (resources, fmax), out/rtl/
+    build_image(config, "ulx3s", out)       →  out/image.bit, …
 
 The flow is the FPGA target's (targets/fpga/synth.py: YoWASP's Yosys and nextpnr, its report parsing),
-with the board's own top (rtl/ef_<board>.v: clock, UART pins, power-on reset) instead of the serial
-shell, and the packer at the end. Nothing here flashes a board: `iceprog out/image.bin` does (Debian
-fpga-icestorm), see docs/fpga.md.
+with a board top (rtl/ef_board_top.v: clock, UART pins, power-on reset) instead of the serial shell,
+the board's pin constraints (iCE40 .pcf, ECP5 .lpf) and the family's packer at the end (icepack,
+ecppack). Nothing here flashes a board: `iceprog out/image.bin` (iCEBreaker, Debian fpga-icestorm) or
+`openFPGALoader -b ulx3s out/image.bit` does, see docs/fpga.md.
 """
 
 from __future__ import annotations
@@ -16,11 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from echoforge.targets.fpga import synth
-from echoforge.targets.fpga.parts import UP5K
+from echoforge.targets.fpga.parts import ECP5_25F, UP5K
 
 from .design import RTL, GatewareConfig, write_sources
 
-PACKER = {"ice40": "yowasp-icepack"}
+TOP = "ef_board_top"
+# Per family: the packer, the constraints file's suffix, nextpnr's constraint and output options.
+PACKER = {"ice40": "yowasp-icepack", "ecp5": "yowasp-ecppack"}
+CONSTRAINTS = {"ice40": "pcf", "ecp5": "lpf"}
+PLACED = {"ice40": ("--asc", "image.asc"), "ecp5": ("--textcfg", "image.config")}
+BITSTREAM = {"ice40": "image.bin", "ecp5": "image.bit"}
 
 
 @dataclass(frozen=True)
@@ -28,15 +35,24 @@ class Board:
     name: str
     part: object                  # parts.Part
     clock_mhz: float              # the board's oscillator
-    top: str                      # rtl/<top>.v
-    pins: dict[str, int]          # top port → package pin
+    pins: dict[str, str]          # top port (CLK, RX, TX) → package pin or site
+
+    @property
+    def constraints_file(self) -> str:
+        return f"{self.name}.{CONSTRAINTS[self.part.family]}"
 
     def constraints(self) -> str:
-        lines = [f"set_io -nowarn {port} {pin}" for port, pin in self.pins.items()]
-        return "\n".join([f"# {self.name}: {self.part.device}", *lines, f"set_frequency CLK {self.clock_mhz:g}", ""])
+        header = f"# {self.name}: {self.part.device}, {self.clock_mhz:g} MHz on CLK"
+        if self.part.family == "ice40":
+            lines = [f"set_io -nowarn {port} {pin}" for port, pin in self.pins.items()]
+            return "\n".join([header, *lines, f"set_frequency CLK {self.clock_mhz:g}", ""])
+        lines = [f'LOCATE COMP "{port}" SITE "{site}";\nIOBUF PORT "{port}" IO_TYPE=LVCMOS33;'
+                 for port, site in self.pins.items()]
+        return "\n".join([header, *lines, f'FREQUENCY PORT "CLK" {self.clock_mhz:g} MHZ;', ""])
 
 
-BOARDS = {"icebreaker": Board("icebreaker", UP5K, 12.0, "ef_icebreaker", {"CLK": 35, "RX": 6, "TX": 9})}
+BOARDS = {"icebreaker": Board("icebreaker", UP5K, 12.0, {"CLK": "35", "RX": "6", "TX": "9"}),
+          "ulx3s": Board("ulx3s", ECP5_25F, 25.0, {"CLK": "G2", "RX": "M1", "TX": "L4"})}
 
 
 @dataclass(frozen=True)
@@ -79,25 +95,28 @@ def build_image(config: GatewareConfig, board_name: str, output: Path, *, baud: 
     if clocks_per_bit < 4 or abs(board.clock_mhz * 1e6 / clocks_per_bit - baud) > 0.02 * baud:
         raise ValueError(f"{baud} baud: the {board.clock_mhz:g} MHz clock gives no UART divisor ≥ 4 within 2 %")
     rtl = output / "rtl"
-    sources = [*write_sources(config, rtl), rtl / f"{board.top}.v"]
-    shutil.copyfile(RTL / f"{board.top}.v", sources[-1])
-    (rtl / f"{board.name}.pcf").write_text(board.constraints())
+    sources = [*write_sources(config, rtl), rtl / f"{TOP}.v"]
+    shutil.copyfile(RTL / f"{TOP}.v", sources[-1])
+    (rtl / board.constraints_file).write_text(board.constraints())
     where = synth._Where(sources, output)
     seconds = {"synthesis": _synthesize(where, board, config, {**config.parameters(), "CLKS_PER_BIT": clocks_per_bit})}
     cells = synth.cell_counts(json.loads((output / "stat.json").read_text()))
     check_fit(synth.resources(cells), board)
+    family = board.part.family
+    placed_option, placed = PLACED[family]
     seconds["place_and_route"] = synth._run(
-        [synth.tool(synth.NEXTPNR[board.part.family]), *board.part.nextpnr_args, "--json", where.out("image.json"),
-         "--pcf", f"{board.name}.pcf", "--asc", where.out("image.asc"), "--freq", f"{board.clock_mhz:g}", "--seed",
-         "1", "--timing-allow-fail", "--report", where.out("nextpnr-report.json"), "-q", "-l", where.out("nextpnr.log")],
+        [synth.tool(synth.NEXTPNR[family]), *board.part.nextpnr_args, "--json", where.out("image.json"),
+         f"--{CONSTRAINTS[family]}", board.constraints_file, placed_option, where.out(placed),
+         "--freq", f"{board.clock_mhz:g}", "--seed", "1", "--timing-allow-fail",
+         "--report", where.out("nextpnr-report.json"), "-q", "-l", where.out("nextpnr.log")],
         where, "nextpnr.out", synth.TIMEOUT_SECONDS)
-    seconds["pack"] = synth._run([synth.tool(PACKER[board.part.family]), where.out("image.asc"), where.out("image.bin")],
-                                 where, "icepack.log", synth.TIMEOUT_SECONDS)
+    seconds["pack"] = synth._run([synth.tool(PACKER[family]), where.out(placed), where.out(BITSTREAM[family])],
+                                 where, "pack.log", synth.TIMEOUT_SECONDS)
     report = json.loads((output / "nextpnr-report.json").read_text())
-    result = synth.Synthesis(board.top, cells, synth.resources(cells), synth.utilization(report), 0,
+    result = synth.Synthesis(TOP, cells, synth.resources(cells), synth.utilization(report), 0,
                              board.clock_mhz, synth.fmax(report), synth.critical_path(report), seconds)
     (output / "report.json").write_text(json.dumps({"board": board.name, "baud": baud, **result.to_json()}, indent=1))
-    return ImageBuild(output / "image.bin", result, baud)
+    return ImageBuild(output / BITSTREAM[family], result, baud)
 
 
 def _synthesize(where, board: Board, config: GatewareConfig, parameters: dict[str, int]) -> float:
@@ -105,6 +124,6 @@ def _synthesize(where, board: Board, config: GatewareConfig, parameters: dict[st
     chparam = " ".join(f"-set {name} {value}" for name, value in parameters.items())
     defines = " ".join(f"-D{name}" for name in config.defines())
     read = where.read().replace("read_verilog ", f"read_verilog {defines} -I. ", 1)
-    return synth._run([synth.tool(synth.YOSYS), "-q", "-p", f"{read}; chparam {chparam} {board.top}; "
-                       f"{synth.SYNTH[board.part.family]} -top {board.top} -json {where.out('image.json')}; "
+    return synth._run([synth.tool(synth.YOSYS), "-q", "-p", f"{read}; chparam {chparam} {TOP}; "
+                       f"{synth.SYNTH[board.part.family]} -top {TOP} -json {where.out('image.json')}; "
                        f"tee -q -o {where.out('stat.json')} stat -json"], where, "yosys.log", synth.TIMEOUT_SECONDS)

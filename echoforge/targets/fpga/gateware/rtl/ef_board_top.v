@@ -1,9 +1,9 @@
-// The board image on an iCEBreaker (iCE40UP5K-SG48): 12 MHz oscillator on CLK, the FTDI's second
-// channel on RX/TX (pins in icebreaker.pcf). Reset is held for the first 128 clocks after
-// configuration; the boot epoch's entropy is the clock count when the host's first byte arrives.
+// The board image on a real board: its oscillator on CLK, its USB-serial chip on RX/TX (the pins are in
+// the board's constraints, bitstream.BOARDS: iCEBreaker, ULX3S). Reset is held for the first 128 clocks
+// after configuration; the boot epoch's entropy is the clock count when the host's first byte arrives.
 `default_nettype none
-module ef_icebreaker #(
-    parameter integer CLKS_PER_BIT = 104,    // 12 MHz / 115,200 baud (4: 3 Mbaud)
+module ef_board_top #(
+    parameter integer CLKS_PER_BIT = 104,    // f_clk / baud: 12 MHz / 115,200 baud (4: 3 Mbaud)
     parameter integer RX_AW        = 12,
     parameter integer MAX_REQ      = 4081,
     parameter integer TX_AW        = 12
@@ -12,7 +12,7 @@ module ef_icebreaker #(
     input  wire RX,
     output wire TX
 );
-    reg  [7:0]  reset_count = 8'd0;          // iCE40 flip-flops configure to their init value
+    reg  [7:0]  reset_count = 8'd0;          // flip-flops configure to their init value
     reg  [31:0] ticks = 32'd0;
     wire        rst = !reset_count[7];
     always @(posedge CLK) begin
