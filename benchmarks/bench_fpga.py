@@ -43,13 +43,13 @@ BANK_OSCILLATORS, BANK_BATCH = 16, 16
 
 def configurations(part, quick: bool) -> list[tuple[str, int, int, int]]:
     """(kind, word bits, oscillators, batch) to synthesize on `part`: the 16 × 16 linear bank at the
-    shortest and the widest word, the largest linear bank the rules accept (one batch row), and a
-    nonlinear bank."""
+    widest word (and, on the UP5K, the shortest), the largest linear bank the rules accept (one batch
+    row), and a nonlinear bank."""
     bank = [("linear", part.dsp_width, BANK_OSCILLATORS, BANK_BATCH)]
     if quick:
         return bank
-    return [("linear", part.word_bits[0], BANK_OSCILLATORS, BANK_BATCH), *bank,
-            *(("linear", part.dsp_width, count, 1) for count in (BANK_OSCILLATORS, part.max_oscillators)),
+    shortest = [("linear", part.word_bits[0], BANK_OSCILLATORS, BANK_BATCH)] if part.name == "up5k" else []
+    return [*shortest, *bank, ("linear", part.dsp_width, part.max_oscillators, 1),
             ("nonlinear", part.dsp_width, BANK_OSCILLATORS, 1)]
 
 
@@ -149,30 +149,28 @@ def cosimulation(batch: int, length: int, size: int, repeats: int) -> list[str]:
 
 
 def plot(rows: list[dict], path: Path) -> None:
+    """fmax against the part's clock, and the share of the part used, for each synthesized bank."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [row for row in rows if "fmax" in row and row["kind"] == "linear"]
-    figure, (by_word, by_count) = plt.subplots(1, 2, figsize=(10, 4))
-    for part in sorted({row["part"] for row in done}):
-        words = sorted((row for row in done if row["part"] == part and row["batch"] == BANK_BATCH),
-                       key=lambda row: row["word"])
-        by_word.plot([r["word"] for r in words], [r["fmax"] for r in words], "o-", label=f"{part} fmax")
-        by_word.axhline(PARTS[f"fpga-{part}"].clock_mhz, ls=":", color=by_word.lines[-1].get_color())
-        counts = sorted((row for row in done if row["part"] == part and row["batch"] == 1),
-                        key=lambda row: row["oscillators"])
-        for name, marker in (("logic", "o-"), ("bram", "s--")):
-            by_count.plot([r["oscillators"] for r in counts], [100 * r[name][0] / r[name][1] for r in counts],
-                          marker, label=f"{part} {name}")
-    by_word.set(xlabel="word length (bits)", ylabel="fmax (MHz)",
-                title=f"linear bank, {BANK_OSCILLATORS} osc × {BANK_BATCH} rows (dotted: part's clock)")
-    by_count.set(xscale="log", xlabel="oscillators (one batch row, widest word)", ylabel="% of the part used",
-                 title="resources vs oscillator count")
-    for axes in (by_word, by_count):
-        axes.grid(alpha=0.3)
+    done = [row for row in rows if "fmax" in row]
+    labels = [f"{r['part']} {r['kind'][:3]} {r['word']}b\n{r['oscillators']}×{r['batch']}" for r in done]
+    x = np.arange(len(done))
+    figure, (speed, used) = plt.subplots(1, 2, figsize=(12, 4.5))
+    speed.bar(x, [r["fmax"] for r in done], color=["tab:green" if r["met"] else "tab:red" for r in done])
+    speed.scatter(x, [PARTS[f"fpga-{r['part']}"].clock_mhz for r in done], marker="_", s=400, color="k",
+                  label="the part's clock", zorder=3)
+    speed.set(ylabel="fmax (MHz)", title="fmax (green: meets the part's clock)")
+    for k, name in enumerate(("logic", "dsp", "bram")):
+        used.bar(x + (k - 1) * 0.27, [100 * r[name][0] / r[name][1] for r in done], 0.27, label=name)
+    used.set(ylabel="% of the part used", title="resources", ylim=(0, 105))
+    for axes in (speed, used):
+        axes.set_xticks(x, labels, fontsize=7)
+        axes.grid(alpha=0.3, axis="y")
         axes.legend(fontsize=8)
+    figure.suptitle("generated oscillator bank (osc × batch rows), YoWASP Yosys + nextpnr", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
@@ -199,6 +197,7 @@ def main() -> None:
     args = parser.parse_args()
     parts = [PARTS[f"fpga-{name}"] for name in args.parts]
     jobs = [(part, *config) for part in parts for config in configurations(part, args.quick)]
+    cosim = cosimulation(batch=4, length=args.cosim_length, size=BANK_OSCILLATORS, repeats=args.repeats)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-fpga-") as scratch:
         # every design first, so that all of them come from one state of the generator
@@ -208,17 +207,19 @@ def main() -> None:
             start = time.perf_counter()
             rows.append(synthesize_bank(job[0], row, Path(scratch) / str(k)) if "design" in row else row)
             tqdm.write(f"{rows[-1]} ({time.perf_counter() - start:.0f} s)")
-    table = synthesis_table(rows)
-    cosim = cosimulation(batch=4, length=args.cosim_length, size=BANK_OSCILLATORS, repeats=args.repeats)
-    text = "\n".join(["## FPGA: resources, fmax and co-simulation", "", f"RTL generator at {generator}.", "",
-                      "Each bank's generated Verilog synthesized, placed and routed at the part's clock "
+            if args.write and "fmax" in rows[-1]:  # as each bank is done: a stopped run keeps what it measured
+                plot(rows, PLOT)
+                write_section("bench_fpga", section(rows, len(jobs), generator, cosim))
+    print(section(rows, len(jobs), generator, cosim))
+
+
+def section(rows: list[dict], planned: int, generator: str, cosim: list[str]) -> str:
+    progress = "" if len(rows) == planned else f" ({len(rows)} of the {planned} banks measured so far)"
+    return "\n".join(["## FPGA: resources, fmax and co-simulation", "", f"RTL generator at {generator}{progress}.",
+                      "", "Each bank's generated Verilog synthesized, placed and routed at the part's clock "
                       "(YoWASP Yosys 0.70 + nextpnr 0.11, inside the serial I/O shell); logic is LUT4 cells "
                       "(iCE40: logic cells), BRAM the part's block RAMs. ![resources](fpga-resources.png)",
-                      "", table, "", "Co-simulation:", "", *cosim])
-    print(text)
-    if args.write:
-        plot(rows, PLOT)
-        write_section("bench_fpga", text)
+                      "", synthesis_table(rows), "", "Co-simulation:", "", *cosim])
 
 
 if __name__ == "__main__":
