@@ -91,7 +91,7 @@ module ef_commands #(
                      CLEAR_ACC = 6'd11, SETUP = 6'd12, RUN = 6'd13, COUNT_A = 6'd14, COUNT_B = 6'd15,
                      SAVE_A = 6'd16, SAVE_W = 6'd17, SAVE_B = 6'd18, SAVE_ACC_A = 6'd19, SAVE_ACC_W = 6'd20,
                      SAVE_ACC_B = 6'd21, EMIT = 6'd22, COUNTERS_OUT = 6'd23, FINISH = 6'd24, FAIL = 6'd25,
-                     READ = 6'd26, READ_TAKE = 6'd27;
+                     READ = 6'd26, READ_TAKE = 6'd27, MULTIPLY = 6'd28;
     reg  [5:0]  state, resume, after_emit;
     // the request reader: `read_bytes` bytes at payload offset `read_at` into `value`, then `resume`
     reg  [RX_AW-1:0] read_at;
@@ -114,7 +114,8 @@ module ef_commands #(
     wire [15:0] program_p   = loading ? new_size : size;
     wire        is_echo_run = (opcode == ECHO_CHUNK);
     wire        zero_state  = fields[40];                     // BEGIN_* flags bit 0: ZERO_STATE
-    wire [31:0] lanes_steps = steps * size;                   // K·P
+    reg  [47:0] kp;                                           // K·P of a chunk, by shift-and-add (MULTIPLY)
+    reg  [4:0]  kp_bit;
     wire [31:0] twice       = {size, 1'b0};                   // 2P
 
     // ---- the stream feeder: beats {q, f} from the request, in processing order (RUN) ----
@@ -124,8 +125,8 @@ module ef_commands #(
     reg         feed_wait;                                    // the address of byte feed_index is presented
     reg  [3:0]  feed_index;
     reg  [63:0] feed_f, feed_q;
-    wire [31:0] feed_row    = is_echo_run ? steps - 32'd1 - feed_step : feed_step;
-    wire [31:0] feed_offset = 32'd12 + (feed_row * size + feed_osc) * WB + (feed_state[0] ? lanes_steps * WB : 32'd0);
+    reg  [31:0] feed_row_base;                                // samples before the current step's row
+    wire [47:0] feed_offset = 48'd12 + times(feed_row_base + feed_osc, WB) + (feed_state[0] ? times(kp, WB) : 48'd0);
     assign in_data = {feed_q[WORD_BITS-1:0], feed_f[WORD_BITS-1:0]};
     // ---- the stream collector: out beats to the response, at forward time indices ----
     reg         collecting;
@@ -133,16 +134,29 @@ module ef_commands #(
     reg  [3:0]  out_index;
     reg  [63:0] out_value;
     reg         out_busy;
-    wire [31:0] out_row     = is_echo_run ? steps - 32'd1 - out_step : out_step;
+    reg  [31:0] out_row_base;
     wire [3:0]  out_bytes   = is_echo_run ? WOB[3:0] : WB[3:0];
-    wire [31:0] out_offset  = (out_row * size + out_osc) * out_bytes + {28'd0, out_index};
+    wire [47:0] out_offset  = (is_echo_run ? times(out_row_base + out_osc, WOB) : times(out_row_base + out_osc, WB))
+                              + {44'd0, out_index};
     assign out_ready = collecting && !out_busy;
 
-    wire [31:0] read_address = feeding ? feed_offset + {28'd0, feed_index} : {{(32 - RX_AW){1'b0}}, read_at} + {28'd0, read_index};
+    wire [47:0] read_address = feeding ? feed_offset + {44'd0, feed_index} : {{(48 - RX_AW){1'b0}}, read_at} + {44'd0, read_index};
     assign rx_addr = read_address[RX_AW-1:0];
     assign tx_we   = main_tx_we || out_busy;
     assign tx_addr = out_busy ? out_offset[TX_AW-1:0] : emit_at + {{(TX_AW - 4){1'b0}}, emit_index};
     assign tx_data = out_busy ? out_value[8 * out_index +: 8] : emit_value[8 * emit_index +: 8];
+
+    // x · c for a constant c, as shifts and adds: no multiplier (the bank needs every DSP of a UP5K).
+    function [47:0] times;
+        input [47:0] x;
+        input integer c;
+        integer b;
+        begin
+            times = 48'd0;
+            for (b = 0; b < 8; b = b + 1)
+                if (c[b]) times = times + (x << b);
+        end
+    endfunction
 
     // The program image's header as LOAD_PROGRAM sends it: format 1, one bank, kind, formats, P.
     function [7:0] image_header;
@@ -238,8 +252,16 @@ module ef_commands #(
                 failed          <= 1'b0;
                 response_length <= 32'd0;
                 loop(32'd0, 32'd1);
+                steps  <= f_u32_8;
+                kp     <= 48'd0;
+                kp_bit <= 5'd0;
                 if (opcode == LOAD_PROGRAM) read(32'd15, 4'd2, CHECK);  // P, beyond the captured fields
-                else state <= CHECK;
+                else state <= (opcode == FORWARD_CHUNK || opcode == ECHO_CHUNK) ? MULTIPLY : CHECK;
+            end
+            MULTIPLY: begin                                             // kp = K · P, a bit of P a clock
+                if (size[kp_bit[3:0]]) kp <= kp + ({16'd0, steps} << kp_bit);
+                kp_bit <= kp_bit + 5'd1;
+                if (kp_bit == 5'd15) state <= CHECK;
             end
             CHECK: case (opcode)
                 LOAD_PROGRAM: begin                                     // `value` holds P
@@ -248,11 +270,11 @@ module ef_commands #(
                     else if (length < 32'd17 || field_byte(6) > 8'd1 || value[15:0] == 16'd0) refuse(BAD_PROGRAM);
                     else if ({field_byte(14), field_byte(13), field_byte(12), field_byte(11), field_byte(10),
                               field_byte(9), field_byte(8), field_byte(7)} != FORMAT_BYTES[71:8]) refuse(BAD_PROGRAM);
-                    else if (length != 32'd17 + 32'd5 * value[15:0] * WB) refuse(BAD_PROGRAM);
+                    else if ({16'd0, length} != 48'd17 + times({32'd0, value[15:0]}, 5 * WB)) refuse(BAD_PROGRAM);
                     else if (value[15:0] > MAX_OSCILLATORS) refuse(OVER_CAPACITY);
                     else if (field_byte(6) != FORMAT_BYTES[7:0]) refuse(BAD_PROGRAM);  // the other kind
                     else begin
-                        loop(32'd5 * value[15:0], {16'd0, value[15:0]});
+                        loop(times({32'd0, value[15:0]}, 5), {16'd0, value[15:0]});
                         body_at <= 32'd17;
                         state   <= RANGE;
                     end
@@ -260,14 +282,14 @@ module ef_commands #(
                 WRITE_PARAMS:
                     if (!loaded) refuse(NO_PROGRAM);
                     else if (f_bank != 8'd0) refuse(BAD_BANK);
-                    else if (length != 32'd5 + 32'd5 * size * WB) refuse(BAD_PAYLOAD);
-                    else begin loop(32'd5 * size, {16'd0, size}); body_at <= 32'd5; state <= RANGE; end
+                    else if ({16'd0, length} != 48'd5 + times({32'd0, size}, 5 * WB)) refuse(BAD_PAYLOAD);
+                    else begin loop(times({32'd0, size}, 5), {16'd0, size}); body_at <= 32'd5; state <= RANGE; end
                 WRITE_STATE:
                     if (!loaded) refuse(NO_PROGRAM);
                     else if (f_bank != 8'd0) refuse(BAD_BANK);
                     else if (f_u16_5 == 16'd0 || f_u16_5 > MAX_BATCH) refuse(OVER_CAPACITY);
                     else if (f_u16_9 == 16'd0 || {16'd0, f_u16_7} + {16'd0, f_u16_9} > {16'd0, f_u16_5}) refuse(BAD_PAYLOAD);
-                    else if (length != 32'd11 + 32'd2 * size * WB) refuse(BAD_PAYLOAD);
+                    else if ({16'd0, length} != 48'd11 + times({32'd0, size}, 2 * WB)) refuse(BAD_PAYLOAD);
                     else begin loop(twice, {16'd0, size}); body_at <= 32'd11; state <= RANGE; end
                 READ_STATE:
                     if (length != 32'd10) refuse(BAD_PAYLOAD);
@@ -276,10 +298,11 @@ module ef_commands #(
                     else if (field_byte(5) > 8'd1) refuse(BAD_PAYLOAD);
                     else if (field_byte(5) == 8'd0 ? !state_valid : !echo_valid) refuse(NO_STATE);
                     else if (f_u16_8 == 16'd0 || {16'd0, f_u16_6} + {16'd0, f_u16_8} > MAX_BATCH) refuse(BAD_PAYLOAD);
-                    else if ((field_byte(5) == 8'd0 ? twice : 2 * twice) * WB > MAX_RESPONSE) refuse(RESPONSE_TOO_LARGE);
+                    else if (times({16'd0, field_byte(5) == 8'd0 ? twice : twice << 1}, WB) > MAX_RESPONSE)
+                        refuse(RESPONSE_TOO_LARGE);
                     else begin
-                        loop(field_byte(5) == 8'd0 ? twice : 2 * twice, {16'd0, size});
-                        response_length <= (field_byte(5) == 8'd0 ? twice : 2 * twice) * WB;
+                        loop(field_byte(5) == 8'd0 ? twice : twice << 1, {16'd0, size});
+                        response_length <= times({16'd0, field_byte(5) == 8'd0 ? twice : twice << 1}, WB);
                         state <= APPLY;
                     end
                 BEGIN_FORWARD, BEGIN_ECHO:
@@ -295,24 +318,23 @@ module ef_commands #(
                         phase_length <= f_u32_8;
                         position     <= (opcode == BEGIN_ECHO) ? f_u32_8 : 32'd0;
                         for (k = 0; k < 4; k = k + 1) counters[k] <= 32'd0;
-                        loop((opcode == BEGIN_ECHO) ? 2 * twice : twice, 32'd1);
+                        loop((opcode == BEGIN_ECHO) ? twice << 1 : twice, 32'd1);
                         state <= LOAD_LANES;
                     end
-                FORWARD_CHUNK, ECHO_CHUNK: begin
-                    steps <= f_u32_8;
+                FORWARD_CHUNK, ECHO_CHUNK: begin                        // `kp` holds K · P
                     if (phase != (is_echo_run ? ECHO : FORWARD)) refuse(NO_PHASE);
                     else if (f_u32_8 == 32'd0 || f_u32_8 > MAX_CHUNK_STEPS
-                             || {16'd0, f_u32_8} * size * (is_echo_run ? 2 : 1) > BUFFER_SAMPLES)
+                             || (is_echo_run ? kp << 1 : kp) > BUFFER_SAMPLES)
                         refuse(OVER_CAPACITY);
-                    else if ({16'd0, f_u32_8} * size * (is_echo_run ? WOB : WB) > MAX_RESPONSE)
+                    else if ((is_echo_run ? times(kp, WOB) : times(kp, WB)) > MAX_RESPONSE)
                         refuse(RESPONSE_TOO_LARGE);
                     else if (is_echo_run ? ({1'b0, f_u32_4} + {1'b0, f_u32_8} != {1'b0, position})
                                          : (f_u32_4 != position || {1'b0, f_u32_4} + {1'b0, f_u32_8} > {1'b0, phase_length}))
                         refuse(OUT_OF_ORDER);
-                    else if (length != 32'd12 + (is_echo_run ? 32'd2 : 32'd1) * f_u32_8 * size * WB)
+                    else if ({16'd0, length} != 48'd12 + times(is_echo_run ? kp << 1 : kp, WB))
                         refuse(BAD_PAYLOAD);
                     else begin
-                        loop((is_echo_run ? 32'd2 : 32'd1) * f_u32_8 * size, 32'd1);
+                        loop(is_echo_run ? kp << 1 : kp, 32'd1);
                         body_at <= 32'd12;
                         state   <= RANGE;
                     end
@@ -322,7 +344,7 @@ module ef_commands #(
                     else if (phase != (opcode == END_ECHO ? ECHO : FORWARD)) refuse(NO_PHASE);
                     else if (position != (opcode == END_ECHO ? 32'd0 : phase_length)) refuse(OUT_OF_ORDER);
                     else begin
-                        loop((opcode == END_ECHO) ? 2 * twice : twice, 32'd1);
+                        loop((opcode == END_ECHO) ? twice << 1 : twice, 32'd1);
                         state <= SAVE_A;
                     end
                 READ_OBSERVABLES:
@@ -331,10 +353,10 @@ module ef_commands #(
                     else if (f_bank != 8'd0) refuse(BAD_BANK);
                     else if (!echo_valid) refuse(NO_STATE);
                     else if (f_u16_7 == 16'd0 || {16'd0, f_u16_5} + {16'd0, f_u16_7} > MAX_BATCH) refuse(BAD_PAYLOAD);
-                    else if (ACC_ROWS * size * 8 > MAX_RESPONSE) refuse(RESPONSE_TOO_LARGE);
+                    else if (times({32'd0, size}, ACC_ROWS) << 3 > MAX_RESPONSE) refuse(RESPONSE_TOO_LARGE);
                     else begin
-                        loop(ACC_ROWS * size, {16'd0, size});
-                        response_length <= ACC_ROWS * size * 8;
+                        loop(times({32'd0, size}, ACC_ROWS), {16'd0, size});
+                        response_length <= times({32'd0, size}, ACC_ROWS) << 3;
                         state <= APPLY;
                     end
                 default: refuse(16'h0001);
@@ -343,7 +365,7 @@ module ef_commands #(
             RANGE: if (index == count) begin
                 loop(count, {16'd0, program_p});
                 state <= APPLY;
-            end else read(body_at + index * WB, WB[3:0], RANGE_NEXT);
+            end else read(body_at + times(index, WB), WB[3:0], RANGE_NEXT);
             RANGE_NEXT:
                 if (!in_range)
                     refuse((opcode == LOAD_PROGRAM || opcode == WRITE_PARAMS) ? BAD_PROGRAM : BAD_PAYLOAD);
@@ -361,17 +383,17 @@ module ef_commands #(
                         index <= 32'd0;
                         crc   <= CRC_INIT;
                         state <= CRC_HEADER;
-                    end else read(body_at + index * WB, WB[3:0], APPLY_NEXT);
+                    end else read(body_at + times(index, WB), WB[3:0], APPLY_NEXT);
                 WRITE_STATE:
                     if (index == count) begin
                         state_valid <= 1'b1;
                         state       <= FINISH;
-                    end else read(body_at + index * WB, WB[3:0], APPLY_NEXT);
+                    end else read(body_at + times(index, WB), WB[3:0], APPLY_NEXT);
                 READ_STATE:                                              // STATE ϕ, π; ECHO ϕ (2, P), π (2, P)
                     if (index == count) state <= FINISH;
                     else if (field_byte(5) == 8'd0)
-                        emit(index * WB, WB[3:0], outer == 32'd0 ? state_phi[inner] : state_pi[inner], APPLY_NEXT);
-                    else emit(index * WB, WB[3:0], outer < 32'd2 ? echo_phi[outer[0] * PMAX + inner]
+                        emit(times(index, WB), WB[3:0], outer == 32'd0 ? state_phi[inner] : state_pi[inner], APPLY_NEXT);
+                    else emit(times(index, WB), WB[3:0], outer < 32'd2 ? echo_phi[outer[0] * PMAX + inner]
                                                                  : echo_pi[outer[0] * PMAX + inner], APPLY_NEXT);
                 READ_OBSERVABLES:                                        // (A, P): outer the row, inner p
                     if (index == count) state <= FINISH;
@@ -421,7 +443,7 @@ module ef_commands #(
             end
             // ---- a phase's start: the lanes from the STATE register (or zero); an echo's accumulators 0 ----
             LOAD_LANES: if (index == count) begin
-                loop(ACC_ROWS * size, ACC_ROWS);                          // outer p, inner the core's row
+                loop(times({32'd0, size}, ACC_ROWS), ACC_ROWS);          // outer p, inner the core's row
                 state <= (phase == ECHO) ? CLEAR_ACC : FINISH;
             end else begin                                           // ϕ lanes, then π lanes
                 if (phase == ECHO)                                   // both echoes start at (ϕ, −π)
@@ -463,7 +485,7 @@ module ef_commands #(
                                         ? 32'hFFFFFFFF : counters[index[1:0]] + reg_rdata[31:0];
                 index <= index + 32'd1;
                 if (index == 32'd3) begin
-                    response_length <= lanes_steps * (is_echo_run ? WOB : WB);
+                    response_length <= is_echo_run ? times(kp, WOB) : times(kp, WB);
                     position        <= is_echo_run ? f_u32_4 : position + steps;
                     state           <= FINISH;
                 end else begin
@@ -473,7 +495,7 @@ module ef_commands #(
             end
             // ---- a phase's end: the lanes (and accumulators) into the registers ----
             SAVE_A: if (index == count) begin
-                loop(ACC_ROWS * size, ACC_ROWS);
+                loop(times({32'd0, size}, ACC_ROWS), ACC_ROWS);
                 state <= (phase == ECHO) ? SAVE_ACC_A : COUNTERS_OUT;
                 if (phase != ECHO) index <= 32'd0;
             end else begin
@@ -552,6 +574,7 @@ module ef_commands #(
             feeding    <= 1'b1;
             feed_step  <= 32'd0;
             feed_osc   <= 32'd0;
+            feed_row_base <= is_echo_run ? kp[31:0] - size : 32'd0;    // an echo runs its steps last first
             feed_state <= 2'd0;
             feed_index <= 4'd0;
             feed_wait  <= 1'b0;
@@ -580,6 +603,7 @@ module ef_commands #(
                 else begin
                     feed_osc  <= 32'd0;
                     feed_step <= feed_step + 32'd1;
+                    feed_row_base <= is_echo_run ? feed_row_base - size : feed_row_base + size;
                     if (feed_step + 32'd1 == steps) feeding <= 1'b0;
                 end
             end
@@ -595,6 +619,7 @@ module ef_commands #(
             collecting <= 1'b1;
             out_step   <= 32'd0;
             out_osc    <= 32'd0;
+            out_row_base <= is_echo_run ? kp[31:0] - size : 32'd0;
             out_busy   <= 1'b0;
         end else if (collecting) begin
             if (!out_busy) begin
@@ -610,6 +635,7 @@ module ef_commands #(
                 else begin
                     out_osc  <= 32'd0;
                     out_step <= out_step + 32'd1;
+                    out_row_base <= is_echo_run ? out_row_base - size : out_row_base + size;
                     if (out_step + 32'd1 == steps) collecting <= 1'b0;
                 end
             end
