@@ -64,7 +64,8 @@ def run_train(args) -> int:
         config = load_config(args.config, overrides)
         output = Path(config["output"])
     if args.nproc > 1 and not distributed.launched():
-        return distributed.launch(args.nproc, args)
+        distributed.rows_per_rank(config["batch_size"], args.nproc)
+        return distributed.launch(args.nproc, args.argv)
 
     def train(ranks) -> int:
         trainer = distributed.make_trainer(Trainer, ranks, config, output)
@@ -92,11 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run a parsed command (also each rank's entry point when `--nproc` starts several)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv  # the command again, for the ranks `--nproc` starts
     try:
         return args.run(args)
     except USER_ERRORS as error:

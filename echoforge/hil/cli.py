@@ -77,7 +77,8 @@ def run_hil_train(args) -> int:
     devices = read_devices(args.devices) if args.devices else args.device
     plan = _plan(args, boards=max(len(devices), distributed.world_size()))
     if len(devices) > 1 and not distributed.launched():
-        return distributed.launch(len(devices), args)
+        distributed.rows_per_rank(plan.config["batch_size"], len(devices))
+        return distributed.launch(len(devices), args.argv)
     return distributed.run_as_rank(lambda ranks: _train_on_board(args, plan, devices, ranks))
 
 

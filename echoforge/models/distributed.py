@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import uuid
 from dataclasses import dataclass
 
@@ -101,23 +102,22 @@ def run_as_rank(body) -> int:
         dist.destroy_process_group()
 
 
-def launch(nproc: int, args) -> int:
-    """Run the parsed command `args` as `nproc` ranks on this machine (torch's elastic launcher, as
-    `torchrun --standalone --nproc-per-node N` would); returns the worst rank's exit status."""
+def launch(nproc: int, argv: list[str]) -> int:
+    """Run `echoforge ARGV` as `nproc` ranks on this machine through torch's elastic launcher, as
+    `torchrun --standalone --nproc-per-node N -m echoforge.cli ARGV` would; returns the worst rank's
+    exit status. Each rank is a process of its own: one that fails exits, its sockets close, and the
+    launcher stops the others (SIGTERM), so the run ends with the failing rank's one line."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn")
-    logging.getLogger(LAUNCHER_LOGGER).setLevel(logging.CRITICAL)  # ranks report their own errors
-    statuses = elastic_launch(config, _rank_main)(args)
-    return max(statuses.values())
-
-
-def _rank_main(args) -> int:
-    """One local rank: the command as `echoforge` runs it (errors as one line, exit 2)."""
-    from echoforge.cli import run
-
-    return run(args)
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
+    logging.getLogger(LAUNCHER_LOGGER).setLevel(logging.CRITICAL)  # the ranks report their own errors
+    try:
+        elastic_launch(config, sys.executable)("-m", "echoforge.cli", *argv)
+    except ChildFailedError as error:
+        return max(failure.exitcode for failure in error.failures.values())
+    return 0
 
 
 # ---- the model: batch statistics and dropout masks of the global batch ---------------------------------
@@ -203,6 +203,14 @@ def data_parallel_modules(model: nn.Module, ranks: Ranks) -> None:
 # ---- the trainer ------------------------------------------------------------------------------------------
 
 
+def rows_per_rank(batch: int, ranks: int) -> int:
+    """The rows of a global batch each rank trains on; a batch that does not split evenly is refused."""
+    if batch % ranks:
+        raise ConfigError(f"batch_size: the global batch of {batch} does not split over {ranks} ranks — "
+                          f"give a multiple of {ranks}")
+    return batch // ranks
+
+
 class DataParallel:
     """Mixin over a Trainer (or a subclass: hil.HILTrainer) that trains on `ranks` as described in the
     module docstring. Constructed with the trainer's arguments plus `ranks=`."""
@@ -210,11 +218,7 @@ class DataParallel:
     def __init__(self, *args, ranks: Ranks, **kwargs):
         super().__init__(*args, **kwargs)
         self.ranks = ranks
-        size = min(self.config["batch_size"], len(self.data.train.x))
-        if size % ranks.size:
-            raise ConfigError(f"batch_size: the global batch of {size} does not split over {ranks.size} ranks — "
-                              f"give a multiple of {ranks.size}")
-        self.rows = size // ranks.size
+        self.rows = rows_per_rank(min(self.config["batch_size"], len(self.data.train.x)), ranks.size)
         data_parallel_modules(self.model, ranks)
         self.loss_sum = 0.0
 

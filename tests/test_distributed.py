@@ -1,0 +1,207 @@
+"""Scale-out on torch.distributed (issue 12): `echoforge train --nproc 2` and `echoforge hil train` with two
+simulated boards end where one process / one board does on the same global batch (dropout on), a run
+resumes on another number of ranks, a board killed mid-run stops the run with one line naming it and the
+run resumes with the board back to the uninterrupted run's parameters bit for bit; bad inputs are one line.
+
+Every multi-rank run here starts two ranks on localhost (gloo) through `--nproc` / repeated `--device`,
+as a user would; each run is tiny (BasicMotions, 8 features, 8 oscillators, batch 8, a few steps), and
+still takes most of a minute on a loaded 2-core machine (two fresh interpreters importing torch), so
+only the two equivalence checks run by default.
+
+Tolerances (measured, float32): the ranks sum each batch reduction (batch-norm statistics, every weight
+gradient's sum over rows) in another order than one process, so parameters differ by rounding that
+Adam carries on. Largest difference relative to the tensor's largest entry: host training, 6 steps,
+1.2e-7 (a 2-rank run resumed in one process and a 1-process run resumed on 2 ranks: 1.2e-7, 8e-8); HIL,
+12 steps, 1.9e-5 (the boards' fixed point turns a rounding difference in the forcing into an
+occasional one-LSB code difference). The bounds leave a margin of about 10×. Two runs on the same
+number of ranks are bit-identical (the killed-and-resumed HIL run equals the uninterrupted one).
+"""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from echoforge.cli import main
+from echoforge.models.training import Trainer, load_config
+from echoforge.runtime.simulator import simulated_board
+from test_hil import train_in_process  # one board, in this process: steps 12, eval_every 2, batch 8
+from test_runtime_device import board_process
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+HOST = ["model.hidden_size=8", "model.state_size=8", "batch_size=8", "eval_every=3"]  # dropout: the default 0.05
+HOST_TOLERANCE = 1e-6
+HIL_TOLERANCE = 2e-4
+RUN_SECONDS = 600
+
+
+def echoforge(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "echoforge.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=RUN_SECONDS)
+
+
+def host_run(output: Path, steps: int, *, resume: bool = False) -> Trainer:
+    """One process, in this process."""
+    config = load_config(None, [*HOST, f"steps={steps}", f"output={output}"])
+    trainer = Trainer(config, output)
+    trainer.run(resume=resume, progress=False)
+    return trainer
+
+
+def checkpoint(run: Path) -> dict:
+    return torch.load(run / "last.pt", weights_only=True)
+
+
+def relative_difference(run: Path, other: Path) -> float:
+    """Largest |a − b| over the model's tensors, relative to the tensor's largest entry; integer
+    tensors (batch-norm counters) must be equal."""
+    a, b = checkpoint(run)["model"], checkpoint(other)["model"]
+    assert a.keys() == b.keys()
+    worst = 0.0
+    for name, value in a.items():
+        if value.is_floating_point():
+            worst = max(worst, float((value - b[name]).abs().max() / value.abs().max()))
+        else:
+            assert torch.equal(value, b[name]), name
+    return worst
+
+
+def assert_close_runs(run: Path, other: Path, tolerance: float) -> None:
+    """Same steps, same dropout draws (torch's RNG state), same validation steps, parameters within
+    tolerance."""
+    a, b = checkpoint(run), checkpoint(other)
+    assert a["step"] == b["step"]
+    assert torch.equal(a["rng"], b["rng"])  # every rank drew the global batch's masks, as one process does
+    assert [r["step"] for r in a["records"]] == [r["step"] for r in b["records"]]
+    assert relative_difference(run, other) <= tolerance
+
+
+# ---- data-parallel host training ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> Path:
+    """`echoforge train --nproc 2`, 6 steps."""
+    run = tmp_path_factory.mktemp("two-ranks") / "run"
+    result = echoforge("train", *(a for s in HOST for a in ("--set", s)), "--steps", "6", "--nproc", "2",
+                       "-o", str(run), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("BasicMotions") == 1  # rank 0 alone reports
+    return run
+
+
+def test_two_ranks_end_where_one_process_does(two_ranks, tmp_path):
+    one = host_run(tmp_path / "one", 6).output
+    assert_close_runs(two_ranks, one, HOST_TOLERANCE)
+    assert json.loads((two_ranks / "summary.json").read_text())["steps"] == 6
+    assert (two_ranks / "curves.png").exists() and len((two_ranks / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_two_rank_run_resumes_in_one_process(two_ranks, tmp_path):
+    """The checkpoint of two ranks is one process's: extended by 3 steps in one process, it ends where an
+    uninterrupted one-process run of 9 steps does."""
+    run = tmp_path / "resumed"
+    run.mkdir()
+    for name in ("config.yaml", "last.pt", "best.pt", "metrics.jsonl"):
+        (run / name).write_bytes((two_ranks / name).read_bytes())
+    config = load_config(run / "config.yaml", ["steps=9", f"output={run}"])
+    Trainer(config, run).run(resume=True, progress=False)
+    assert_close_runs(run, host_run(tmp_path / "one", 9).output, HOST_TOLERANCE)
+
+
+@pytest.mark.slow
+def test_a_one_process_run_resumes_on_two_ranks(tmp_path):
+    one = host_run(tmp_path / "one", 6).output
+    run = host_run(tmp_path / "resumed", 3).output
+    result = echoforge("train", "--resume", str(run), "--steps", "6", "--nproc", "2", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert_close_runs(run, one, HOST_TOLERANCE)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--nproc", "2", "--set", "batch_size=7"], "batch_size: the global batch of 7 does not split over 2 ranks"),
+    (["--nproc", "0"], "argument --nproc: expected a positive integer"),
+])
+def test_bad_rank_settings_are_one_line(args, message, tmp_path):
+    result = echoforge("train", *args, "-o", str(tmp_path / "run"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+# ---- one rank per board -------------------------------------------------------------------------------------
+
+HIL_STEPS = 12
+HIL = [f"steps={HIL_STEPS}", "eval_every=2", "batch_size=8"]
+
+
+@pytest.fixture(scope="module")
+def program_dir(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("program")
+    assert main(["compile", str(tiny_run), "--target", "emulator", "-o", str(out), "--no-progress"]) == 0
+    return out
+
+
+def hil_command(boards, program_dir, run, *options):
+    devices = [a for board in boards for a in ("--device", board)]
+    return [sys.executable, "-m", "echoforge.cli", "hil", "train", *devices, "--program", str(program_dir),
+            *(a for s in HIL for a in ("--set", s)), "--output", str(run), "--no-progress", *options]
+
+
+@pytest.fixture(scope="module")
+def two_boards_run(program_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("two-boards") / "run"
+    with simulated_board() as first, simulated_board() as second:
+        result = subprocess.run(hil_command([first, second], program_dir, run), capture_output=True, text=True,
+                                cwd=run.parent, timeout=RUN_SECONDS)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("fine-tuned in the loop") == 1
+    return run
+
+
+def test_two_boards_end_where_one_board_does(two_boards_run, program_dir, tmp_path):
+    with simulated_board() as board:
+        one = train_in_process(program_dir, board, tmp_path / "one")
+    assert one.config["batch_size"] == 8 and one.step == HIL_STEPS
+    assert_close_runs(two_boards_run, one.output, HIL_TOLERANCE)
+
+
+@pytest.mark.slow
+def test_a_board_killed_mid_run_is_one_line_and_the_run_resumes_bit_for_bit(two_boards_run, program_dir, tmp_path):
+    run = tmp_path / "killed"
+    with simulated_board() as first, board_process("--pty") as (second_process, second):
+        process = subprocess.Popen(hil_command([first, second], program_dir, run, "--timeout", "1"),
+                                   cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + RUN_SECONDS
+        while not (run / "metrics.jsonl").exists():
+            assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()
+            time.sleep(0.005)
+        second_process.send_signal(signal.SIGKILL)
+        _, stderr = process.communicate(timeout=RUN_SECONDS)
+        assert process.returncode == 2, stderr
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and second in lines[0] and "rank 1 of 2" in lines[0], lines
+        assert f"continue with --resume {run}" in lines[0]
+        assert 0 < checkpoint(run)["step"] < HIL_STEPS
+        with simulated_board() as back:
+            resumed = subprocess.run([sys.executable, "-m", "echoforge.cli", "hil", "train", "--device", first,
+                                      "--device", back, "--resume", str(run), "--no-progress"],
+                                     capture_output=True, text=True, cwd=tmp_path, timeout=RUN_SECONDS)
+    assert resumed.returncode == 0, resumed.stderr
+    assert relative_difference(run, two_boards_run) == 0.0  # bit for bit
+    assert torch.equal(checkpoint(run)["rng"], checkpoint(two_boards_run)["rng"])
+
+
+def test_several_boards_refuse_the_fidelity_monitor_and_bad_device_files(program_dir, tmp_path):
+    command = hil_command(["/dev/null", "/dev/null"], program_dir, tmp_path / "run", "--fidelity-every", "3")
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=RUN_SECONDS)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "the fidelity monitor checks one board" in result.stderr
+    empty = tmp_path / "boards.txt"
+    empty.write_text("# no boards yet\n\n")
+    result = echoforge("hil", "train", "--devices", str(empty), "--program", str(program_dir), cwd=tmp_path)
+    assert result.returncode == 2 and "no board URIs" in result.stderr and result.stderr.count("\n") == 1
