@@ -212,8 +212,11 @@ reg [31:0] steps;
 reg [31:0] count_state, count_force, count_preact, count_accumulator, cycles;
 reg running, busy_r;
 reg [7:0] drain;
-assign busy = busy_r;  // running, or lanes still in the pipeline (a register: it steers every memory port)
-wire start = control_write && reg_index == R_START && reg_wdata[0] && !busy;
+// START is decoded into a register and acted on one clock later (the decode does not drive the many
+// registers a start resets); busy covers that clock, so the bus sees the run begin at once
+reg start;
+always @(posedge clk) start <= !rst && control_write && reg_index == R_START && reg_wdata[0] && !busy;
+assign busy = busy_r || start;  // starting, running, or lanes still in the pipeline
 always @(posedge clk) begin
     if (rst) begin
         mode <= 1'b0; flip_setting <= 1'b0; oscillators <= 1; lanes <= 1; steps <= 32'd0;
