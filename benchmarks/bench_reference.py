@@ -281,7 +281,9 @@ def report(rows: list[dict], args) -> str:
         f"over the resident set before that step. Threads: the reference on XLA's defaults, echoforge "
         f"torch {threads.get('torch')} (numba's kernels single-threaded). 'CPU s': CPU time per "
         f"step, all threads: steadier than wall time when the machine is busy.",
-        table(rows), growth(rows), "![side by side](reference-side-by-side.png)"])
+        table(rows), growth(rows), "![side by side](reference-side-by-side.png)"]
+        + ([f"Rendered from the results a measuring run saved (`--json`, same sizes, --rounds and "
+            f"--repeats, without --from-json)."] if args.from_json else []))
 
 
 def main() -> None:
