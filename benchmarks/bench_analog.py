@@ -1,0 +1,255 @@
+"""The headline experiment: a model trained offline, deployed on analog twins, calibrated, fine-tuned in the loop.
+
+Per task (and its board file, with the mismatch σ and quality factor Q of the grid) and fabrication
+seed, every stage through the echoforge commands, timed:
+
+- ideal: the float model on the test split (the interpreter of the compiled program);
+- deployed: `echoforge compile RUN --target analog --board B` and the test split with every bank on the
+  board's twin (each bank from oscillator 0, as `board serve --target analog-twin` places it);
+- HIL (uncalibrated): `echoforge hil train --device URI --program DEPLOYED` on `board serve --target
+  analog-twin` (a pseudo-terminal): plain RHEL in the loop, the served echo keeping the board's loss;
+  its test accuracy on the device at the best-validation step;
+- calibrated: `echoforge calibrate` against the served twin, `compile --calibration`, and the test split
+  on the twin whose firmware holds the calibration;
+- calibrated + HIL: `hil train` from the calibrated program on the served twin with the calibration.
+
+Recovery = (stage − deployed) / (ideal − deployed), over the seeds' means.
+
+    python benchmarks/bench_analog.py [--tasks basicmotions scp1] [--sigmas 0.01 0.05] [--qualities 100 1000]
+        [--seeds 0 1 2 3 4] [--hil-steps 60] [--work runs/bench-analog] [--write]
+
+--write replaces this script's section of docs/results.md and writes docs/analog-headline.png; results
+are kept per board instance in --work, so a rerun continues, and --report-only tabulates them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from echoforge.cli import main as echoforge
+from echoforge.compiler.cli import _load
+from echoforge.compiler.report import compare
+from echoforge.runtime.simulator import simulated_board
+from echoforge.targets.analog.board import load_board
+from echoforge.targets.analog.calibration_file import load_calibration
+from echoforge.targets.analog.twin import AnalogTwin
+from echoforge.targets.emulator.emulated import EmulatedModel
+from echoforge.targets.emulator.lower import load_program
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+PLOT = Path(__file__).resolve().parents[1] / "docs" / "analog-headline.png"
+# The trained models' banks need wider gain ranges than the shipped board files allow (a stiffness of
+# 0.01 asks for an input gain of 1e5); the boards otherwise are the shipped ones.
+WIDE_GAINS = {"input_gain": (0.01, 1.0e6), "readout_gain": (1.0e-5, 100.0)}
+# Per task: the train command's arguments and the board it is deployed on (all its banks side by side):
+# BasicMotions with banks of 8 (2 × 8 of lc-tank-pcb's 16 oscillators), SCP1 (length 896) as its config
+# says (3 × 16 of on-chip-array's 64).
+TASKS = {"basicmotions": (["--set", "model.state_size=8"], "lc-tank-pcb"),
+         "scp1": (["configs/scp1-linear.yaml"], "on-chip-array")}
+STAGES = ("ideal", "deployed", "hil_raw", "calibrated", "hil")
+LABELS = {"ideal": "ideal", "deployed": "deployed", "hil_raw": "HIL (uncalibrated)", "calibrated": "calibrated",
+          "hil": "calibrated + HIL"}
+RESULT = "result.json"
+
+
+def run_cli(*args: str) -> float:
+    """Run an echoforge command in this process; its wall time."""
+    start = time.perf_counter()
+    code = echoforge([str(a) for a in args])
+    if code != 0:
+        raise RuntimeError(f"echoforge {' '.join(map(str, args))} exited {code}")
+    return time.perf_counter() - start
+
+
+def board_file(work: Path, task: str, sigma: float, quality: float) -> Path:
+    board = load_board(TASKS[task][1]).replace(mismatch_sigma=sigma, quality_factor=quality, **WIDE_GAINS)
+    path = work / task / f"board-s{sigma:g}-q{quality:g}.yaml"
+    path.write_text(yaml.safe_dump(board.to_yaml(), sort_keys=False))
+    return path
+
+
+def on_twin(program_dir: Path, board_path: Path, seed: int, calibration: Path | None) -> tuple[float, float]:
+    """(float accuracy, accuracy with every bank on the twin) on the test split."""
+    program = load_program(program_dir)
+    board = load_board(board_path)
+    used = load_calibration(calibration, board) if calibration else None
+    emulated = EmulatedModel(program)
+    for k, bank in enumerate(program.banks):
+        twin = AnalogTwin(board, bank.config, fabrication_seed=seed, noise_seed=(0, k), calibration=used)
+        twin.load(bank.params)
+        emulated.cores[bank.node] = twin
+    data = _load(program.dataset)
+    result = compare(emulated, data.test.x, data.test.y, "test", progress=False)
+    return result.float, result.fixed
+
+
+def one_board(run: Path, work: Path, board_path: Path, seed: int, hil_steps: int) -> dict:
+    """Every stage on one board instance: accuracies and wall times, kept in WORK/result.json stage by
+    stage, so an interrupted grid continues where it stopped."""
+    work.mkdir(parents=True, exist_ok=True)
+    saved = work / RESULT
+    result = json.loads(saved.read_text()) if saved.exists() else {"seconds": {}}
+    seconds = result["seconds"]
+    served = ("--target", "analog-twin", "--board", str(board_path), "--fabrication-seed", str(seed))
+    calibration = work / "cal.yaml"
+
+    def stage(name, measure):
+        if name not in result:
+            result[name] = measure()
+            saved.write_text(json.dumps(result))
+
+    def deploy():
+        seconds["compile"] = run_cli("compile", run, "--target", "analog", "--board", board_path,
+                                     "--fabrication-seed", seed, "-o", work / "deployed", "--no-progress")
+        result["ideal"], deployed = on_twin(work / "deployed", board_path, seed, None)
+        return deployed
+
+    def calibrate():
+        with simulated_board(*served) as uri:
+            seconds["calibrate"] = run_cli("calibrate", "--device", uri, "--board", board_path, "-o", calibration,
+                                           "--no-progress")
+        seconds["recompile"] = run_cli("compile", run, "--target", "analog", "--board", board_path, "--calibration",
+                                       calibration, "--fabrication-seed", seed, "-o", work / "calibrated",
+                                       "--no-progress")
+        return on_twin(work / "calibrated", board_path, seed, calibration)[1]
+
+    def fine_tune(program: str, *firmware: str):
+        output = work / ("hil" if firmware else "hil-raw")
+        with simulated_board(*served, *firmware) as uri:
+            seconds[output.name] = run_cli("hil", "train", "--device", uri, "--program", work / program, "--steps",
+                                           hil_steps, "--set", "eval_every=10", "--set", "optimizer.lr=1e-3",
+                                           "--fidelity-every", "0", "-o", output, "--no-progress", "--timeout", "30")
+        return json.loads((output / "summary.json").read_text())["test"]["accuracy"]
+
+    stage("deployed", deploy)
+    stage("hil_raw", lambda: fine_tune("deployed"))
+    stage("calibrated", calibrate)
+    stage("hil", lambda: fine_tune("calibrated", "--calibration", str(calibration)))
+    return result
+
+
+def measured(work: Path, task: str, sigma: float, quality: float) -> list[dict]:
+    """Every seed's complete result.json of one grid cell (--report-only: what earlier runs measured)."""
+    results = [json.loads(path.read_text())
+               for path in sorted((work / task).glob(f"s{sigma:g}-q{quality:g}-seed*/{RESULT}"))]
+    return [result for result in results if all(stage in result for stage in STAGES)]
+
+
+def train(task: str, work: Path) -> tuple[Path, float]:
+    run = work / task / "train"
+    if (run / "summary.json").exists():
+        return run, json.loads((run / "summary.json").read_text())["seconds"]
+    root = Path(__file__).resolve().parents[1]
+    args = [root / a if a.endswith(".yaml") else a for a in TASKS[task][0]]
+    seconds = run_cli("train", *args, "-o", run, "--no-progress")
+    return run, seconds
+
+
+def recovery(means: dict, stage: str) -> str:
+    lost = means["ideal"] - means["deployed"]
+    return "—" if lost <= 0 else f"{100 * (means[stage] - means['deployed']) / lost:.0f} %"
+
+
+def report(rows: list[dict], args, train_seconds: dict) -> str:
+    timed = ("compile", "hil-raw", "calibrate", "recompile", "hil")
+    lines = ["| task | σ | Q | seeds | " + " | ".join(LABELS[s] for s in STAGES) + " | recovery by HIL | by calibration "
+             "+ HIL | " + " | ".join(f"{name} s" for name in timed) + " |", "|---" * (6 + len(STAGES) + len(timed)) + "|"]
+    for row in rows:
+        results = row["results"]
+        means = {s: float(np.mean([r[s] for r in results])) for s in STAGES}
+        cells = [f"{100 * means[s]:.1f} ± {100 * np.std([r[s] for r in results]):.1f}" for s in STAGES]
+        times = [f"{np.median([r['seconds'][k] for r in results]):.0f}" for k in timed]
+        lines.append(f"| {row['task']} | {100 * row['sigma']:g} % | {row['quality']:g} | {len(results)} | "
+                     + " | ".join(cells) + f" | {recovery(means, 'hil_raw')} | {recovery(means, 'hil')} | "
+                     + " | ".join(times) + " |")
+    trained = ", ".join(f"{task} {seconds:.0f} s" for task, seconds in train_seconds.items())
+    return "\n\n".join([
+        "## Analog board: deployed, calibrated, fine-tuned in the loop (benchmarks/bench_analog.py)",
+        "Test accuracy (%, mean ± std over fabrication seeds) of a model trained offline (`echoforge train`, "
+        f"float, RHEL; {trained}) on twins with mismatch σ and quality factor Q — BasicMotions (length 100, "
+        "2 banks of 8) on lc-tank-pcb, SCP1 (length 896, 3 banks of 16) on on-chip-array, gain ranges widened "
+        "(see the script): *ideal* the float model; *deployed* compiled for the board and run on its twin; "
+        f"*HIL (uncalibrated)* after `echoforge hil train` ({args.hil_steps} steps, lr 1e-3, plain RHEL through "
+        "the device protocol: the served echo keeps the board's loss) on the served twin, from the deployed "
+        "program; *calibrated* after `echoforge calibrate` through the served twin and `compile --calibration`, "
+        "the twin's firmware holding the calibration; *calibrated + HIL* `hil train` from there. HIL accuracies "
+        "are the device's at the best-validation step. Recovery = (stage − deployed)/(ideal − deployed) of the "
+        "means ('—' where deployment lost nothing). Times: median wall seconds per stage (2 shared cores). "
+        "Reduced grid (session time): SCP1 at σ 5 % only, one fabrication seed; the full grid is "
+        "`python benchmarks/bench_analog.py --tasks basicmotions scp1 --write` (about 16 min per SCP1 board here).",
+        "\n".join(lines), "![headline](analog-headline.png)"])
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(rows)), 4))
+    width = 0.16
+    for i, stage in enumerate(STAGES):
+        means = [100 * np.mean([r[stage] for r in row["results"]]) for row in rows]
+        errors = [100 * np.std([r[stage] for r in row["results"]]) for row in rows]
+        ax.bar(np.arange(len(rows)) + (i - 2) * width, means, width, yerr=errors, label=LABELS[stage], capsize=2)
+    ax.set_xticks(range(len(rows)), [f"{r['task']}\nσ {100 * r['sigma']:g} %, Q {r['quality']:g}" for r in rows],
+                  fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["basicmotions"])
+    parser.add_argument("--sigmas", type=float, nargs="+", default=[0.01, 0.05])
+    parser.add_argument("--qualities", type=float, nargs="+", default=[100.0, 1000.0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--hil-steps", type=int, default=60)
+    parser.add_argument("--work", type=Path, default=Path("runs/bench-analog"))
+    parser.add_argument("--report-only", action="store_true",
+                        help="measure nothing: tabulate the results earlier runs left in --work")
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    work = args.work.resolve()
+    rows, train_seconds = [], {}
+    for task in args.tasks:
+        if args.report_only:
+            train_seconds[task] = json.loads((work / task / "train" / "summary.json").read_text())["seconds"]
+            rows += [{"task": task, "sigma": sigma, "quality": quality,
+                      "results": measured(work, task, sigma, quality)}
+                     for sigma in args.sigmas for quality in args.qualities]
+            continue
+        run, train_seconds[task] = train(task, work)
+        for sigma in args.sigmas:
+            for quality in args.qualities:
+                board_path = board_file(work, task, sigma, quality)
+                results = []
+                for seed in args.seeds:
+                    result = one_board(run, work / task / f"s{sigma:g}-q{quality:g}-seed{seed}", board_path, seed,
+                                       args.hil_steps)
+                    print(json.dumps({"task": task, "sigma": sigma, "quality": quality, "seed": seed, **result}),
+                          file=sys.stderr, flush=True)
+                    results.append(result)
+                rows.append({"task": task, "sigma": sigma, "quality": quality, "results": results})
+    rows = [row for row in rows if row["results"]]
+    text = report(rows, args, train_seconds)
+    print(text)
+    if args.write:
+        from results_doc import write_section
+        plot(rows, PLOT)
+        write_section("bench_analog", text)
+
+
+if __name__ == "__main__":
+    main()
