@@ -30,8 +30,8 @@ def one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def tiny_program(tiny_run, tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", name="tiny_program")
+def compiled_tiny_program(tiny_run, tmp_path_factory) -> Path:
     """tiny_run compiled for the emulator (three bits of headroom, as in-the-loop training wants)."""
     out = tmp_path_factory.mktemp("tiny-program")
     result = echoforge("compile", tiny_run, "-o", out, "--headroom-bits", "3", "--no-progress")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from everyday import echoforge, one_line_error, tiny_program  # noqa: F401 (a fixture)
+from everyday import echoforge, one_line_error, compiled_tiny_program  # noqa: F401 (the tiny_program fixture)
 
 torch.set_num_threads(1)
 

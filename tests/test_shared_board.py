@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from everyday import echoforge, one_line_error, tiny_program  # noqa: F401 (a fixture)
+from everyday import echoforge, one_line_error, compiled_tiny_program  # noqa: F401 (the tiny_program fixture)
 from echoforge.runtime.device import Device
 from echoforge.runtime.simulator import stop
 
