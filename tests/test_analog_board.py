@@ -93,6 +93,16 @@ def test_not_yaml_and_not_a_mapping_and_missing(tmp_path):
         load_board(tmp_path / "absent.yaml")
 
 
+def test_a_board_missing_its_numbers_names_each_once(tmp_path):
+    """Required numbers absent: one line per key (was a TypeError from the range checks)."""
+    with pytest.raises(ValueError) as refused:
+        load_board(_write(tmp_path, {"schema_version": "1.0", "id": "bare"}))
+    lines = str(refused.value).splitlines()
+    keys = [line.split(": ")[1] for line in lines]
+    assert len(keys) == len(set(keys)) and {"sample_rate_hz", "natural_frequency_hz", "quality_factor"} <= set(keys)
+    assert all(line.endswith("add it (see docs/analog.md for the schema)") for line in lines)
+
+
 def test_board_serve_refuses_an_impossible_board_in_one_line(tmp_path):
     document = _document()
     document["quality_factor"] = -5

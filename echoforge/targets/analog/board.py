@@ -168,7 +168,9 @@ class _Reader:
         self.problems: list[str] = []
 
     def problem(self, key: str, what: str, fix: str) -> None:
-        self.problems.append(f"{self.where}: {key}: {what} — {fix}")
+        """Record one line per key: the first problem found with it (a missing key is not also mistyped)."""
+        if not any(line.startswith(f"{self.where}: {key}: ") for line in self.problems):
+            self.problems.append(f"{self.where}: {key}: {what} — {fix}")
 
     def section(self, document: dict, key: str, fields: dict) -> dict:
         """A mapping of numbers (or booleans) with the given defaults; unknown keys are problems."""
@@ -186,7 +188,7 @@ class _Reader:
         value = document.get(key, default)
         if value is None:
             self.problem(label, "missing", "add it (see docs/analog.md for the schema)")
-            return default
+            return math.nan if default is None else default  # NaN fails every range check quietly
         kind = type(default) if default is not None else float
         if kind is bool:
             if not isinstance(value, bool):
