@@ -104,7 +104,7 @@ def test_cli_prints_the_result(tmp_path):
     ("steps: -1\n", [], "steps: expected a positive integer"),
     ("dataset: {name: /nonexistent/data.npz}\n", [], "/nonexistent/data.npz"),
     ("model: {hidden_sise: 3}\n", [], "hidden_sise"),
-    ("", ["--set", "nonsense"], "must look like key.sub=value"),
+    ("", ["--set", "nonsense"], "argument --set: expected KEY=VALUE"),
 ])
 def test_bad_config_gives_one_line_and_exit_2(tmp_path, content, args, message):
     config = tmp_path / "config.yaml"
