@@ -26,12 +26,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_hil import (
+    train_in_process,  # one board, in this process: steps 12, eval_every 2, batch 8
+)
+from test_runtime_device import board_process
 
 from echoforge.cli import main
 from echoforge.models.training import Trainer, load_config
 from echoforge.runtime.simulator import simulated_board
-from test_hil import train_in_process  # one board, in this process: steps 12, eval_every 2, batch 8
-from test_runtime_device import board_process
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +44,7 @@ RUN_SECONDS = 600
 
 
 def echoforge(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "echoforge.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "echoforge.cli", *args], check=False, capture_output=True, text=True, cwd=cwd,
                           timeout=RUN_SECONDS)
 
 
@@ -156,7 +158,7 @@ def hil_command(boards, program_dir, run, *options):
 def two_boards_run(program_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("two-boards") / "run"
     with simulated_board() as first, simulated_board() as second:
-        result = subprocess.run(hil_command([first, second], program_dir, run), capture_output=True, text=True,
+        result = subprocess.run(hil_command([first, second], program_dir, run), check=False, capture_output=True, text=True,
                                 cwd=run.parent, timeout=RUN_SECONDS)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("fine-tuned in the loop") == 1
@@ -190,7 +192,7 @@ def test_a_board_killed_mid_run_is_one_line_and_the_run_resumes_bit_for_bit(two_
         with simulated_board() as back:
             resumed = subprocess.run([sys.executable, "-m", "echoforge.cli", "hil", "train", "--device", first,
                                       "--device", back, "--resume", str(run), "--no-progress"],
-                                     capture_output=True, text=True, cwd=tmp_path, timeout=RUN_SECONDS)
+                                     check=False, capture_output=True, text=True, cwd=tmp_path, timeout=RUN_SECONDS)
     assert resumed.returncode == 0, resumed.stderr
     assert relative_difference(run, two_boards_run) == 0.0  # bit for bit
     assert torch.equal(checkpoint(run)["rng"], checkpoint(two_boards_run)["rng"])
@@ -198,7 +200,7 @@ def test_a_board_killed_mid_run_is_one_line_and_the_run_resumes_bit_for_bit(two_
 
 def test_several_boards_refuse_the_fidelity_monitor_and_bad_device_files(program_dir, tmp_path):
     command = hil_command(["/dev/null", "/dev/null"], program_dir, tmp_path / "run", "--fidelity-every", "3")
-    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=RUN_SECONDS)
+    result = subprocess.run(command, check=False, capture_output=True, text=True, cwd=tmp_path, timeout=RUN_SECONDS)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "the fidelity monitor checks one board" in result.stderr
     empty = tmp_path / "boards.txt"

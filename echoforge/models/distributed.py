@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .hssm import TimeBatchNorm, _Standardize
+from .hssm import TimeBatchNorm
 from .training import ConfigError
 
 LAUNCHER_LOGGER = "torch.distributed.elastic"
