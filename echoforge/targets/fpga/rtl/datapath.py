@@ -193,14 +193,14 @@ class _Builder:
             products["tm"] = p.multiply("t_m", extra["t"], m, s + 4)
             plain, observable = {"t": extra["t"], "lc": extra["g"]}, extra["t"]
         acc_last, acc_flags, obs, acc_reach = self._accumulate(products, plain, observable, s + 5)
-        last = acc_last + 1  # the counters add the step's clamps one stage after the last clamp
+        last = acc_last + 2  # the clamp flags are registered, summed, and the sum added to the counters
         # the out beat leaves as soon as both kinds of beat exist (ϕ' and the observable difference)
         out_stage = max(write_stage, p.signals[obs].stage)
         out = p.wire("out_beat", w + 1, out_stage, f"{{echo}} ? {{{obs}}} : {{{phi_new}}}")
         out_valid = p.wire("out_lane", 1, out_stage, "{live} & (~{echo} | {sigma})", signed=False)
         flags = {"state": [nudge_sat, m_sat, pi_sat, phi_sat], "force": [force_sat],
                  "preact": [extra["z_sat"]] if extra else [], "accumulator": acc_flags}
-        increments = {name: self._count(name, names, acc_last, last) for name, names in flags.items()}
+        increments = {name: self._count(name, names, acc_last + 1, last) for name, names in flags.items()}
         # a lane's π is read (stage 0) after its previous step wrote it back; an accumulator likewise
         return Datapath(p, self.memories, last, max(write_stage + 1, acc_reach), out, out_valid, increments)
 
