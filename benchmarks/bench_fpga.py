@@ -180,7 +180,8 @@ def revision() -> str:
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout
+    commit = subprocess.run(["git", "log", "-1", "--format=%h", "--", "echoforge/targets/fpga/rtl"], cwd=root,
+                            capture_output=True, text=True).stdout
     dirty = subprocess.run(["git", "status", "--porcelain", "echoforge/targets/fpga/rtl"], cwd=root,
                            capture_output=True, text=True).stdout
     return f"commit {commit.strip()}" + (" with uncommitted changes in targets/fpga/rtl" if dirty.strip() else "")
