@@ -247,7 +247,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     good = [(r, side_stats(r["runs"]["reference"]), side_stats(r["runs"]["echoforge"])) for r in rows]
     good = [(r, a, b) for r, a, b in good if a and b]
-    labels = [f"{r['hru']}\n{r['size']}" for r, _, _ in good]
+    labels = [f"{r['hru'].replace(' (', chr(10) + '(')}\n{r['size']}" for r, _, _ in good]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for ax, key, title in ((axes[0], "seconds", "seconds per RHEL step"),
                            (axes[1], "mib", "peak resident memory (MiB)")):
