@@ -114,6 +114,7 @@ def _rank(rank: int, size: int, port: int, kind: str, batch: int, steps: int, wo
     reduce = all_reduce_seconds(ranks, parameters)
     if ranks.leader:
         Path(work, f"{kind}.json").write_text(json.dumps({"step": seconds, "all_reduce": reduce}))
+    torch.distributed.barrier()  # no rank tears the group down while another still uses it
     torch.distributed.destroy_process_group()
 
 
