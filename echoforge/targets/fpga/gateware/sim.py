@@ -27,12 +27,13 @@ import tty
 from collections.abc import Callable
 from pathlib import Path
 
-from .design import RTL, SIM_MAIN, GatewareConfig, write_sources
+from echoforge.runtime.simulator import stop
+
+from .design import SIM_MAIN, GatewareConfig, write_sources
 
 VERILATOR = "verilator"
 INSTALL = "apt-get install verilator (Debian/Ubuntu; version 5.006 or later)"
 BUILD_SECONDS = 600
-STOP_SECONDS = 5
 BINARY = "ef_board_sim"
 # Verilator's options besides sources, parameters and macros (part of the cache key)
 VERILATOR_OPTIONS = ("--cc", "--exe", "--build", "-j", "2", "-Wno-fatal", "-Wno-lint", "-Wno-style",
@@ -113,7 +114,7 @@ def serve_pty(config: GatewareConfig, stop_event: threading.Event, announce: Cal
                     process.send_signal(signal.SIGUSR1)
                     power_cycle.clear()
         finally:
-            _stop(process)
+            stop(process)
         return process.returncode
     finally:
         os.close(master)
@@ -123,16 +124,6 @@ def serve_pty(config: GatewareConfig, stop_event: threading.Event, announce: Cal
 def _entropy() -> int:
     """The boot epoch's seed: a board takes it from the clock count at the host's first byte."""
     return secrets.randbits(32)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 if __name__ == "__main__":  # python -m echoforge.targets.fpga.gateware.sim: build and print the binary's path
