@@ -451,6 +451,8 @@ class Board:
                     connection, peer = listener.accept()
                 except TimeoutError:
                     continue
+                if holder is not None:
+                    holder.join(2 * self.poll_interval)  # a host that just hung up: its server notices in one poll
                 if holder is not None and holder.is_alive():
                     refusal = DeviceError(ErrorCode.BUSY, f"held by another host ({since[0]}) since {since[1]} — try "
                                                           "again when its session ends")
