@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from echoforge.targets import board, boards, capabilities, target, targets
+from echoforge.targets import BankSlot, board, boards, capabilities, target, targets
 
 
 def test_emulator_registers_a_compile_target_and_a_board():
@@ -48,7 +48,7 @@ def test_board_core_factory_gives_a_fresh_core_for_a_format():
     from echoforge.targets.emulator import EmulatorCore, FormatConfig
 
     args = build_parser().parse_args(["board", "serve", "--target", "emulator"])
-    core = board("emulator").cores(args)(FormatConfig(word_bits=16))
+    core = board("emulator").cores(args)(FormatConfig(word_bits=16), BankSlot(1, 8))
     assert isinstance(core, EmulatorCore) and core.config.word_bits == 16 and core.params is None
 
 

@@ -21,7 +21,8 @@ import numpy as np
 
 from echoforge import __version__
 from echoforge.models.core import PARAM_NAMES, OscillatorParams
-from echoforge.targets.emulator import EmulatorCore, FormatConfig
+from echoforge.targets import BankSlot, CoreFactory, unplaced
+from echoforge.targets.emulator import EmulatorCore
 from echoforge.targets.emulator.kernels import product_shifts
 from echoforge.targets.emulator.stream import EchoStream, ForwardStream
 
@@ -84,10 +85,10 @@ class BoardDevice:
     """The device side of the command layer, backed by the emulator; call it as a link handler."""
 
     def __init__(self, capabilities: Capabilities = Capabilities(), target: str = "emulator",
-                 cores: Callable[[FormatConfig], EmulatorCore] = EmulatorCore):
+                 cores: CoreFactory = unplaced(EmulatorCore)):
         self.capabilities = capabilities
         self.target = target  # the name HELLO reports
-        self._cores = cores   # a fresh core for a bank's formats (a BoardKind's factory)
+        self._cores = cores   # a fresh core for a bank's formats and slot (a BoardKind's factory)
         self.epoch = 0
         self.banks: list[_Bank] = []
         self.phase: _Phase | None = None
@@ -137,7 +138,9 @@ class BoardDevice:
         if total > self.capabilities.max_oscillators:
             raise DeviceError(ErrorCode.OVER_CAPACITY,
                               f"{total} oscillators; this board has {self.capabilities.max_oscillators}")
-        banks = [_Bank(program, self._core(program)) for program in programs]
+        firsts = np.cumsum([0] + [program.size for program in programs[:-1]])
+        banks = [_Bank(program, self._core(program, BankSlot(k, int(first))))
+                 for k, (program, first) in enumerate(zip(programs, firsts))]
         self.banks, self.phase = banks, None
         return program_hash(image).to_bytes(4, "little")
 
@@ -254,7 +257,7 @@ class BoardDevice:
 
     # ---- checks ----------------------------------------------------------------------------------
 
-    def _core(self, program: BankProgram) -> EmulatorCore:
+    def _core(self, program: BankProgram, slot: BankSlot) -> EmulatorCore:
         caps = self.capabilities
         word, table = program.config.word_bits, program.config.table_bits
         if program.kind not in caps.hru_kinds:
@@ -264,7 +267,7 @@ class BoardDevice:
             raise DeviceError(ErrorCode.BAD_PROGRAM, f"{word}-bit words, 2^{table}-segment tables: this board takes "
                                                      f"words of {caps.word_bits} bits, tables of {caps.table_bits}")
         try:
-            core = self._cores(program.config)
+            core = self._cores(program.config, slot)
             if min(product_shifts(program.config, core.functions.tanh_table.seg_shift)) < 0:
                 raise ValueError("c_frac + unit_frac < state_frac: the force c·T(z) has no valid rescale")
         except ValueError as error:
@@ -422,7 +425,7 @@ class Board:
 
     def __init__(self, capabilities: Capabilities = Capabilities(), faults: Faults = Faults(),
                  poll_interval: float = 0.05, target: str = "emulator",
-                 cores: Callable[[FormatConfig], EmulatorCore] = EmulatorCore):
+                 cores: CoreFactory = unplaced(EmulatorCore)):
         self.device = BoardDevice(capabilities, target, cores)
         self.faults = faults
         self.poll_interval = poll_interval

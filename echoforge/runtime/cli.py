@@ -85,8 +85,8 @@ def run_board_serve(args) -> int:
 
 
 def serve_protocol(args, cores, capabilities=None) -> int:
-    """Serve the device protocol with the Python board simulator, a fresh core from ``cores(config)``
-    per bank, on the pty or TCP port and with the faults `board serve` was given; ``capabilities``
+    """Serve the device protocol with the Python board simulator, a fresh core from ``cores(config, slot)``
+    per bank (echoforge.targets.BankSlot), on the pty or TCP port and with the faults `board serve` was given; ``capabilities``
     (default: the emulator's) are what HELLO reports, --max-chunk-steps and --buffer-samples applied."""
     from dataclasses import replace
 

@@ -60,17 +60,36 @@ class Target:
 
 
 @dataclass(frozen=True)
+class BankSlot:
+    """Where a loaded program puts one bank: its index and its first oscillator (the sum of the earlier
+    banks' sizes). A core factory that models a physical board places the bank there; others ignore it."""
+
+    index: int
+    first_oscillator: int
+
+
+CoreFactory = Callable[["FormatConfig", BankSlot], "EmulatorCore"]
+
+
+def unplaced(core: Callable[[FormatConfig], EmulatorCore]) -> CoreFactory:
+    """The factory of a core that is the same wherever its bank sits (the emulator, the RTL)."""
+    return lambda config, slot: core(config)
+
+
+@dataclass(frozen=True)
 class BoardKind:
     """What `board serve --target NAME` serves, given the parsed command line (its own options, added
     by ``add_options``, included). Either cores behind the Python board simulator — ``cores(args)``
-    returns the factory of fresh, unloaded cores for one bank's formats, each running EmulatorCore's
-    integer streams (``_bank_forward``, ``_bank_echo``) — or a board that serves itself (the FPGA
-    gateware, SCPI instruments): ``serve(args)`` announces its URI as the first line of output, serves
-    until SIGINT or SIGTERM and returns the exit code."""
+    returns the factory ``factory(config, slot)`` of fresh, unloaded cores for one bank's formats and
+    its BankSlot on the board, each running EmulatorCore's integer streams (``_bank_forward``,
+    ``_bank_echo``) — or a board that serves itself (the FPGA gateware, SCPI instruments): ``serve(args)``
+    announces its URI as the first line of output, serves until SIGINT or SIGTERM and returns the exit
+    code. ``serve`` may still run the Python board simulator with a factory of its own
+    (runtime.cli.serve_protocol)."""
 
     name: str
     summary: str
-    cores: Callable[[argparse.Namespace], Callable[[FormatConfig], EmulatorCore]] | None = None
+    cores: Callable[[argparse.Namespace], CoreFactory] | None = None
     serve: Callable[[argparse.Namespace], int] | None = None
     add_options: Callable[[argparse.ArgumentParser], None] | None = None
 

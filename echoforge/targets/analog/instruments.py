@@ -173,11 +173,12 @@ class InstrumentCore(AnalogCore):
     """The HamiltonianCore contract through the instrument pair (module docstring)."""
 
     def __init__(self, board: Board, instruments: Instruments, config: FormatConfig | None = None, *,
-                 calibration: Calibration | None = None, first_oscillator: int = 0):
+                 calibration: Calibration | None = None, first_oscillator: int = 0, echo_compensation: bool = False):
         if instruments.board_id != board.id:
             raise InstrumentError(f"{instruments.awg.resource}: the instruments drive board {instruments.board_id!r}, "
                                   f"not {board.id!r} ({board.source}) — give the board file of that board")
-        super().__init__(board, config, calibration=calibration, first_oscillator=first_oscillator)
+        super().__init__(board, config, calibration=calibration, first_oscillator=first_oscillator,
+                         echo_compensation=echo_compensation)
         self.instruments = instruments
         self._running = False
 

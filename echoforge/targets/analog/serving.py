@@ -3,9 +3,11 @@
 The board simulator (runtime/board.py) asks the board kind for one core per bank of each program it
 loads; ``twin_cores`` builds AnalogTwins from the settings `board serve` gave (by default the
 lc-tank-pcb board, seeds 0). The twin plays the firmware: it maps the parameter codes it
-receives onto its oscillators with its own calibration. Every bank is placed from oscillator 0, as
-if each bank had a board of its own (the protocol does not tell a core which bank it is); each core
-gets its own noise stream, numbered in the order the cores are made.
+receives onto its oscillators with its own calibration. Bank k sits on the board's oscillators after
+bank k − 1's (the simulator's BankSlot), with their mismatch; each core gets its own noise stream,
+numbered in the order the cores are made. On a board that can apply echo gain the echo is the
+dissipation-compensated one (twin.py; γ̂ from the calibration's Q, else the board's nominal Q) unless
+--no-echo-compensation: then plain RHEL, the echo keeping the board's loss.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class TwinSettings:
     calibration: Calibration | None = None
     fabrication_seed: int = 0
     noise_seed: int = 0
+    echo_compensation: bool = True
 
 
 def serve(args) -> int:
@@ -34,7 +37,7 @@ def serve(args) -> int:
 
     board = load_board(args.board)
     calibration = load_calibration(args.calibration, board) if args.calibration else None
-    settings = TwinSettings(board, calibration, args.fabrication_seed, args.noise_seed)
+    settings = TwinSettings(board, calibration, args.fabrication_seed, args.noise_seed, not args.no_echo_compensation)
     warm_up(board)
     if args.scpi is not None:
         from .scpi import serve as serve_instruments
@@ -54,14 +57,15 @@ def capabilities(board: Board):
 
 
 def twin_cores(settings: TwinSettings):
-    """The board simulator's core factory: a fresh AnalogTwin per bank, each with its own noise stream,
-    numbered in the order the cores are made."""
+    """The board simulator's core factory: a fresh AnalogTwin per bank on the bank's oscillators (its
+    BankSlot), each with its own noise stream, numbered in the order the cores are made."""
     from .twin import AnalogTwin
 
     numbers = itertools.count()
-    return lambda config: AnalogTwin(settings.board, config, fabrication_seed=settings.fabrication_seed,
-                                     noise_seed=(settings.noise_seed, next(numbers)),
-                                     calibration=settings.calibration)
+    return lambda config, slot: AnalogTwin(settings.board, config, fabrication_seed=settings.fabrication_seed,
+                                           noise_seed=(settings.noise_seed, next(numbers)),
+                                           calibration=settings.calibration, first_oscillator=slot.first_oscillator,
+                                           echo_compensation=settings.echo_compensation)
 
 
 def warm_up(board: Board) -> None:

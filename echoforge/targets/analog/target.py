@@ -33,6 +33,9 @@ def add_serve_options(parser) -> None:
                         help="the board instance: its mismatch, offsets and drift (default 0)")
     parser.add_argument("--noise-seed", type=non_negative_int, default=0, metavar="N",
                         help="the noise stream (default 0)")
+    parser.add_argument("--no-echo-compensation", action="store_true",
+                        help="plain RHEL echo, keeping the board's loss (default on a board with echo gain: the "
+                             "dissipation-compensated echo, γ̂ from --calibration or the board's Q)")
     parser.add_argument("--scpi", type=tcp_port, metavar="PORT",
                         help="serve SCPI instruments instead of the device protocol: the waveform generator on "
                              "PORT, the digitizer on PORT+1 (0: any free ports)")

@@ -25,6 +25,9 @@ so g = 2γ̂ (cancel the loss, then as much again) makes the echo retrace the da
 ``compensation_rate`` rᵢ (κ̂ᵢ = rᵢΔt per step; j = 0, 1, … the echo step from its start) the nudge
 before step j is scaled by e^{+κ̂ j} and the observables weighted by e^{−κ̂ t}: t = j + ½ for the mid
 position, j for the momentum entering the step, j + 1 for the one leaving it (dissipation.py).
+``echo_compensation=True`` does this on every load, on a board that can apply gain: γ̂ᵢ = ω̂ᵢ/Q̂ᵢ,
+the expected frequency over the calibrated Q (the board's nominal Q without a calibration); an
+oscillator whose 2γ̂ᵢ exceeds the board's ``echo_gain.max_rate_per_s`` keeps the plain echo (logged).
 
 Continuity. A board's state is continuous; the protocol's registers hold codes. A pass that continues
 the state the twin left (the next chunk of a stream), or an echo that starts from the forward's end
@@ -34,6 +37,7 @@ the per-run noise of physics.py, results do not depend on how a sequence is chun
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +52,8 @@ from .mapping import BankMapping, map_bank
 from .physics import Oscillators
 
 REVERSE = slice(None, None, -1)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,7 +72,7 @@ class AnalogCore(EmulatorCore):
     subclasses say how the board runs: ``_program``, ``_begin``, ``_advance``, ``_end_codes``."""
 
     def __init__(self, board: Board, config: FormatConfig | None = None, *,
-                 calibration: Calibration | None = None, first_oscillator: int = 0):
+                 calibration: Calibration | None = None, first_oscillator: int = 0, echo_compensation: bool = False):
         super().__init__(config)
         if calibration is not None and calibration.board_id != board.id:
             raise ValueError(f"{calibration.source}: board_id: measured on board {calibration.board_id!r}, "
@@ -74,6 +80,7 @@ class AnalogCore(EmulatorCore):
         self.board = board
         self.calibration = calibration
         self.first_oscillator = first_oscillator
+        self.echo_compensation = echo_compensation and board.echo_gain.available
         self.mapping: BankMapping | None = None
         self.compensation_rate: np.ndarray | None = None
         self._carry: _Carry | None = None
@@ -95,6 +102,8 @@ class AnalogCore(EmulatorCore):
         self._program(mapping)
         self.compensation_rate = None
         self._carry = self._forward_end = None
+        if self.echo_compensation:
+            self._compensate()
 
     def set_echo_gain(self, rate, compensation_rate=None) -> None:
         """Negative resistance in the echo (module docstring): gain ``rate`` gᵢ (1/s, scalar or (P,)),
@@ -102,6 +111,24 @@ class AnalogCore(EmulatorCore):
         self._set_gain(rate)
         self.compensation_rate = (None if rate is None or compensation_rate is None else
                                   np.broadcast_to(np.asarray(compensation_rate, np.float64), self.params.a.shape).copy())
+
+    def loss_rate(self) -> np.ndarray:
+        """γ̂ (1/s) of the loaded bank's oscillators: expected ω over the calibrated Q, else the board's Q."""
+        span = slice(self.first_oscillator, self.first_oscillator + self.params.size)
+        quality = self.board.quality_factor if self.calibration is None else self.calibration.measured["q"][span]
+        return self.mapping.expected_omega / quality
+
+    def _compensate(self) -> None:
+        """The compensated echo (module docstring) where the board's gain reaches 2γ̂, the plain one elsewhere."""
+        loss = self.loss_rate()
+        within = 2 * loss <= self.board.echo_gain.max_rate_per_s
+        if not within.all():
+            logger.warning("board %r: oscillators %s need echo gain 2γ̂ up to %.4g/s, beyond the board's %.4g/s: "
+                           "their echo is not compensated", self.board.id,
+                           (self.first_oscillator + np.flatnonzero(~within)).tolist(), 2 * loss.max(),
+                           self.board.echo_gain.max_rate_per_s)
+        loss = np.where(within, loss, 0.0)
+        self.set_echo_gain(2 * loss, loss)
 
     # ---- the bank passes (EmulatorCore's array contract) -------------------------------------------
 
@@ -226,8 +253,10 @@ class AnalogTwin(AnalogCore):
     """
 
     def __init__(self, board: Board, config: FormatConfig | None = None, *, fabrication_seed: int = 0,
-                 noise_seed: int = 0, calibration: Calibration | None = None, first_oscillator: int = 0):
-        super().__init__(board, config, calibration=calibration, first_oscillator=first_oscillator)
+                 noise_seed: int = 0, calibration: Calibration | None = None, first_oscillator: int = 0,
+                 echo_compensation: bool = False):
+        super().__init__(board, config, calibration=calibration, first_oscillator=first_oscillator,
+                         echo_compensation=echo_compensation)
         self.oscillators = Oscillators(board, fabrication_seed=fabrication_seed, noise_seed=noise_seed)
         self._forward_state = None  # the physical state the last forward ended in
 

@@ -1,7 +1,7 @@
 """The emulator registers itself: a compile target and a board core (see echoforge.targets)."""
 
 from echoforge.compiler.capabilities import Capabilities
-from echoforge.targets import BoardKind, Target
+from echoforge.targets import BoardKind, Target, unplaced
 
 # The emulator's word lengths are those its FormatConfig accepts (fixed.py); its rule
 # frac ≤ word − 2 is Capabilities' default min_int_bits = 2.
@@ -11,7 +11,7 @@ from .words import MAX_WORD_BITS, MIN_WORD_BITS
 def _cores(args):
     from .core import EmulatorCore
 
-    return EmulatorCore
+    return unplaced(EmulatorCore)
 
 
 CAPABILITIES = Capabilities(name="emulator", max_oscillators=4096,

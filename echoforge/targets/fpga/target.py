@@ -1,7 +1,7 @@
 """The FPGA parts register themselves as compile targets (see echoforge.targets)."""
 
 from echoforge.argtypes import positive_int
-from echoforge.targets import BoardKind, Target
+from echoforge.targets import BoardKind, Target, unplaced
 
 from .gateware.target import BOARDS as GATEWARE_BOARDS
 from .parts import ECP5_25F, UP5K, capabilities
@@ -47,7 +47,7 @@ def _serve_rtl(args) -> int:
     from .sim import require
 
     require("verilator")
-    return serve_protocol(argparse.Namespace(**{**vars(args), "target": "fpga"}), RTLCore)
+    return serve_protocol(argparse.Namespace(**{**vars(args), "target": "fpga"}), unplaced(RTLCore))
 
 
 RTL_BOARD = BoardKind("fpga-sim", "the generated FPGA Verilog of each bank, co-simulated by Verilator",
