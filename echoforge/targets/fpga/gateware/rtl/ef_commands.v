@@ -8,8 +8,9 @@
 // or an error code.
 //
 // The board's registers live here (STATE: ϕ, π per oscillator; ECHO: both echoes' ϕ, π and the
-// accumulators); the core's lane memories are the active phase's working state: BEGIN_* loads them,
-// END_* copies them back, so a phase changes the registers only when it completes (§10.1).
+// accumulators), in one block RAM (`registers`); the core's lane memories are the active phase's
+// working state: BEGIN_* loads them, END_* copies them back, so a phase changes the registers only
+// when it completes (§10.1).
 `default_nettype none
 module ef_commands #(
     parameter integer RX_AW = 12,
@@ -64,11 +65,16 @@ module ef_commands #(
     reg  [1:0]          phase;
     reg  [31:0]         phase_length, position;
     reg  [31:0]         counters [0:3];
-    reg  signed [WORD_BITS-1:0] state_phi [0:PMAX - 1];
-    reg  signed [WORD_BITS-1:0] state_pi  [0:PMAX - 1];
-    reg  signed [WORD_BITS-1:0] echo_phi  [0:2 * PMAX - 1];   // σ·PMAX + p
-    reg  signed [WORD_BITS-1:0] echo_pi   [0:2 * PMAX - 1];
-    reg  signed [63:0]          echo_acc  [0:8 * PMAX - 1];   // p·8 + response row
+    // The registers as 64-bit words (ϕ and π sign-extended), read one clock after the address:
+    // ECHO accumulators at p·8 + response row, STATE ϕ at 8·PMAX + p, π at 9·PMAX + p,
+    // ECHO ϕ at 10·PMAX + σ·PMAX + p, π at 12·PMAX + σ·PMAX + p.
+    localparam integer RF_AW = $clog2(16 * PMAX);
+    localparam [RF_AW-1:0] STATE_AT = 8 * PMAX, ECHO_AT = 10 * PMAX, PMAX_AT = PMAX;
+    reg  [63:0]         registers [0:16 * PMAX - 1];
+    reg  [63:0]         rf_data;
+    wire [RF_AW-1:0]    rf_read_at, rf_write_at;
+    wire                rf_we;
+    wire [63:0]         rf_wdata;
 
     // ---- the oscillator bank ----
     reg  [CORE_AW-1:0]  reg_addr;
@@ -91,7 +97,7 @@ module ef_commands #(
                      CLEAR_ACC = 6'd11, SETUP = 6'd12, RUN = 6'd13, COUNT_A = 6'd14, COUNT_B = 6'd15,
                      SAVE_A = 6'd16, SAVE_W = 6'd17, SAVE_B = 6'd18, SAVE_ACC_A = 6'd19, SAVE_ACC_W = 6'd20,
                      SAVE_ACC_B = 6'd21, EMIT = 6'd22, COUNTERS_OUT = 6'd23, FINISH = 6'd24, FAIL = 6'd25,
-                     READ = 6'd26, READ_TAKE = 6'd27, MULTIPLY = 6'd28;
+                     READ = 6'd26, READ_TAKE = 6'd27, MULTIPLY = 6'd28, FETCH = 6'd29, LOAD_WRITE = 6'd30;
     reg  [5:0]  state, resume, after_emit;
     // the request reader: `read_bytes` bytes at payload offset `read_at` into `value`, then `resume`
     reg  [RX_AW-1:0] read_at;
@@ -237,6 +243,27 @@ module ef_commands #(
     wire signed [63:0] zero = 64'sd0;
     wire [31:0] lane_of   = (index < twice) ? index : index - twice;   // LOAD_LANES / SAVE_* of an echo: lane 2p + σ
     wire [31:0] forward_p = (index < {16'd0, size}) ? index : index - size;
+
+    // ---- the register file's ports ----
+    wire [RF_AW-1:0] state_register = {{(RF_AW - 1){1'b0}}, index >= (phase == ECHO ? twice : {16'd0, size})} * PMAX_AT
+                                      + (phase == ECHO ? lane_of >> 1 : forward_p);     // STATE ϕ or π of a lane
+    wire [RF_AW-1:0] echo_register  = {{(RF_AW - 1){1'b0}}, index >= twice} * (2 * PMAX_AT)
+                                      + lane_of[0] * PMAX_AT + (lane_of >> 1);        // lane 2p + σ → σ·PMAX + p
+    wire signed [WORD_BITS-1:0] sample_word = sample[WORD_BITS-1:0];
+    wire signed [WORD_BITS-1:0] lane_word   = reg_rdata[WORD_BITS-1:0];
+    assign rf_read_at  = (state == LOAD_LANES) ? STATE_AT + state_register
+                       : (opcode == READ_OBSERVABLES) ? inner * 8 + outer
+                       : (field_byte(5) == 8'd0 ? STATE_AT : ECHO_AT) + outer[1:0] * PMAX_AT + inner;
+    assign rf_we       = (state == APPLY_NEXT && opcode == WRITE_STATE) || state == SAVE_B || state == SAVE_ACC_B;
+    assign rf_write_at = (state == APPLY_NEXT) ? STATE_AT + outer[0] * PMAX_AT + inner
+                       : (state == SAVE_ACC_B) ? outer * 8 + inner
+                       : (phase == ECHO) ? ECHO_AT + echo_register : STATE_AT + state_register;
+    assign rf_wdata    = (state == APPLY_NEXT) ? {{(64 - WORD_BITS){sample_word[WORD_BITS-1]}}, sample_word}
+                       : (state == SAVE_ACC_B) ? reg_rdata : {{(64 - WORD_BITS){lane_word[WORD_BITS-1]}}, lane_word};
+    always @(posedge clk) begin
+        if (rf_we) registers[rf_write_at] <= rf_wdata;
+        rf_data <= registers[rf_read_at];
+    end
     integer k;
     always @(posedge clk) begin
         done   <= 1'b0;
@@ -390,29 +417,23 @@ module ef_commands #(
                         state       <= FINISH;
                     end else read(body_at + times(index, WB), WB[3:0], APPLY_NEXT);
                 READ_STATE:                                              // STATE ϕ, π; ECHO ϕ (2, P), π (2, P)
-                    if (index == count) state <= FINISH;
-                    else if (field_byte(5) == 8'd0)
-                        emit(times(index, WB), WB[3:0], outer == 32'd0 ? state_phi[inner] : state_pi[inner], APPLY_NEXT);
-                    else emit(times(index, WB), WB[3:0], outer < 32'd2 ? echo_phi[outer[0] * PMAX + inner]
-                                                                 : echo_pi[outer[0] * PMAX + inner], APPLY_NEXT);
+                    state <= (index == count) ? FINISH : FETCH;        // the register at rf_read_at
                 READ_OBSERVABLES:                                        // (A, P): outer the row, inner p
-                    if (index == count) state <= FINISH;
-                    else emit(index * 8, 4'd8, echo_acc[inner * 8 + outer], APPLY_NEXT);
+                    state <= (index == count) ? FINISH : FETCH;
                 FORWARD_CHUNK, ECHO_CHUNK: begin
                     index <= 32'd0;
                     state <= SETUP;
                 end
                 default: state <= FINISH;
             endcase
+            FETCH:
+                if (opcode == READ_STATE) emit(times(index, WB), WB[3:0], rf_data, APPLY_NEXT);
+                else emit(index * 8, 4'd8, rf_data, APPLY_NEXT);
             APPLY_NEXT: begin
                 step;
                 state <= APPLY;
                 if (opcode == LOAD_PROGRAM || opcode == WRITE_PARAMS)    // codes (5, P): outer the field, inner p
                     bus_write(PARAMS_BASE + inner * 8 + outer, sample);
-                else if (opcode == WRITE_STATE) begin
-                    if (outer == 32'd0) state_phi[inner] <= sample[WORD_BITS-1:0];
-                    else state_pi[inner] <= sample[WORD_BITS-1:0];
-                end
             end
             // ---- the program hash: CRC-32 of the image header and the codes ----
             CRC_HEADER: begin
@@ -445,14 +466,15 @@ module ef_commands #(
             LOAD_LANES: if (index == count) begin
                 loop(times({32'd0, size}, ACC_ROWS), ACC_ROWS);          // outer p, inner the core's row
                 state <= (phase == ECHO) ? CLEAR_ACC : FINISH;
-            end else begin                                           // ϕ lanes, then π lanes
+            end else state <= LOAD_WRITE;                            // ϕ lanes, then π lanes
+            LOAD_WRITE: begin                                        // rf_data: the lane's STATE register
                 if (phase == ECHO)                                   // both echoes start at (ϕ, −π)
                     bus_write((index < twice ? PHI_BASE : PI_BASE) + lane_of,
-                              zero_state ? zero : index < twice ? state_phi[lane_of >> 1] : -state_pi[lane_of >> 1]);
+                              zero_state ? zero : index < twice ? rf_data : -rf_data);
                 else
-                    bus_write((index < {16'd0, size} ? PHI_BASE : PI_BASE) + forward_p,
-                              zero_state ? zero : index < {16'd0, size} ? state_phi[forward_p] : state_pi[forward_p]);
+                    bus_write((index < {16'd0, size} ? PHI_BASE : PI_BASE) + forward_p, zero_state ? zero : rf_data);
                 index <= index + 32'd1;
+                state <= LOAD_LANES;
             end
             CLEAR_ACC: if (index == count) state <= FINISH;
                        else begin
@@ -504,14 +526,7 @@ module ef_commands #(
                 state    <= SAVE_W;
             end
             SAVE_W: state <= SAVE_B;
-            SAVE_B: begin
-                if (phase == ECHO) begin                                 // lane 2p + σ → σ·PMAX + p
-                    if (index < twice) echo_phi[lane_of[0] * PMAX + (lane_of >> 1)] <= reg_rdata[WORD_BITS-1:0];
-                    else echo_pi[lane_of[0] * PMAX + (lane_of >> 1)] <= reg_rdata[WORD_BITS-1:0];
-                end else begin
-                    if (index < {16'd0, size}) state_phi[forward_p] <= reg_rdata[WORD_BITS-1:0];
-                    else state_pi[forward_p] <= reg_rdata[WORD_BITS-1:0];
-                end
+            SAVE_B: begin                                                // the lane into its register (rf_we)
                 index <= index + 32'd1;
                 state <= SAVE_A;
             end
@@ -524,7 +539,6 @@ module ef_commands #(
             end
             SAVE_ACC_W: state <= SAVE_ACC_B;
             SAVE_ACC_B: begin
-                echo_acc[outer * 8 + inner] <= reg_rdata;
                 step;
                 state <= SAVE_ACC_A;
             end
