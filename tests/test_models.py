@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from echoforge.models import HSSM, FloatCore, LinHRU, NonlinHRU, OscillatorParams
+from echoforge.models import core as core_module
 from echoforge.models.core import PARAM_NAMES, retrace
 from echoforge.models.hru import BPTTBank, EchoMonitor, RHELBank
 from reference import leapfrog_positions
@@ -162,6 +163,55 @@ def test_float_core_echo_equals_its_stream(chunk, batch, monkeypatch):
     streamed = np.full_like(whole, np.nan)
     core.echo_stream(forcing, phi, pi, nudges, 0.01, lambda s, grad: streamed.__setitem__((slice(None), s), grad))
     assert np.array_equal(whole, streamed)
+
+
+def float_core_outputs(kind, threads):
+    """Every FloatCore result on a bank whose echo pairs are far apart in some rows (the far-apart
+    formulas run for some lane blocks only), over several chunks, on `threads` threads."""
+    core_module.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(1)
+        core = FloatCore(random_bank(kind, 7, 0.3, seed=1))
+        forcing, nudges = rng.normal(size=(2, 5, 300, 7))
+        nudges[1:3] *= 300.0  # ε·g large enough that pairs separate by more than kernels.FAR
+        start = rng.normal(size=(2, 5, 7))
+        positions, phi, pi = core.forward(forcing, *start)
+        echo = core.echo(forcing, phi, pi, nudges, 0.01)
+        trajectory = core.trajectory(forcing, *start)
+        grad_forcing, grad_params = core.adjoint(forcing, *start, *trajectory, nudges)
+        return [positions, phi, pi, echo.grad_forcing, *echo.grad_params.values(), *echo.final_state,
+                *trajectory, grad_forcing, *grad_params.values()]
+    finally:
+        core_module.set_num_threads(None)
+
+
+@pytest.mark.parametrize("kind", ["linear", "nonlinear"])
+def test_float_core_gives_the_same_bits_on_one_and_several_threads(kind, monkeypatch):
+    """The kernels run on groups of batch rows in threads (5 rows: groups of 2, 2, 1 on 3 threads, of
+    1 on 8); rows are independent, so every output is the same bits as on one thread."""
+    monkeypatch.setattr("echoforge.models.core.CHUNK", 128)
+    one = float_core_outputs(kind, 1)
+    for threads in (3, 8):
+        assert all(np.array_equal(a, b) for a, b in zip(one, float_core_outputs(kind, threads)))
+
+
+def test_hssm_gradient_is_the_same_bits_on_one_and_two_kernel_threads():
+    grads = []
+    for threads in (1, 2):
+        core_module.set_num_threads(threads)
+        try:
+            torch.manual_seed(0)
+            model = HSSM(6, 4, hidden_size=8, state_size=8, num_blocks=2, hru="nonlinear")
+            x, y = torch.randn(4, 500, 6), torch.randint(0, 4, (4,))
+            grads.append(stack_gradients(model, x, y, "rhel"))
+        finally:
+            core_module.set_num_threads(None)
+    assert all(torch.equal(grads[0][name], grads[1][name]) for name in grads[0])
+
+
+def test_float_core_rejects_a_thread_count_below_one():
+    with pytest.raises(ValueError, match="thread count must be ≥ 1"):
+        core_module.set_num_threads(0)
 
 
 # 3. Nonlinear HRU: the finite-ε bias falls as ε².

@@ -17,7 +17,10 @@ half step, overall factor −δ/2ε; the step size through H_δ = δ(π²/2 + V)
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -129,6 +132,50 @@ def time_chunks(length: int, size: int | None = None) -> list[slice]:
     return [slice(start, min(start + size, length)) for start in range(0, length, size)]
 
 
+# Threads the float core runs its kernels on: None is every CPU this process may use.
+_threads: int | None = None
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+NO_MOMENTA = np.empty((0, 0, 0))
+
+
+def set_num_threads(count: int | None) -> None:
+    """How many threads FloatCore's kernels use (None: every CPU this process may use).
+
+    The batch is split into that many groups of rows, one per thread; rows are independent, so the
+    results are the same bits on any number of threads.
+    """
+    global _threads
+    if count is not None and count < 1:
+        raise ValueError(f"the thread count must be ≥ 1, got {count}")
+    _threads = count
+
+
+def get_num_threads() -> int:
+    if _threads:
+        return _threads
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def row_groups(batch: int, groups: int) -> list[slice]:
+    """The batch rows split into at most `groups` contiguous runs of near-equal length."""
+    groups = max(1, min(groups, batch))
+    edges = [batch * i // groups for i in range(groups + 1)]
+    return [slice(start, stop) for start, stop in zip(edges, edges[1:])]
+
+
+def _in_threads(calls: list) -> list:
+    """Run the argument-free callables (kernels, which release the GIL): the first on this thread,
+    the others on a pool; their results in order."""
+    global _pool, _pool_size
+    if len(calls) == 1:
+        return [calls[0]()]
+    if _pool_size < len(calls) - 1:
+        _pool, _pool_size = ThreadPoolExecutor(len(calls) - 1, thread_name_prefix="echoforge-core"), len(calls) - 1
+    others = [_pool.submit(call) for call in calls[1:]]
+    return [calls[0](), *(future.result() for future in others)]
+
+
 class FloatCore:
     """The float64 reference core: compiled leapfrog, echoes and (for BPTT) the discrete adjoint.
 
@@ -153,16 +200,18 @@ class FloatCore:
         """See HamiltonianCore.forward; `forcing` may be any (B, L, P) object sliceable along time."""
         kind, table = self._args()
         positions = np.empty(forcing.shape, _stream_dtype(forcing))
-        phi, pi = _f64(phi), _f64(pi)
+        groups = row_groups(forcing.shape[0], get_num_threads())
+        states = [(_f64(phi[rows]), _f64(pi[rows])) for rows in groups]
         for s in time_chunks(forcing.shape[1]):
             out = positions[:, s]
             # The kernel writes a contiguous block (a strided one would not vectorise), then it is placed.
             block = out if out.flags.c_contiguous else np.empty(out.shape, out.dtype)
-            phi, pi = kernels.forward(kind, table, _stream(forcing[:, s]), phi, pi, block,
-                                      np.empty((0, 0, 0)), False)
+            chunk = _stream(forcing[:, s])
+            states = _in_threads([partial(kernels.forward, kind, table, chunk[rows], *state, block[rows],
+                                          NO_MOMENTA, False) for rows, state in zip(groups, states)])
             if block is not out:
                 out[...] = block
-        return positions, phi, pi
+        return positions, np.concatenate([phi for phi, _ in states]), np.concatenate([pi for _, pi in states])
 
     def echo(self, forcing, phi, pi, nudges, epsilon) -> EchoResult:
         grad_forcing = np.empty(forcing.shape, _stream_dtype(forcing))
@@ -182,19 +231,24 @@ class FloatCore:
             raise ValueError(f"epsilon must be positive, got {epsilon}")
         kind, table = self._args()
         batch, length, size = forcing.shape
-        state = np.stack([_f64(phi), np.zeros((batch, size)), -_f64(pi),
+        groups = row_groups(batch, get_num_threads())
+        start = np.stack([_f64(phi), np.zeros((batch, size)), -_f64(pi),
                           epsilon * _f64(nudges[:, length - 1])])
-        acc = np.zeros((len(PARAM_NAMES), batch, size))
+        states = [np.ascontiguousarray(start[:, rows]) for rows in groups]
+        accs = [np.zeros((len(PARAM_NAMES), rows.stop - rows.start, size)) for rows in groups]
         for s in reversed(time_chunks(length)):
-            before = nudges[:, s.start - 1] if s.start > 0 else np.zeros((batch, size))
+            before = _f64(nudges[:, s.start - 1]) if s.start > 0 else np.zeros((batch, size))
             kept = None if out is None else out[:, s]
             grad = kept if kept is not None and kept.flags.c_contiguous else \
                 np.empty((batch, s.stop - s.start, size), _stream_dtype(forcing))
-            kernels.echo_chunk(kind, table, _stream(forcing[:, s]), _stream(nudges[:, s]),
-                               _f64(before), float(epsilon), state, acc, grad)
+            chunk, nudge = _stream(forcing[:, s]), _stream(nudges[:, s])
+            _in_threads([partial(kernels.echo_chunk, kind, table, chunk[rows], nudge[rows], before[rows],
+                                 float(epsilon), state, acc, grad[rows])
+                         for rows, state, acc in zip(groups, states, accs)])
             if kept is not None and grad is not kept:
                 kept[...] = grad
             sink(s, grad)
+        state, acc = np.concatenate(states, axis=1), np.concatenate(accs, axis=1)
         step = self.params.delta
         scale = np.array([step, np.ones_like(step), step, step, step])[:, None, :] / (-2.0 * epsilon)
         centre_phi, half_phi, centre_pi, half_pi = state
@@ -205,21 +259,24 @@ class FloatCore:
     def trajectory(self, forcing, phi, pi):
         """Forward pass that keeps (positions, momenta) for every step: what BPTT stores."""
         kind, table = self._args()
-        forcing = _stream(forcing)
+        forcing, phi, pi = _stream(forcing), _f64(phi), _f64(pi)
         positions = np.empty_like(forcing)
         momenta = np.empty_like(forcing)
-        kernels.forward(kind, table, forcing, _f64(phi), _f64(pi), positions, momenta, True)
+        _in_threads([partial(kernels.forward, kind, table, forcing[rows], phi[rows], pi[rows], positions[rows],
+                             momenta[rows], True) for rows in row_groups(len(forcing), get_num_threads())])
         return positions, momenta
 
     def adjoint(self, forcing, phi0, pi0, positions, momenta, grad_positions):
         """BPTT gradients over a stored trajectory: (grad_forcing, {name: (B, P)})."""
         kind, table = self._args()
-        forcing = _stream(forcing)
+        forcing, phi0, pi0, grad_positions = _stream(forcing), _f64(phi0), _f64(pi0), _stream(grad_positions)
         grad_forcing = np.empty_like(forcing)
-        grad_params = np.empty((len(PARAM_NAMES),) + forcing.shape[::2])
-        kernels.adjoint(kind, table, forcing, _f64(phi0), _f64(pi0), positions, momenta,
-                        _stream(grad_positions), grad_forcing, grad_params)
-        return grad_forcing, dict(zip(PARAM_NAMES, grad_params))
+        groups = row_groups(len(forcing), get_num_threads())
+        grad_params = [np.empty((len(PARAM_NAMES), rows.stop - rows.start, forcing.shape[2])) for rows in groups]
+        _in_threads([partial(kernels.adjoint, kind, table, forcing[rows], phi0[rows], pi0[rows], positions[rows],
+                             momenta[rows], grad_positions[rows], grad_forcing[rows], grads)
+                     for rows, grads in zip(groups, grad_params)])
+        return grad_forcing, dict(zip(PARAM_NAMES, np.concatenate(grad_params, axis=1)))
 
 
 def echo_stream(core: HamiltonianCore, forcing, phi, pi, nudges, epsilon, sink) -> EchoResult:

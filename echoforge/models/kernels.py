@@ -5,6 +5,9 @@ a few ns. numba compiles these loops to machine code (cached on disk), keeps the
 needs no C toolchain on the user's machine. Layout: arrays are (batch, time, oscillator), the
 oscillator axis innermost so each time step streams contiguous memory; `params` is the (5, P) table
 of core.PARAM_NAMES = (a, delta, w, b, c); `kind` is 0 for the linear and 1 for the nonlinear HRU.
+The entry points release the GIL: core.FloatCore runs them on groups of batch rows in threads (rows
+are independent and a lane's arithmetic does not depend on its block, so the bits do not depend on
+the split).
 """
 
 import numpy as np
@@ -90,7 +93,7 @@ def _pair_observables(kind, a, inv_w, c, mc, md, f, qc0, qd0, qc1, qd1, t_sum, t
     return da, dw, dz, dc, dz, 2.0 * a * mc * md + c * dc + kinetic
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def forward(kind, params, forcing, phi0, pi0, positions, momenta, keep_momenta):
     """Integrate every lane; positions[b, k] is ϕ after consuming forcing[b, k].
 
@@ -175,7 +178,7 @@ def _lane_blocks(nb, npos):
     return blocks
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def echo_chunk(kind, params, forcing, nudges, nudge_before, eps, state, acc, grad_forcing):
     """The ±ε echoes of RHEL (PAPER.md §2, Alg. 1) over one chunk of time, latest step first.
 
@@ -239,7 +242,7 @@ def _echo_blocks(kind, params, forcing, nudges, nudge_before, eps, state, acc, g
                 j += 1
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def adjoint(kind, params, forcing, phi0, pi0, positions, momenta, grad_positions,
             grad_forcing, grad_params):
     """BPTT: reverse-mode differentiation of the stored leapfrog trajectory, step by step.
