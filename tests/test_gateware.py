@@ -272,7 +272,7 @@ def test_frame_transmitter_encodes_long_frames_as_the_host_does(tmp_path):
         spec += bytes([frame.type, frame.flags]) + frame.seq.to_bytes(2, "little") + frame.opcode.to_bytes(2, "little")
         spec += len(frame.payload).to_bytes(2, "little") + frame.payload
     (tmp_path / "frames.hex").write_text("\n".join(f"{byte:02x}" for byte in spec) + "\n")
-    sources = [RTL / "ef_frame_tx_tb.v", RTL / "ef_frame_tx.v"]
+    sources = [RTL / "ef_frame_tx_tb.v", RTL / "ef_frame_tx.v", RTL / "ef_ram.v"]
     subprocess.run(["iverilog", "-g2005", "-o", "tb", "-I", str(RTL), *map(str, sources)], cwd=tmp_path, check=True)
     subprocess.run(["vvp", "-n", "tb"], cwd=tmp_path, check=True, capture_output=True, timeout=600)
     sent = bytes(int(line, 16) for line in (tmp_path / "out.hex").read_text().split())

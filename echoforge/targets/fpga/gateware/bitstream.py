@@ -28,6 +28,7 @@ PACKER = {"ice40": "yowasp-icepack", "ecp5": "yowasp-ecppack"}
 CONSTRAINTS = {"ice40": "pcf", "ecp5": "lpf"}
 PLACED = {"ice40": ("--asc", "image.asc"), "ecp5": ("--textcfg", "image.config")}
 BITSTREAM = {"ice40": "image.bin", "ecp5": "image.bit"}
+SPRAM_BITS = 15               # an SB_SPRAM256KA holds 2^15 bytes (rtl/ef_ram.v)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Board:
     part: object                  # parts.Part
     clock_mhz: float              # the board's oscillator
     pins: dict[str, str]          # top port (CLK, RX, TX) → package pin or site
+    defines: tuple[str, ...] = () # Verilog macros of the board's build (EF_SPRAM: frame buffers in SPRAM)
 
     @property
     def constraints_file(self) -> str:
@@ -51,7 +53,7 @@ class Board:
         return "\n".join([header, *lines, f'FREQUENCY PORT "CLK" {self.clock_mhz:g} MHZ;', ""])
 
 
-BOARDS = {"icebreaker": Board("icebreaker", UP5K, 12.0, {"CLK": "35", "RX": "6", "TX": "9"}),
+BOARDS = {"icebreaker": Board("icebreaker", UP5K, 12.0, {"CLK": "35", "RX": "6", "TX": "9"}, ("EF_SPRAM",)),
           "ulx3s": Board("ulx3s", ECP5_25F, 25.0, {"CLK": "G2", "RX": "M1", "TX": "L4"})}
 
 
@@ -94,6 +96,8 @@ def build_image(config: GatewareConfig, board_name: str, output: Path, *, baud: 
     clocks_per_bit = round(board.clock_mhz * 1e6 / baud)
     if clocks_per_bit < 4 or abs(board.clock_mhz * 1e6 / clocks_per_bit - baud) > 0.02 * baud:
         raise ValueError(f"{baud} baud: the {board.clock_mhz:g} MHz clock gives no UART divisor ≥ 4 within 2 %")
+    if "EF_SPRAM" in board.defines and max(config.request_bits, config.response_bits) > SPRAM_BITS:
+        raise ValueError(f"the {board.name}'s frame buffers are single SPRAMs: at most 2^{SPRAM_BITS} bytes each")
     rtl = output / "rtl"
     sources = [*write_sources(config, rtl), rtl / f"{TOP}.v"]
     shutil.copyfile(RTL / f"{TOP}.v", sources[-1])
@@ -122,7 +126,7 @@ def build_image(config: GatewareConfig, board_name: str, output: Path, *, baud: 
 def _synthesize(where, board: Board, config: GatewareConfig, parameters: dict[str, int]) -> float:
     """Yosys: the sources with the image's macros and parameters → image.json and stat.json; seconds."""
     chparam = " ".join(f"-set {name} {value}" for name, value in parameters.items())
-    defines = " ".join(f"-D{name}" for name in config.defines())
+    defines = " ".join(f"-D{name}" for name in (*config.defines(), *board.defines))
     read = where.read().replace("read_verilog ", f"read_verilog {defines} -I. ", 1)
     return synth._run([synth.tool(synth.YOSYS), "-q", "-p", f"{read}; chparam {chparam} {TOP}; "
                        f"{synth.SYNTH[board.part.family]} -top {TOP} -json {where.out('image.json')}; "

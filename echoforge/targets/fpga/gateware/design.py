@@ -20,7 +20,7 @@ from echoforge import __version__
 from echoforge.targets.emulator.fixed import FormatConfig
 
 RTL = Path(__file__).parent / "rtl"
-SOURCES = ("ef_uart_rx.v", "ef_uart_tx.v", "ef_frame_rx.v", "ef_frame_tx.v", "ef_engine.v", "ef_board.v")
+SOURCES = ("ef_ram.v", "ef_uart_rx.v", "ef_uart_tx.v", "ef_frame_rx.v", "ef_frame_tx.v", "ef_engine.v", "ef_board.v")
 CORE_SOURCES = ("ef_commands.v",)
 INCLUDES = ("ef_crc32.vh",)
 SIM_TOP = "ef_sim_top.v"

@@ -28,7 +28,7 @@ module ef_frame_rx #(
     output wire [31:0]   f_length,
     output wire [127:0]  f_fields,      // payload bytes 0..15, byte i at [8i+7:8i]
     input  wire [AW-1:0] rd_addr,       // payload byte rd_addr (offset 0 = the first payload byte)
-    output reg  [7:0]    rd_data        // one clock after rd_addr
+    output wire [7:0]    rd_data        // one clock after rd_addr
 );
 `include "ef_crc32.vh"
     localparam integer MAX_FRAME = MAX_REQ + 15;
@@ -37,7 +37,6 @@ module ef_frame_rx #(
     localparam [17:0]  MIN_ENCODED = 18'd16;
     localparam [1:0]   BETWEEN = 2'd0, COLLECT = 2'd1, DISCARD = 2'd2;
 
-    reg [7:0]  memory [0:(1 << AW) - 1];
     reg [7:0]  header [0:10];
     reg [7:0]  fields [0:15];
     reg [1:0]  mode;
@@ -71,7 +70,12 @@ module ef_frame_rx #(
     wire [17:0] payload_index = decoded - 18'd11;   // where the byte being decoded goes in the buffer
     wire [4:0]  field_index   = decoded[4:0] - 5'd11;
 
-    always @(posedge clk) rd_data <= memory[rd_addr];
+    // The buffer is written while a chunk is collected and read while the engine answers its frame, and
+    // a chunk that starts while the engine is busy is discarded: the two never share a clock.
+    wire store = !rst && in_valid && in_data != 8'd0 && mode == COLLECT && encoded < ENC_LIMIT && emit
+                 && decoded >= 18'd11 && payload_index < (18'd1 << AW);
+    ef_ram #(.AW(AW)) buffer (.clk(clk), .we(store), .addr(store ? payload_index[AW-1:0] : rd_addr),
+                              .wdata(emit_byte), .rdata(rd_data));
 
     always @(posedge clk) begin
         frame   <= 1'b0;
@@ -107,10 +111,7 @@ module ef_frame_rx #(
                             crc     <= crc32_byte(crc, emit_byte);
                             decoded <= decoded + 18'd1;
                             if (decoded < 18'd11) header[decoded[3:0]] <= emit_byte;
-                            else begin
-                                if (payload_index < (18'd1 << AW)) memory[payload_index[AW-1:0]] <= emit_byte;
-                                if (decoded < 18'd27) fields[field_index[3:0]] <= emit_byte;
-                            end
+                            else if (decoded < 18'd27) fields[field_index[3:0]] <= emit_byte;  // and the buffer (store)
                         end
                     end
                 end else begin                                     // no delimiter within ENC_LIMIT bytes

@@ -38,8 +38,7 @@ module ef_frame_tx #(
     localparam [1:0] ENDS = 2'd0, ZERO = 2'd1, FULL = 2'd2;     // how a COBS block ends
     localparam [16:0] CONTROL_BASE = (17'd1 << AW) - 17'd16;
 
-    reg [7:0]  memory [0:(1 << AW) - 1];
-    reg [7:0]  rd_data;
+    wire [7:0] rd_data;                       // the buffer's byte at read_at, one clock later
     reg [3:0]  state;
     reg        sel;                           // region of the frame being built or sent
     reg [7:0]  l_type, l_flags;
@@ -90,10 +89,9 @@ module ef_frame_tx #(
     wire [16:0] read_at    = base + (crc_pass ? 17'd11 + index
                                      : block_start + ((state == COPY_A || state == COPY_B) ? copied : block_len));
 
-    always @(posedge clk) begin
-        if (writing) memory[write_at[AW-1:0]] <= write_byte;
-        rd_data <= memory[read_at[AW-1:0]];
-    end
+    // No state reads the buffer in the clock after it wrote it, so one port serves both.
+    ef_ram #(.AW(AW)) buffer (.clk(clk), .we(writing), .addr(writing ? write_at[AW-1:0] : read_at[AW-1:0]),
+                              .wdata(write_byte), .rdata(rd_data));
 
     assign idle       = (state == IDLE);
     assign out_valid  = (state == LEAD) || (state == TAIL) || (state == CODE) || (state == COPY_B);
