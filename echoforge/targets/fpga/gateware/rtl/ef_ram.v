@@ -21,7 +21,7 @@ module ef_ram #(
         .ADDRESS(byte_at[14:1]), .DATAIN({wdata, wdata}), .MASKWREN(byte_at[0] ? 4'b1100 : 4'b0011),
         .WREN(we), .CHIPSELECT(1'b1), .CLOCK(clk), .STANDBY(1'b0), .SLEEP(1'b0), .POWEROFF(1'b1),
         .DATAOUT(word));
-    always @(posedge clk) if (!we) high <= byte_at[0];
+    always @(posedge clk) high <= byte_at[0];
     assign rdata = high ? word[15:8] : word[7:0];
 `else
     reg [7:0] memory [0:(1 << AW) - 1];
