@@ -185,15 +185,34 @@ def test_a_calibration_divides_out_each_oscillators_correction():
 
 def test_design_rules_name_node_oscillator_parameter_and_limit():
     board = load_board("lc-tank-pcb")
-    params = _params([1e-6, 0.5, 0.5], [0.5, 0.5, 0.5])
+    params = _params([1e-7, 0.5, 0.5], [0.5, 0.5, 0.5])
     mapping = map_bank(board, params, STATE_MAX, node="blocks.0.hru.bank", first=14)
     findings = "\n".join(mapping.findings)
     assert "node 'blocks.0.hru.bank': [oscillators] needs oscillators 14..16; the board 'lc-tank-pcb-rev-a' has 16" \
         in findings
-    assert "oscillator 0: [frequency_hz] 795.8 Hz is outside the board's [2e+04, 2.5e+06] Hz" in findings
-    assert "keep a in [0.0006317, 9.87] at δ = 0.5 (a = 1e-06)" in findings
-    assert "oscillator 0: [input_gain]" in findings and "1.28e+08" in findings
+    assert "oscillator 0: [frequency_hz] 251.6 Hz is outside the board's [2e+04, 2.5e+06] Hz" in findings
+    assert "keep a in [0.0006317, 9.87] at δ = 0.5 (a = 1e-07)" in findings
+    assert "oscillator 0: [input_gain] 1.28e+09 is outside the board's [0.1, 1e+04] — no state scale fits it: " \
+        "a = 1e-07 fixes input × readout gain at 1e+07, the board reaches [0.0001, 1e+06]; retrain with a ≥ 1e-06" \
+        in findings
     assert mapping.clipped["frequency_hz"].tolist() == [True, False, False]
+
+
+def test_the_state_scale_puts_soft_oscillators_gains_in_range():
+    """An HRU's state scale is free: x = X₀ϕ scales the input gain by X₀ and the readout gain by 1/X₀.
+    Oscillators whose input gain at X₀ = 1 V is beyond lc-tank-pcb's 1e4 (a = 0.002, 0.01) get the X₀
+    closest to 1 V that puts both gains a 4σ margin inside the ranges; the others keep X₀ = 1 V; the
+    product of the gains is the bank's. Nothing is clipped, nothing found."""
+    board = load_board("lc-tank-pcb")
+    params = _params([0.002, 0.01, 0.5], [0.5, 0.5, 0.5])
+    mapping = map_bank(board, params, STATE_MAX)
+    assert mapping.findings == () and not any(clipped.any() for clipped in mapping.clipped.values())
+    margin = math.exp(4 * board.mismatch_sigma)
+    np.testing.assert_allclose(mapping.target["input_gain"][:2], board.input_gain[1] / margin)
+    assert mapping.position_scale_v[2] == 1.0
+    product = mapping.target["input_gain"] * mapping.target["readout_gain"]
+    np.testing.assert_allclose(product, board.adc.full_scale_v / (params.a * board.dac.full_scale_v))
+    np.testing.assert_allclose(mapping.target["input_gain"], mapping.position_scale_v * STATE_MAX / params.a)
 
 
 def test_compile_for_the_analog_board_writes_the_mapping_and_the_expected_accuracy(tiny_run, tmp_path):

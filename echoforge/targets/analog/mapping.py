@@ -1,14 +1,21 @@
 """The mapping pass: a linear HRU bank's parameters → a board's physical quantities and tuning codes.
 
-One HRU step is one sample of the board (Δt = 1/sample_rate). With position scale X₀ = 1 V (an HRU
-position of 1 is 1 V on the tank) and the forcing scaled so that the state word's full range meets
-the DAC's full scale (s_u = dac.full_scale_v / state.max_value volts per forcing unit), the leapfrog
-of oscillator i (V = a m²/2 − m f, step δ) is the sampled physical oscillator
+One HRU step is one sample of the board (Δt = 1/sample_rate). With position scale X₀,ᵢ (tank volts per
+HRU position unit) and the forcing scaled so that the state word's full range meets the DAC's full
+scale (s_u = dac.full_scale_v / state.max_value volts per forcing unit), the leapfrog of oscillator i
+(V = a m²/2 − m f, step δ) is the sampled physical oscillator
 
-    ẍ = −ωᵢ² x − γᵢ ẋ + ωᵢ² g_in,i u(t),    ωᵢ = √aᵢ·δᵢ/Δt,    g_in,i = X₀/(aᵢ s_u),
+    ẍ = −ωᵢ² x − γᵢ ẋ + ωᵢ² g_in,i u(t),    ωᵢ = √aᵢ·δᵢ/Δt,    g_in,i = X₀,ᵢ/(aᵢ s_u),
 
-with readout y = g_out·x, g_out = adc.full_scale_v/(X₀·state.max_value) (the state word's range meets
+with readout y = g_out·x, g_out,i = adc.full_scale_v/(X₀,ᵢ·state.max_value) (the state word's range meets
 the ADC's), and the HRU momentum π = ẋΔt/(X₀δ) read on a quadrature channel y_q = g_out·ẋ/ω.
+
+The state scale is free: x = X₀ϕ for any X₀ > 0 gives the same positions read (input gain ∝ X₀,
+readout gain ∝ 1/X₀, the converters' ranges still meeting the word's), so each oscillator gets the X₀
+closest to 1 V that puts both gains inside the board's ranges with a margin for the mismatch
+(``scale_margin``). Only the product g_in·g_out = adc.full_scale_v/(aᵢ·dac.full_scale_v) is fixed by
+the bank: an oscillator whose product no X₀ fits keeps the readout gain in range and its input gain is
+a finding.
 Tuning codes: frequency and gains are set by ``tuning_bits``-bit DAC codes spaced logarithmically
 over the board's ranges. With a calibration, each value is divided by the oscillator's measured
 correction (measured/programmed) before it is coded, so that the board lands on the target.
@@ -30,7 +37,8 @@ from echoforge.models.core import OscillatorParams
 from .board import Board
 from .calibration_file import Calibration
 
-POSITION_SCALE_V = 1.0  # X₀: tank volts per HRU position unit
+POSITION_SCALE_V = 1.0  # X₀ wherever the board's gain ranges allow it: tank volts per HRU position unit
+MARGIN_SIGMAS = 4.0     # the gains stay this many mismatch σ inside the board's ranges when X₀ allows
 QUANTITIES = ("frequency_hz", "input_gain", "readout_gain")
 BOARD_RANGES = {"frequency_hz": "natural_frequency_hz", "input_gain": "input_gain", "readout_gain": "readout_gain"}
 
@@ -43,7 +51,7 @@ class BankMapping:
     first: int
     dt_s: float
     forcing_scale_v: float            # s_u: DAC volts per HRU forcing unit
-    position_scale_v: float           # X₀
+    position_scale_v: np.ndarray      # X₀ per oscillator: tank volts per HRU position unit
     target: dict[str, np.ndarray]     # what the HRU asks for (QUANTITIES)
     codes: dict[str, np.ndarray]      # tuning DAC codes, clipped to the board's range
     programmed: dict[str, np.ndarray]  # the nominal value of each code
@@ -67,10 +75,9 @@ class BankMapping:
                          **{name: {"target": _num(self.target[name][i]), "code": int(self.codes[name][i]),
                                         "programmed": _num(self.programmed[name][i]),
                                         "expected": _num(self.expected[name][i])} for name in QUANTITIES},
-                         "offset_v": _num(self.offset_v[i])})
+                         "position_scale_v": _num(self.position_scale_v[i]), "offset_v": _num(self.offset_v[i])})
         return {"node": self.node, "first_oscillator": self.first, "oscillators": self.size,
-                "dt_s": self.dt_s, "forcing_scale_v": self.forcing_scale_v,
-                "position_scale_v": self.position_scale_v, "mapping": rows}
+                "dt_s": self.dt_s, "forcing_scale_v": self.forcing_scale_v, "mapping": rows}
 
 
 def _num(value: float) -> float:
@@ -93,14 +100,38 @@ def code_value(codes: np.ndarray, low: float, high: float, bits: int) -> np.ndar
     return np.exp(math.log(low) + np.asarray(codes) / top * (math.log(high) - math.log(low)))
 
 
-def targets(board: Board, params: OscillatorParams, state_max: float) -> tuple[dict[str, np.ndarray], float]:
-    """The physical values an HRU bank asks for, and s_u (module docstring)."""
+def targets(board: Board, params: OscillatorParams, state_max: float) -> tuple[dict[str, np.ndarray], float, np.ndarray]:
+    """The physical values an HRU bank asks for, s_u and X₀ per oscillator (module docstring)."""
     forcing_scale = board.dac.full_scale_v / state_max
     with np.errstate(divide="ignore"):
-        wanted = {"frequency_hz": np.sqrt(np.maximum(params.a, 0)) * params.delta / board.dt / (2 * np.pi),
-                  "input_gain": POSITION_SCALE_V / (params.a * forcing_scale),
-                  "readout_gain": np.full(params.size, board.adc.full_scale_v / (POSITION_SCALE_V * state_max))}
-    return wanted, forcing_scale
+        input_per_volt = 1 / (params.a * forcing_scale)             # g_in / X₀
+    readout_volts = board.adc.full_scale_v / state_max              # g_out · X₀
+    scale = position_scale(board, input_per_volt, readout_volts)
+    wanted = {"frequency_hz": np.sqrt(np.maximum(params.a, 0)) * params.delta / board.dt / (2 * np.pi),
+              "input_gain": scale * input_per_volt, "readout_gain": readout_volts / scale}
+    return wanted, forcing_scale, scale
+
+
+def position_scale(board: Board, input_per_volt: np.ndarray, readout_volts: float) -> np.ndarray:
+    """X₀ per oscillator: closest to POSITION_SCALE_V within the X₀ that keep g_in = X₀·input_per_volt and
+    g_out = readout_volts/X₀ inside the board's ranges — narrowed by the margin where that leaves some —
+    else (no X₀ fits) the readout gain's range alone."""
+    (in_low, in_high), (out_low, out_high) = board.input_gain, board.readout_gain
+    with np.errstate(divide="ignore", invalid="ignore"):
+        low = np.maximum(in_low / input_per_volt, readout_volts / out_high)
+        high = np.minimum(in_high / input_per_volt, readout_volts / out_low)
+    fits = (low <= high) & np.isfinite(input_per_volt) & (input_per_volt > 0)
+    margin = scale_margin(board)
+    narrowed = fits & (low * margin**2 <= high)
+    low = np.where(narrowed, low * margin, np.where(fits, low, readout_volts / out_high))
+    high = np.where(narrowed, high / margin, np.where(fits, high, readout_volts / out_low))
+    return np.clip(POSITION_SCALE_V, low, high)
+
+
+def scale_margin(board: Board) -> float:
+    """How far inside its range a gain is put, as a factor: MARGIN_SIGMAS mismatch σ (the calibration
+    divides the targets by corrections of that size)."""
+    return math.exp(MARGIN_SIGMAS * board.mismatch_sigma)
 
 
 def map_bank(board: Board, params: OscillatorParams, state_max: float, *, node: str = "bank", first: int = 0,
@@ -116,7 +147,7 @@ def map_bank(board: Board, params: OscillatorParams, state_max: float, *, node: 
         findings.append(f"node {node!r}: [oscillators] needs oscillators {first}..{first + size - 1}; the board "
                         f"{board.id!r} has {board.oscillators} — use a smaller model or a larger board")
         span = slice(first, board.oscillators)
-    target, forcing_scale = targets(board, params, state_max)
+    target, forcing_scale, scale = targets(board, params, state_max)
     codes, programmed, expected, clipped = {}, {}, {}, {}
     for name in QUANTITIES:
         low, high = getattr(board, BOARD_RANGES[name])
@@ -130,7 +161,7 @@ def map_bank(board: Board, params: OscillatorParams, state_max: float, *, node: 
     offset = np.zeros(size)
     if calibration is not None:
         offset[:span.stop - first] = calibration.measured["offset_v"][span]
-    return BankMapping(node, first, board.dt, forcing_scale, POSITION_SCALE_V, target, codes, programmed,
+    return BankMapping(node, first, board.dt, forcing_scale, scale, target, codes, programmed,
                        expected, offset, clipped, tuple(findings))
 
 
@@ -144,7 +175,23 @@ def _range_findings(node, name, values, clipped, limits, params: OscillatorParam
             fix = (f"keep a in [{low ** 2 * scale:.4g}, {high ** 2 * scale:.4g}] at δ = {params.delta[i]:.4g} "
                    f"(a = {params.a[i]:.4g}), or use a board whose range covers it")
         else:
-            fix = f"a = {params.a[i]:.4g} sets it; retrain within range or use a board with a wider {name} range"
+            fix = _gain_fix(board, params.a[i])
         found.append(f"node {node!r}: oscillator {i}: [{name}] {values[i]:.4g}{unit} is outside the board's "
                      f"[{low:.4g}, {high:.4g}]{unit} — {fix}")
     return found
+
+
+def _gain_fix(board: Board, a: float) -> str:
+    """What to do about an input gain out of range: a fixes g_in·g_out, which the board's ranges bound."""
+    with np.errstate(divide="ignore"):
+        product = board.adc.full_scale_v / (a * board.dac.full_scale_v)
+    low, high = (board.input_gain[k] * board.readout_gain[k] for k in (0, 1))
+    if low <= product <= high:
+        return (f"a = {a:.4g} is within reach but the calibrated correction moves it out; use a board with wider "
+                "gain ranges")
+    if product > high:
+        bound = f"a ≥ {board.adc.full_scale_v / (high * board.dac.full_scale_v):.4g}"
+    else:
+        bound = f"a ≤ {board.adc.full_scale_v / (low * board.dac.full_scale_v):.4g}"
+    return (f"no state scale fits it: a = {a:.4g} fixes input × readout gain at {product:.4g}, the board reaches "
+            f"[{low:.4g}, {high:.4g}]; retrain with {bound} or use a board with wider gain ranges")
