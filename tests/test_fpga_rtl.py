@@ -167,6 +167,22 @@ def test_generate_writes_the_design_its_tables_and_register_map(tmp_path):
     assert {"delta_pi", "w_m", "c_t", "a_m", "delta_force", "delta_pi_new"} <= names
 
 
+def test_the_plan_the_design_rules_read_is_what_generate_writes(tmp_path):
+    """rtl.plan (no files) names the multipliers and every memory generate_core instantiates, the block-RAM
+    delay lines included, and each delay line is a memory in the Verilog."""
+    from echoforge.targets.fpga.rtl import generate_core, plan
+
+    config = FormatConfig(16)
+    planned = plan(config, "linear", lanes=512, oscillators=16)
+    design = generate_core(config, "linear", tmp_path, lanes=512, oscillators=16)
+    assert planned.multipliers == design.multipliers and planned.memories == design.memories
+    lines = [m for m in planned.memories if "_delay_" in m.name]
+    assert lines, "a 16-oscillator bank carries its long delays in block RAM"
+    verilog = design.sources[0].read_text()
+    for line in lines:
+        assert f"reg [{line.width - 1}:0] {line.name} [0:{line.depth - 1}];" in verilog
+
+
 @pytest.mark.parametrize("kind, word_bits", DEFAULT_BANKS)
 def test_accumulators_near_their_limit_clamp_and_count_as_the_kernels_do(kind, word_bits):
     """Echo chunks continued from accumulators a few products below ±2^62 (a stream's carried state):

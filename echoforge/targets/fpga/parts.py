@@ -164,26 +164,15 @@ RULES = (dsp_count, block_ram)
 # ------------------------------------------------------------------------------------ plans
 
 
-@dataclass(frozen=True)
-class BankPlan:
-    multipliers: tuple   # (name, width a, width b), signed
-    memories: tuple      # each with .depth, .width
-
-
 @cache
-def bank_plan_of(kind: str, config, oscillators: int, batch: int) -> BankPlan:
-    """The multipliers and memories the RTL generator instantiates for a bank of `batch` rows."""
-    from echoforge.targets.emulator.tables import FixedFunctions
+def bank_plan_of(kind: str, config, oscillators: int, batch: int):
+    """The multipliers and memories (rtl.Plan) the RTL generator instantiates for a bank of `batch` rows."""
+    from .rtl import plan
 
-    from .rtl import MIN_LANE_BITS, _bits, datapath
-
-    table = FixedFunctions(config).tanh_table if kind == "nonlinear" else None
-    path = datapath.build(config, kind, max(MIN_LANE_BITS, _bits(2 * batch * oscillators)),
-                          max(1, _bits(oscillators)), table)
-    return BankPlan(tuple(path.pipeline.multipliers), tuple(path.memories))
+    return plan(config, kind, lanes=2 * batch * oscillators, oscillators=oscillators)
 
 
-def bank_plan(node) -> BankPlan | None:
+def bank_plan(node):
     """The RTL plan of a device bank node at its HWIR formats (as lowering maps them), at one batch row;
     None for any other node, or a bank whose formats the emulator cannot represent (lowering refuses it,
     naming the rule)."""

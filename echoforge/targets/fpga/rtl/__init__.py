@@ -48,11 +48,49 @@ class RtlDesign:
     pipeline_depth: int            # least clocks per time step
     latency: int                   # clocks from a lane's issue to its last register (the pipeline drains in these)
     multipliers: tuple[tuple[str, int, int], ...]  # (wire, width a, width b), signed
-    memory_bits: int
+    memories: tuple                # every RAM, ROM and delay line (.name, .depth, .width)
+
+    @property
+    def memory_bits(self) -> int:
+        return sum(memory.width * memory.depth for memory in self.memories)
 
     def clocks_per_step(self, lanes: int) -> int:
         """Clocks one time step takes for ``lanes`` lanes with no stalls: one per lane, bubbles below the depth."""
         return max(lanes, self.pipeline_depth)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a design instantiates, known before any file is written (the design rules read it)."""
+
+    multipliers: tuple[tuple[str, int, int], ...]  # (wire, width a, width b), signed
+    memories: tuple                                # each with .name, .depth, .width: RAMs, ROMs, delay lines
+    pipeline_depth: int
+
+
+def plan(config: FormatConfig, kind: str, *, lanes: int, oscillators: int) -> Plan:
+    """The multipliers and memories ``generate_core`` instantiates for these capacities."""
+    return _plan(_datapath(config, kind, _layout(config, lanes, oscillators), _table(config, kind)))
+
+
+def _plan(path) -> Plan:
+    return Plan(tuple(path.pipeline.multipliers), (*path.memories, *path.pipeline.delay_lines()),
+                path.min_step_clocks)
+
+
+def _layout(config: FormatConfig, lanes: int, oscillators: int) -> Layout:
+    return Layout(config.word_bits, max(MIN_LANE_BITS, _bits(lanes)), max(1, _bits(oscillators)))
+
+
+def _table(config: FormatConfig, kind: str):
+    """The nonlinear bank's tanh table (None for a linear bank)."""
+    if kind not in ("linear", "nonlinear"):
+        raise ValueError(f"unknown bank kind {kind!r}")
+    return FixedFunctions(config).tanh_table if kind == "nonlinear" else None
+
+
+def _datapath(config: FormatConfig, kind: str, layout: Layout, table):
+    return datapath.build(config, kind, layout.lane_bits, layout.osc_bits, table)
 
 
 def generate(bank, directory, *, batch: int = 1, lanes: int | None = None,
@@ -73,15 +111,12 @@ def generate_core(config: FormatConfig, kind: str, directory, *, lanes: int, osc
                   param_codes: np.ndarray | None = None) -> RtlDesign:
     """The Verilog of a ``kind`` bank at ``config``'s formats with capacity for ``lanes`` lanes (rounded
     up to a power of two, at least 2^MIN_LANE_BITS) and ``oscillators``."""
-    if kind not in ("linear", "nonlinear"):
-        raise ValueError(f"unknown bank kind {kind!r}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    layout = Layout(config.word_bits, max(MIN_LANE_BITS, _bits(lanes)), max(1, _bits(oscillators)))
-    table = FixedFunctions(config).tanh_table if kind == "nonlinear" else None
-    path = datapath.build(config, kind, layout.lane_bits, layout.osc_bits, table)
+    layout, table = _layout(config, lanes, oscillators), _table(config, kind)
+    path = _datapath(config, kind, layout, table)
     if path.min_step_clocks > 1 << layout.lane_bits:
         raise ValueError(f"pipeline depth {path.min_step_clocks} exceeds the lane capacity")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     accumulators = [name for name in ACCUMULATORS if f"acc_{name}" in {m.name for m in path.memories}]
     (directory / SOURCE).write_text(top.verilog(path, layout, kind, accumulators))
     init_files = _write_init_files(directory, path.memories, table, param_codes, layout)
@@ -89,7 +124,7 @@ def generate_core(config: FormatConfig, kind: str, directory, *, lanes: int, osc
     regmap.write_text(json.dumps(top.register_map(layout, config, kind, path, accumulators), indent=1))
     return RtlDesign(directory, TOP, (directory / SOURCE,), init_files, regmap, kind, config.word_bits,
                      1 << layout.lane_bits, 1 << layout.osc_bits, path.min_step_clocks, path.last_stage,
-                     tuple(path.pipeline.multipliers), sum(m.width * m.depth for m in path.memories))
+                     tuple(path.pipeline.multipliers), _plan(path).memories)
 
 
 def _write_init_files(directory: Path, memories, table, param_codes, layout: Layout) -> tuple[Path, ...]:

@@ -69,7 +69,10 @@ class _Builder:
         self.kind = kind
         self.w = config.word_bits
         self.lim = config.state.limit
-        self.p = Pipeline()
+        if self.lim != (1 << (self.w - 1)) - 1:
+            raise ValueError(f"the RTL clamps to ±(2^(W−1) − 1), not ±{self.lim}")
+        # a delay of ≥ 4 stages goes into a block RAM where it saves ≥ 64 flip-flops per 16 bits of width
+        self.p = Pipeline(memory_delay=(4, 64))
         self.memories: list[Memory] = []
         self.lane_bits, self.osc_bits = lane_bits, osc_bits
         self.table = table
@@ -98,18 +101,19 @@ class _Builder:
         biased = self.p.wire(f"{name}_biased", w + 1, stage, f"{{{x}}} + (({{{x}}} < {literal(0, w)}) ? {down} : {up})")
         return self.p.wire(name, w + 1 - shift, stage, f"{{{biased}}} >>> {shift}")
 
-    def clamp(self, name: str, x: str, stage: int, lim: int | None = None, width: int | None = None) -> tuple[str, str]:
-        """(clamp(x, ±lim) in ``width`` bits, the flag that it clamped)."""
-        lim = self.lim if lim is None else lim
-        width = self.w if width is None else width
-        w = self.p.width(x)
-        if lim >= 1 << (w - 1):  # x can never exceed it
+    def clamp(self, name: str, x: str, stage: int) -> tuple[str, str]:
+        """(clamp(x, ±lim) in W bits, the flag that it clamped). The limit is 2^(W−1) − 1, so the
+        compares are bit tests, not carry chains: above it, x is not negative and a bit over W − 2 is
+        set; below −lim, x is negative and not (every bit over W − 2 set and a lower bit set)."""
+        w, width = self.p.width(x), self.w
+        if w <= width:  # x can never exceed it
             return self.p.wire(name, width, stage, f"{{{x}}}"), self.p.wire(f"{name}_sat", 1, stage, "1'b0", signed=False)
-        high, low = literal(lim, w), literal(-lim, w)
-        over = self.p.wire(f"{name}_over", 1, stage, f"{{{x}}} > {high}", signed=False)
-        under = self.p.wire(f"{name}_under", 1, stage, f"{{{x}}} < {low}", signed=False)
-        value = self.p.wire(name, width, stage, f"{{{over}}} ? {literal(lim, width)} : "
-                                               f"({{{under}}} ? {literal(-lim, width)} : {{{x}}})")
+        high = f"{{{x}}}[{w - 2}:{width - 1}]"
+        over = self.p.wire(f"{name}_over", 1, stage, f"~{{{x}}}[{w - 1}] & (|{high})", signed=False)
+        under = self.p.wire(f"{name}_under", 1, stage,
+                            f"{{{x}}}[{w - 1}] & ~((&{high}) & (|{{{x}}}[{width - 2}:0]))", signed=False)
+        value = self.p.wire(name, width, stage, f"{{{over}}} ? {literal(self.lim, width)} : "
+                                               f"({{{under}}} ? {literal(-self.lim, width)} : {{{x}}}[{width - 1}:0])")
         return value, self.p.wire(f"{name}_sat", 1, stage, f"{{{over}}} | {{{under}}}", signed=False)
 
     def add(self, name: str, stage: int, expression: str, *operands: str) -> str:
@@ -180,17 +184,15 @@ class _Builder:
         write_stage = s + 7
         self._write_state("state_pi", pi_new, write_stage)
         self._write_state("state_phi", phi_new, write_stage)
-        # the echo's observables, + lane held one clock, differences on the − lane
-        # (formed late, in the stage before the accumulators: carrying W-bit operands down the pipeline
-        # costs half the registers of carrying 2W-bit products)
-        products = {"mm": p.multiply("m_sq", m, m, s + 4),
-                    "pp_before": p.multiply("pi_n_sq", pi_n, pi_n, s + 4),
-                    "pp_after": p.multiply("pi_new_sq", pi_new, pi_new, s + 4)}
+        # the echo's observables, + lane held one clock, differences on the − lane; each product is
+        # formed in the stage before its difference, just before its accumulator add needs it (carrying
+        # W-bit operands down the pipeline costs half the registers of carrying 2W-bit products)
+        products = {"mm": ("m_sq", m, m), "pp_before": ("pi_n_sq", pi_n, pi_n), "pp_after": ("pi_new_sq", pi_new, pi_new)}
         if self.kind == "linear":
-            products["fm"] = p.multiply("f_m", "f", m, s + 4)
+            products["fm"] = ("f_m", "f", m)
             plain, observable = {}, m
         else:
-            products["tm"] = p.multiply("t_m", extra["t"], m, s + 4)
+            products["tm"] = ("t_m", extra["t"], m)
             plain, observable = {"t": extra["t"], "lc": extra["g"]}, extra["t"]
         acc_last, acc_flags, obs, acc_reach = self._accumulate(products, plain, observable, s + 5)
         last = acc_last + 2  # the clamp flags are registered, summed, and the sum added to the counters
@@ -269,30 +271,36 @@ class _Builder:
         difference, the clocks between an accumulator's read and its write + 1)."""
         p = self.p
         diff_bits = min(2 * self.w + 1, 64)
-        terms, hold_regs = {}, []
-        ready = max(p.signals[x].stage + 1 for x in (*products.values(), *plain.values()))
+        rows = [("mm", ["mm"]), ("pp", ["pp_before", "pp_after"])]
+        rows += [("fm", ["fm"])] if "fm" in products else [("t", ["t"]), ("tm", ["tm"]), ("lc", ["lc"])]
+        late = {part: 3 * k for _, parts in rows for k, part in enumerate(parts)}  # a later add's term waits
+        ready = max([max(p.signals[a].stage, p.signals[b].stage) + 2 for _, a, b in products.values()]
+                    + [p.signals[x].stage + 1 for x in plain.values()])
         stage = max(stage, ready)
         hold = p.wire("hold_plus", 1, stage, "{live} & ~{sigma}", signed=False)
         update = p.wire("acc_update", 1, stage, "{live} & {echo} & {sigma}", signed=False)
-        for name, x in {**products, **plain, "obs": observable}.items():
+        terms, hold_regs = {}, []
+        sources = {name: (p.multiply(product, a, b, stage + late[name] - 1), stage + late[name])
+                   for name, (product, a, b) in products.items()}
+        sources |= {name: (x, stage) for name, x in {**plain, "obs": observable}.items()}
+        for name, (x, at) in sources.items():
             width = p.width(x)
             held = f"held_{name}"
             hold_regs.append(f"reg signed [{width - 1}:0] {held};")
-            p.verilog(stage, f"always @(posedge clk) if (advance && {{{hold}}}) {held} <= {{{x}}};")
-            p.input(held, width, stage)
+            p.verilog(at, f"always @(posedge clk) if (advance && {{{hold}}}) {held} <= {{{x}}};")
+            p.input(held, width, at)
             if name == "obs":
                 continue
-            diff = p.wire(f"{name}_diff", diff_bits if name in products else width + 1, stage, f"{{{held}}} - {{{x}}}")
+            diff = p.wire(f"{name}_diff", diff_bits if name in products else width + 1, at, f"{{{held}}} - {{{x}}}")
             terms[name] = diff
         p.text[:0] = hold_regs
         obs = p.wire("obs_diff", self.w + 1, stage, f"{{held_obs}} - {{{observable}}}")
         base = stage + 1
         if self.acc_shift:
-            terms = {name: (self.round_shift(f"{name}_term", diff, self.acc_shift, base) if name in products else diff)
+            terms = {name: (self.round_shift(f"{name}_term", diff, self.acc_shift, base + late[name])
+                            if name in products else diff)
                      for name, diff in terms.items()}
             base += 1
-        rows = [("mm", ["mm"]), ("pp", ["pp_before", "pp_after"])]
-        rows += [("fm", ["fm"])] if "fm" in products else [("t", ["t"]), ("tm", ["tm"]), ("lc", ["lc"])]
         flags, writes = [], []
         for row, parts in rows:
             memory = Memory(f"acc_{row}", ACC_WIDTH, 1 << (self.lane_bits - 1), region="acc",
@@ -313,7 +321,7 @@ class _Builder:
 
     def _add_to_accumulator(self, name: str, acc: str, term: str, stage: int) -> tuple[str, str]:
         """clamp(acc + term, ±2^62) over three stages: low half and its carry; high half; the clamp,
-        decided from the top bits of the 65-bit sum (> 2^62: not negative and above bit 62; < −2^62:
+        decided from the top bits of the 65-bit sum (≥ 2^62: not negative and bit 63 or 62 set; < −2^62:
         negative and not both bits 63 and 62 set)."""
         p = self.p
         wide = ACC_WIDTH + 1
@@ -326,13 +334,17 @@ class _Builder:
         high = p.wire(f"{name}_high", 33, stage + 1,
                       f"{{{acc_high}}} + {{{term_high}}} + $signed({{1'b0, {{{low}}}[32]}})")
         raw = p.wire(f"{name}_raw", wide, stage + 1, f"$signed({{{{{high}}}, {{{low}}}[31:0]}})")
-        over = p.wire(f"{name}_over", 1, stage + 2,
-                      f"~{{{raw}}}[64] & ({{{raw}}}[63] | ({{{raw}}}[62] & |{{{raw}}}[61:0]))", signed=False)
+        # the value needs only the top bits: raw = 2^62 clamps to itself, and −2^62 is its own bound
+        high = p.wire(f"{name}_high_bound", 1, stage + 2, f"~{{{raw}}}[64] & ({{{raw}}}[63] | {{{raw}}}[62])",
+                      signed=False)
         under = p.wire(f"{name}_under", 1, stage + 2, f"{{{raw}}}[64] & ~({{{raw}}}[63] & {{{raw}}}[62])",
                        signed=False)
         limit = literal(ACC_LIMIT, ACC_WIDTH)
         value = p.wire(name, ACC_WIDTH, stage + 2,
-                       f"{{{over}}} ? {limit} : ({{{under}}} ? {literal(-ACC_LIMIT, ACC_WIDTH)} : {{{raw}}}[63:0])")
+                       f"{{{high}}} ? {limit} : ({{{under}}} ? {literal(-ACC_LIMIT, ACC_WIDTH)} : {{{raw}}}[63:0])")
+        # the flag (a clamp that changed the value) also looks at the low bits, off the value's path
+        over = p.wire(f"{name}_over", 1, stage + 2, f"{{{high}}} & ({{{raw}}}[63] | (|{{{raw}}}[61:0]))",
+                      signed=False)
         return value, p.wire(f"{name}_sat", 1, stage + 2, f"{{{over}}} | {{{under}}}", signed=False)
 
     def _count(self, name: str, flags: list[str], stage: int, counted: int) -> str:

@@ -6,6 +6,11 @@ signed, in the stage it belongs to. An expression names the signals it reads as 
 (``name_s7``), and the delay registers are emitted for exactly the stages that need them. So the
 schedule is data: moving an operation to another stage cannot leave a stale operand behind, and
 every pipeline register advances on one global enable (``advance``), which is how the core stalls.
+
+A long delay of a wide signal is a delay line in a block RAM instead (``DelayLine``): written every
+advance at a shared pointer and read ``gap − 1`` entries behind it, it holds the value of ``gap``
+advances ago, as ``gap`` registers would — one block instead of width × gap flip-flops, which on a
+small FPGA are logic cells.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import re
 from dataclasses import dataclass, field
 
 _REFERENCE = re.compile(r"\{(\w+)\}")
+DELAY_DEPTH = 256          # a delay line's memory: one iCE40 SB_RAM40_4K at 16 bits (an ECP5 DP16KD)
+DELAY_POINTER = "delay_wp"
 
 
 def literal(value: int, width: int) -> str:
@@ -29,6 +36,7 @@ class Signal:
     width: int
     stage: int
     last_use: int = -1
+    uses: set = field(default_factory=set)   # the stages that read it
     reset: bool = False   # delayed copies clear on reset (valid bits)
     signed: bool = True   # flags and memory addresses are unsigned
 
@@ -37,14 +45,33 @@ class Signal:
         return ("signed " if self.signed else "") + f"[{self.width - 1}:0]"
 
 
+@dataclass(frozen=True)
+class DelayLine:
+    """A signal's value carried from stage ``start`` to stage ``end`` through a memory."""
+
+    signal: str
+    start: int
+    end: int
+    width: int
+    depth: int = DELAY_DEPTH
+
+    @property
+    def name(self) -> str:
+        return f"{self.signal}_delay_{self.start}_{self.end}"
+
+
 @dataclass
 class Pipeline:
-    """Signals by stage, the combinational wires that define them, and raw Verilog per stage."""
+    """Signals by stage, the combinational wires that define them, and raw Verilog per stage.
+
+    ``memory_delay``: (least gap, least flip-flops saved per 16 bits of width) for a delay to go into a
+    block RAM; None keeps every delay in registers."""
 
     signals: dict[str, Signal] = field(default_factory=dict)
     wires: list[tuple[Signal, str]] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     multipliers: list[tuple[str, int, int]] = field(default_factory=list)
+    memory_delay: tuple[int, int] | None = None
 
     def input(self, name: str, width: int, stage: int, *, reset: bool = False, signed: bool = True) -> str:
         """A signal defined outside the netlist (issue logic, a memory's read data) at ``stage``."""
@@ -76,6 +103,7 @@ class Pipeline:
         if stage < signal.stage:
             raise ValueError(f"{name} is produced in stage {signal.stage}, read in stage {stage}")
         signal.last_use = max(signal.last_use, stage)
+        signal.uses.add(stage)
         return name if stage == signal.stage else f"{name}_s{stage}"
 
     def resolve(self, text: str, stage: int) -> str:
@@ -85,14 +113,30 @@ class Pipeline:
     def last_stage(self) -> int:
         return max(signal.stage for signal in self.signals.values())
 
+    def delay_lines(self) -> list[DelayLine]:
+        """The delays that go into memories under the ``memory_delay`` policy (never a reset signal's:
+        a memory holds no reset value)."""
+        if self.memory_delay is None:
+            return []
+        least_gap, least_saved = self.memory_delay
+        return [DelayLine(signal.name, start, end, signal.width)
+                for signal in self.signals.values() if not signal.reset
+                for start, end in _segments(signal)
+                if end - start >= least_gap and signal.width * (end - start) >= least_saved * -(-signal.width // 16)]
+
     def emit(self) -> str:
-        """Declarations, wire definitions, delay registers and raw text, in that order."""
+        """Declarations, wire definitions, delays and raw text, in that order."""
         lines = ["// ---- pipeline wires (one per operation) ----"]
         lines += [f"wire {s.declaration} {s.name} = {expression};  // stage {s.stage}"
                   for s, expression in self.wires]
-        lines.append("// ---- pipeline delay registers ----")
+        lines.append("// ---- pipeline delays ----")
+        in_memory = {(line.signal, line.start): line for line in self.delay_lines()}
+        if in_memory:
+            lines.append(f"reg [7:0] {DELAY_POINTER};\n"
+                         f"always @(posedge clk) if (rst) {DELAY_POINTER} <= 8'd0; "
+                         f"else if (advance) {DELAY_POINTER} <= {DELAY_POINTER} + 8'd1;")
         for signal in self.signals.values():
-            lines += _delay_registers(signal)
+            lines += _delays(signal, in_memory)
         return "\n".join(lines + ["// ---- stage logic ----", *self.text])
 
     def _declare(self, signal: Signal) -> Signal:
@@ -104,13 +148,37 @@ class Pipeline:
         return signal
 
 
-def _delay_registers(signal: Signal) -> list[str]:
-    stages = range(signal.stage + 1, signal.last_use + 1)
+def _segments(signal: Signal) -> list[tuple[int, int]]:
+    """(from, to) between consecutive stages the signal is read in, from the stage it is made in."""
+    taps = sorted(stage for stage in signal.uses if stage > signal.stage)
+    return list(zip([signal.stage, *taps], taps))
+
+
+def _delays(signal: Signal, in_memory: dict) -> list[str]:
+    """The signal's delayed copies: registers, or memory delay lines for the segments ``in_memory``."""
+    lines, registers = [], []
+    for start, end in _segments(signal):
+        source = signal.name if start == signal.stage else f"{signal.name}_s{start}"
+        line = in_memory.get((signal.name, start))
+        if line is None:
+            registers += range(start + 1, end + 1)
+            continue
+        target, behind = f"{signal.name}_s{end}", f"{line.name}_read"
+        lines += [f"reg [{signal.width - 1}:0] {line.name} [0:{line.depth - 1}];",
+                  f"reg {signal.declaration} {target};",
+                  f"wire [7:0] {behind} = {DELAY_POINTER} - 8'd{end - start - 1};  // wraps at 8 bits",
+                  f"always @(posedge clk) if (advance) begin {line.name}[{DELAY_POINTER}] <= {source}; "
+                  f"{target} <= {line.name}[{behind}]; end"]
+    return _delay_registers(signal, registers) + lines
+
+
+def _delay_registers(signal: Signal, stages) -> list[str]:
+    """Registers for ``stages`` (each one fed by the copy of the stage before it)."""
     if not stages:
         return []
     names = [f"{signal.name}_s{k}" for k in stages]
     lines = [f"reg {signal.declaration} {', '.join(names)};"]
-    sources = [signal.name, *names[:-1]]
+    sources = [signal.name if k - 1 == signal.stage else f"{signal.name}_s{k - 1}" for k in stages]
     moves = " ".join(f"{dst} <= {src};" for dst, src in zip(names, sources))
     if signal.reset:
         clears = " ".join(f"{dst} <= {signal.width}'d0;" for dst in names)

@@ -150,22 +150,23 @@ def _bus_port(memory: Memory, layout: Layout) -> tuple[str, str]:
 
 
 def _readback(memories: list[Memory]) -> str:
-    """reg_rdata: the addressed register or memory word, sign-extended, one clock after reg_addr."""
+    """reg_rdata: the addressed register or memory word, sign-extended, one clock after reg_addr. The
+    address is decoded into one select register per source as it arrives, so the read data is an
+    AND-OR of registered selects and registered words: two logic levels, whatever the sources."""
     lines = ["// ---- register read-back ----"]
-    cases = []
+    sources = [("read_control", "reg_region == 3'd0", "control_rdata")]
     for m in memories:
         if m.region is None or not m.readable:
             continue
         lines.append(f"wire signed [63:0] {m.name}_bus = {m.data};")
-        if m.region in ("phi", "pi"):
-            cases.append((f"read_region == 3'd{REGIONS.index(m.region)}", f"{m.name}_bus"))
-        else:
-            cases.append((f"read_region == 3'd{REGIONS.index(m.region)} && read_field == 3'd{m.field}",
-                          f"{m.name}_bus"))
-    expression = "control_rdata"
-    for condition, value in reversed(cases):
-        expression = f"({condition}) ? {value} :\n    {expression}"
-    lines.append(f"assign reg_rdata = {expression};")
+        hit = f"reg_region == 3'd{REGIONS.index(m.region)}"
+        if m.region not in ("phi", "pi"):
+            hit += f" && reg_index[2:0] == 3'd{m.field}"
+        sources.append((f"read_{m.name}", hit, f"{m.name}_bus"))
+    for select, hit, _ in sources:
+        lines.append(f"reg {select};\nalways @(posedge clk) {select} <= {hit};")
+    terms = " |\n    ".join(f"({{64{{{select}}}}} & {value})" for select, _, value in sources)
+    lines.append(f"assign reg_rdata = {terms};")
     return "\n".join(lines)
 
 
@@ -233,10 +234,7 @@ always @(posedge clk) begin
 end
 wire [LB:0] slots = (lanes > DEPTH) ? lanes : DEPTH;
 reg [63:0] control_rdata;
-reg [2:0] read_region, read_field;
 always @(posedge clk) begin
-    read_region <= reg_region;
-    read_field <= reg_index[2:0];
     case (reg_index)
         R_MODE: control_rdata <= {63'd0, mode};
         R_FLIP: control_rdata <= {63'd0, flip_setting};
