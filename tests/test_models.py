@@ -1,5 +1,8 @@
 """The exactness properties of DESIGN §2 for HRUs and HSSMs (issue: foundation and models)."""
 
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -212,6 +215,36 @@ def test_hssm_gradient_is_the_same_bits_on_one_and_two_kernel_threads():
 def test_float_core_rejects_a_thread_count_below_one():
     with pytest.raises(ValueError, match="thread count must be ≥ 1"):
         core_module.set_num_threads(0)
+
+
+RETAINED_AFTER_FREE = """
+import numpy as np
+from echoforge.models import HSSM
+
+def resident_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2 ** 20
+
+{build}
+for _ in range(2):  # the first free is what raises glibc's own threshold
+    start = resident_mib()
+    block = np.ones(2 ** 20)  # 8 MiB, a sequence-sized buffer
+    del block
+print(resident_mib() - start)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc and /proc are Linux's")
+def test_building_an_hssm_makes_freed_sequence_sized_buffers_leave_the_process():
+    """Without heap.return_large_buffers, the second 8 MiB buffer comes from the heap and stays
+    resident after it is freed (glibc raised its mmap threshold when the first was freed)."""
+    def retained(build):
+        code = RETAINED_AFTER_FREE.format(build=build)
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                                env={k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")})
+        assert result.returncode == 0, result.stderr
+        return float(result.stdout)
+    assert retained("") > 7  # glibc's default: the buffer stays (the check can fail)
+    assert retained("HSSM(2, 2, hidden_size=4, state_size=4, num_blocks=1)") < 1
 
 
 # 3. Nonlinear HRU: the finite-ε bias falls as ε².

@@ -9,15 +9,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .heap import return_large_buffers
 from .hru import LinHRU, NonlinHRU
 
 HRU_KINDS = {"linear": LinHRU, "nonlinear": NonlinHRU}
 TASKS = ("classification", "regression")
 READOUTS = ("mean", "steps")
 # Time steps per chunk when the glue is recomputed; None: as many as keep a chunk's tensors at
-# GLUE_CHUNK_ELEMENTS elements (4 MiB in float32) — fewer, larger torch calls on a narrow model.
+# GLUE_CHUNK_ELEMENTS elements (512 KiB in float32: below heap.MMAP_THRESHOLD, so they are reused
+# from the heap, and small beside the sequence-sized tensors a block keeps).
 GLUE_CHUNK = None
-GLUE_CHUNK_ELEMENTS = 2 ** 20
+GLUE_CHUNK_ELEMENTS = 2 ** 17
 
 
 class GLU(nn.Module):
@@ -194,7 +196,7 @@ class HSSM(nn.Module):
     at step output_step − 1 (1: every step; the sequence length: the last step only) — the default
     for regression. checkpoint_glue (default on) trades a recomputation of the pointwise layers for
     their activations (HSSMBlock); False keeps them, a little faster and sequence-sized. Extra keyword
-    arguments go to every HRU.
+    arguments go to every HRU. Building one sets glibc's mmap threshold for the process (heap.py).
     """
 
     def __init__(self, input_size: int, num_outputs: int, *, hidden_size: int, state_size: int,
@@ -213,6 +215,7 @@ class HSSM(nn.Module):
         if readout not in READOUTS or (task == "classification" and readout != "mean"):
             raise ValueError(f"readout must be one of {READOUTS} (classification: mean), got {readout!r}")
         self.task, self.output_step, self.readout = task, output_step, readout
+        return_large_buffers()  # a freed sequence-sized tensor goes back to the OS (heap.py)
         self.encoder = nn.Linear(input_size, hidden_size)
         self.blocks = nn.ModuleList(
             HSSMBlock(HRU_KINDS[hru](hidden_size, state_size, learning=learning, epsilon=epsilon,
