@@ -17,10 +17,17 @@ occasional one-LSB code difference). The bounds leave a margin of about 10×. Tw
 number of ranks are bit-identical (the killed-and-resumed HIL run equals the uninterrupted one).
 """
 
+import fcntl
 import json
+import os
+import pty
+import re
+import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -172,23 +179,63 @@ def test_two_boards_end_where_one_board_does(two_boards_run, program_dir, tmp_pa
     assert_close_runs(two_boards_run, one.output, HIL_TOLERANCE)
 
 
+def on_a_terminal(command, cwd, trigger, action):
+    """Run `command` with its stderr on a pseudo-terminal (rank 0 then shows its progress bar, one refresh a
+    step); call `action()` once `trigger(stderr so far)` holds. Returns (exit status, stderr)."""
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a bar needs columns
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=terminal)
+    os.close(terminal)
+    output, fired, deadline = b"", False, time.monotonic() + RUN_SECONDS
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([controller], [], [], 1.0)[0]:
+                continue
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO: every process writing to the terminal has ended
+                break
+            output += chunk
+            if not fired and trigger(output.decode(errors="replace")):
+                action()
+                fired = True
+        return process.wait(timeout=RUN_SECONDS), output.decode(errors="replace")
+    finally:
+        os.close(controller)
+        if process.poll() is None:
+            process.kill()
+
+
+def steps_shown(stderr: str) -> int:
+    """The last step count rank 0's progress bar showed."""
+    counts = re.findall(rf"(\d+)/{HIL_STEPS} \[", stderr)
+    return int(counts[-1]) if counts else 0
+
+
+def message_lines(stderr: str) -> list[str]:
+    """What stderr says but the progress bar's refreshes (another rank's line can follow a refresh at once)."""
+    pieces = re.split(r"[\r\n]+|(?=echoforge hil: )", re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", stderr))
+    return [piece.strip() for piece in pieces if piece.strip() and not piece.strip().startswith("hil rhel")]
+
+
 @pytest.mark.slow
-def test_a_board_killed_mid_run_is_one_line_and_the_run_resumes_bit_for_bit(two_boards_run, program_dir, tmp_path):
+def test_a_killed_board_stops_the_run_with_its_last_step_and_it_resumes_bit_for_bit(two_boards_run, program_dir,
+                                                                                    tmp_path):
+    """Periodic checkpoints every 5 steps; the second board's simulator is killed after step 7: the run
+    stops with one line naming the board, its checkpoint is the last completed step (7 or 8, past the
+    periodic one at 5), and resumed with a board back it ends with the uninterrupted run's bits."""
     run = tmp_path / "killed"
     with simulated_board() as first, board_process("--pty") as (second_process, second):
-        process = subprocess.Popen(hil_command([first, second], program_dir, run, "--timeout", "1"),
-                                   cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + RUN_SECONDS
-        while not (run / "metrics.jsonl").exists():
-            assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()
-            time.sleep(0.005)
-        second_process.send_signal(signal.SIGKILL)
-        _, stderr = process.communicate(timeout=RUN_SECONDS)
-        assert process.returncode == 2, stderr
-        lines = stderr.strip().splitlines()
-        assert len(lines) == 1 and second in lines[0] and "rank 1 of 2" in lines[0], lines
-        assert f"continue with --resume {run}" in lines[0]
-        assert 0 < checkpoint(run)["step"] < HIL_STEPS
+        command = hil_command([first, second], program_dir, run, "--timeout", "1", "--set", "eval_every=5")
+        command.remove("--no-progress")
+        status, stderr = on_a_terminal(command, tmp_path, lambda shown: steps_shown(shown) >= 7,
+                                       lambda: second_process.send_signal(signal.SIGKILL))
+        assert status == 2, stderr
+        lines = message_lines(stderr)
+        assert len(lines) == 1 and second in lines[0] and "rank 1 of 2" in lines[0], repr(stderr)
+        stopped = checkpoint(run)
+        assert stopped["records"][-1]["step"] == 5 and 7 <= stopped["step"] <= 8, stopped["step"]
+        assert f"stopped with a checkpoint at step {stopped['step']}; continue with --resume {run}" in lines[0]
         with simulated_board() as back:
             resumed = subprocess.run([sys.executable, "-m", "echoforge.cli", "hil", "train", "--device", first,
                                       "--device", back, "--resume", str(run), "--no-progress"],
@@ -196,6 +243,7 @@ def test_a_board_killed_mid_run_is_one_line_and_the_run_resumes_bit_for_bit(two_
     assert resumed.returncode == 0, resumed.stderr
     assert relative_difference(run, two_boards_run) == 0.0  # bit for bit
     assert torch.equal(checkpoint(run)["rng"], checkpoint(two_boards_run)["rng"])
+    assert [r["step"] for r in checkpoint(run)["records"]] == [5, 10, 12]
 
 
 def test_several_boards_refuse_the_fidelity_monitor_and_bad_device_files(program_dir, tmp_path):

@@ -5,7 +5,8 @@
     echoforge hil train --device /dev/pts/3 --device /dev/pts/5 --program build/bm   # one rank per board
 
 A board that cannot be reached, or stops answering, is a user error like a bad config: one line on
-stderr, exit 2; a run stopped that way continues with --resume.
+stderr naming it, exit 2; a run stopped that way keeps its last completed step in a checkpoint and
+continues from it with --resume.
 """
 
 from __future__ import annotations
@@ -86,20 +87,18 @@ def _train_on_board(args, plan: RunPlan, devices: list[str], ranks) -> int:
     """This rank's part of the run, on its board; a board that fails is one line naming it."""
     from ..models.distributed import make_trainer
     from ..runtime.device import Device
-    from ..runtime.errors import DeviceError
-    from .distributed import BoardParallel, board_of
+    from .distributed import BoardParallel, board_of, stopped_at
     from .report import describe
-    from .trainer import HILTrainer
+    from .trainer import BOARD_FAILURES, HILTrainer
 
     try:
         with Device(board_of(devices, ranks), timeout=args.timeout) as device:
             trainer = make_trainer(HILTrainer, ranks, plan.config, plan.output, plan.program, plan.program_dir,
                                    device, fidelity_every=plan.fidelity_every, mixin=BoardParallel)
             summary = trainer.run(resume=bool(args.resume), progress=False if args.no_progress else None)
-    except (ConnectionError, TimeoutError, DeviceError) as error:
-        resume = f" — continue with --resume {plan.output}" if (plan.output / "last.pt").exists() else ""
+    except BOARD_FAILURES as error:
         rank = f"rank {ranks.rank} of {ranks.size}: " if ranks else ""
-        raise BoardUnavailable(f"{rank}{error}{resume}") from None
+        raise BoardUnavailable(f"{rank}{error}{stopped_at(plan.output)}") from None
     if summary is not None:
         print(describe(summary, plan.output))
     return 0

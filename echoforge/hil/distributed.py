@@ -48,6 +48,14 @@ class BoardParallel(DataParallel):
             core.ranks = ranks
 
 
+def stopped_at(run: Path) -> str:
+    """How a run stopped by a board continues: its checkpoint's step and the --resume (empty: none)."""
+    if not (run / "last.pt").exists():
+        return ""
+    step = torch.load(run / "last.pt", weights_only=True)["step"]
+    return f" — stopped with a checkpoint at step {step}; continue with --resume {run} once the board is back"
+
+
 def read_devices(path: str | Path) -> list[str]:
     """The board URIs of a devices file: one per line; blank lines and # comments ignored."""
     try:

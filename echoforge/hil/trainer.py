@@ -9,7 +9,9 @@ was compiled from: HIL training fine-tunes the compiled model.
 
 The board holds nothing the host needs to resume: a killed run reopens a session, loads the program
 again and continues from last.pt, and since every phase is a pure function of what the host sends, it
-ends bit-identical to an uninterrupted run. Lost or damaged frames are retried and reboots replayed
+ends bit-identical to an uninterrupted run. A board that fails mid-step (or, with several ranks, a peer
+that left) does not lose the steps since the last periodic checkpoint: the trainer keeps the state of
+the last completed step and writes it as last.pt before the run stops. Lost or damaged frames are retried and reboots replayed
 below (runtime.device), with the same bits. The run directory adds to the Trainer's: hil.yaml (the
 program and the monitor's period), the fidelity records in metrics.jsonl, fidelity.png, and a "hil"
 section in summary.json.
@@ -17,12 +19,15 @@ section in summary.json.
 
 from __future__ import annotations
 
+import copy
+import fcntl
 import hashlib
 import os
 import sys
 import time
 import warnings
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,9 +36,11 @@ from tqdm import tqdm
 
 from echoforge.compiler.frontend_checkpoint import run_config
 from echoforge.models.core import FloatCore
+from echoforge.models.distributed import PeerLeft
 from echoforge.models.hru import RETRACE_WARN
 from echoforge.models.training import DEFAULT_CONFIG, ConfigError, Trainer, build_model, load_config, merge
 from echoforge.runtime.device import Device, DeviceCore
+from echoforge.runtime.errors import DeviceError
 from echoforge.targets.emulator.lower import Program
 
 from .fidelity import FidelityMonitor
@@ -49,6 +56,8 @@ DATA_PROTOCOL = ("dataset", "seed")
 # counts the steps whose echo did not retrace instead (progress bar, summary), as one line per call
 # would bury the progress bar.
 ECHO_WARNINGS = "fixed-point emulator saturated|RHEL echo did not retrace"
+# A board that cannot be reached or stopped answering (after the link's retries and timeouts).
+BOARD_FAILURES = (ConnectionError, TimeoutError, DeviceError)
 
 
 def _say(message: str) -> None:
@@ -116,6 +125,18 @@ def check_same_program(program: Program, directory: str | Path, recorded: dict, 
 # ---- the trainer -------------------------------------------------------------------------------
 
 
+@contextmanager
+def locked(directory: Path):
+    """An exclusive lock on a directory (flock: released when the process ends, however it ends)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
+
+
 def device_cores(device: Device, program: Program, model, where: str | Path = "") -> list[DeviceCore]:
     """One DeviceCore per HRU bank, in model order, each with its bank's formats from the program."""
     hrus = model.hrus()
@@ -156,6 +177,8 @@ class HILTrainer(Trainer):
         # Training steps: how many, their seconds, the seconds in link calls, and how many had an echo
         # that did not retrace the forward path (a saturated state breaks the exact reversibility).
         self.tally = Counter()
+        self.completed: dict | None = None  # state() at the start of the step under way
+        self.saved_step = 0  # the step of the last checkpoint this trainer wrote
 
     def _load_source(self) -> None:
         state = torch.load(self.source, weights_only=True, map_location="cpu")["model"]
@@ -177,9 +200,14 @@ class HILTrainer(Trainer):
     def run(self, **options) -> dict:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ECHO_WARNINGS, RuntimeWarning)
-            return super().run(**options)
+            try:
+                return super().run(**options)
+            except (*BOARD_FAILURES, PeerLeft):
+                self.save_completed()
+                raise
 
     def train_step(self) -> float:
+        self.completed = copy.deepcopy(self.state())
         if self.monitor.due(self.step):
             self.monitor.check(self.step, *self.batch(self.step))
         link, started = self.device.link_seconds(), time.perf_counter()
@@ -210,11 +238,24 @@ class HILTrainer(Trainer):
         partial.write_text(yaml.safe_dump(self.identity, sort_keys=False))
         os.replace(partial, self.output / RUN_FILE)
         super().save()
+        self.saved_step = self.step
 
-    def restore(self) -> dict:
-        state = super().restore()
+    def save_completed(self) -> None:
+        """After a failure mid-step: the last completed step's checkpoint, unless one as recent is there.
+
+        Every rank holds the same state at the start of a step (data parallelism: same parameters,
+        optimizer, RNG, records), and none can finish a step without all the others, so whichever ranks
+        write it — the one whose board failed, and rank 0 when it sees a peer leave — write the same
+        step; a lock on the run directory keeps them from writing at once."""
+        if self.completed is None or self.completed["step"] <= self.saved_step:
+            return
+        self.load_state(self.completed)
+        with locked(self.output):
+            self.save()
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
         self.monitor.records, self.tally = state["fidelity"], Counter(state["tally"])
-        return state
 
     # -- the end ----------------------------------------------------------------------------
 

@@ -21,10 +21,13 @@ What remains is floating-point reduction order: sums over the batch are split by
 statistics, every weight gradient's sum over rows) and added in another order, so parameters agree to
 rounding, not bit for bit (tests/test_distributed.py, docs/scale.md state the measured tolerance).
 
-Rank 0 alone evaluates, writes checkpoints, metrics, plots and the summary. A rank that fails leaves the
-run: its peers' next collective fails (`PeerLeft`) and they stop quietly, so the run ends with the
-failing rank's own message and the last checkpoint, from which `--resume` continues on any number of
-ranks.
+Rank 0 alone evaluates, writes checkpoints, metrics, plots and the summary, and sends each validation
+record to the other ranks, so every rank holds the whole run's state and any of them can write it. A
+rank that fails leaves the run: its peers' next collective fails (`PeerLeft`) and they stop quietly, so
+the run ends with the failing rank's own message and the last checkpoint, from which `--resume`
+continues on any number of ranks. A peer that vanishes without closing its connections (a node that
+lost power) cannot block the others for ever: a collective gives up after COLLECTIVE_TIMEOUT seconds
+(environment ECHOFORGE_COLLECTIVE_TIMEOUT), and that rank says so in one line.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ import logging
 import os
 import sys
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -43,10 +48,18 @@ from .hssm import TimeBatchNorm
 from .training import ConfigError
 
 LAUNCHER_LOGGER = "torch.distributed.elastic"
+# Seconds a collective waits for the other ranks: longer than any rank's work between two collectives
+# (in the loop, rank 0 validates on its board while the others wait).
+COLLECTIVE_TIMEOUT = 600.0
+TIMEOUT_VARIABLE = "ECHOFORGE_COLLECTIVE_TIMEOUT"
 
 
 class PeerLeft(RuntimeError):
     """Another rank stopped (and said why on its own stderr): this rank ends quietly, exit 2."""
+
+
+class PeerSilent(PeerLeft):
+    """No other rank answered within the collective timeout: the message says so (no rank said why)."""
 
 
 @dataclass(frozen=True)
@@ -78,12 +91,31 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def choose_backend() -> str:
+    """NCCL where CUDA and a torch built with NCCL are there, else gloo (CPU collectives)."""
+    return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+
+
+def collective_timeout() -> float:
+    """Seconds a collective waits: ECHOFORGE_COLLECTIVE_TIMEOUT, else COLLECTIVE_TIMEOUT."""
+    text = os.environ.get(TIMEOUT_VARIABLE)
+    if text is None:
+        return COLLECTIVE_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise ValueError(f"{TIMEOUT_VARIABLE}={text!r}: expected a positive number of seconds")
+    return seconds
+
+
 def join() -> Ranks:
     """Join the process group the launcher's environment describes."""
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = choose_backend()
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend)
+    dist.init_process_group(backend, timeout=timedelta(seconds=collective_timeout()))
     return Ranks(dist.get_rank(), dist.get_world_size(), backend)
 
 
@@ -95,7 +127,12 @@ def run_as_rank(body) -> int:
         return body(None)
     ranks = join()
     try:
-        return body(ranks)
+        status = body(ranks)
+        with collective():
+            dist.barrier()  # no rank tears the group down while another still uses it (gloo aborts: "terminate called")
+        return status
+    except PeerSilent as silent:
+        raise ValueError(f"rank {ranks.rank} of {ranks.size}: {silent}") from None
     except PeerLeft:
         return 2
     finally:
@@ -123,17 +160,36 @@ def launch(nproc: int, argv: list[str]) -> int:
 # ---- the model: batch statistics and dropout masks of the global batch ---------------------------------
 
 
+@contextmanager
+def collective():
+    """A collective's errors as PeerLeft (gloo: "Connection reset by peer" once a rank has left the group),
+    or PeerSilent when it timed out."""
+    try:
+        yield
+    except RuntimeError as error:
+        if "timed out" in str(error).lower():
+            raise PeerSilent(f"no answer from the other ranks within {collective_timeout():g} s (a rank or node "
+                             f"stopped without closing its connections; {TIMEOUT_VARIABLE} sets the wait)") from None
+        raise PeerLeft(str(error)) from None
+
+
 def all_reduce(tensor: torch.Tensor, ranks: Ranks, op=dist.ReduceOp.SUM) -> torch.Tensor:
     """In-place all_reduce on the ranks' collective device; a peer that left raises PeerLeft."""
     device = ranks.device()
     moved = tensor.to(device)
-    try:
+    with collective():
         dist.all_reduce(moved, op=op)
-    except RuntimeError as error:  # gloo: "Connection reset by peer" once a rank has left the group
-        raise PeerLeft(str(error)) from None
     if moved is not tensor:
         tensor.copy_(moved)
     return tensor
+
+
+def from_leader(value, ranks: Ranks):
+    """Rank 0's `value` (any picklable object), on every rank; a peer that left raises PeerLeft."""
+    box = [value]
+    with collective():
+        dist.broadcast_object_list(box, src=0, device=ranks.device())
+    return box[0]
 
 
 class _SyncStandardize(torch.autograd.Function):
@@ -253,9 +309,15 @@ class DataParallel:
     def run(self, *, resume: bool = False, progress: bool | None = None) -> dict:
         return super().run(resume=resume, progress=progress if self.ranks.leader else False)
 
-    def validate_and_checkpoint(self, train_loss: float, started: float) -> dict | None:
-        """Rank 0 validates and writes the checkpoint; the others go on (their state is the same)."""
-        return super().validate_and_checkpoint(train_loss, started) if self.ranks.leader else None
+    def validate_and_checkpoint(self, train_loss: float, started: float) -> dict:
+        """Rank 0 validates and writes the checkpoint, then sends the record and the best step to the others:
+        every rank then holds the state that checkpoint holds."""
+        record = super().validate_and_checkpoint(train_loss, started) if self.ranks.leader else None
+        record, best = from_leader((record, self.best), self.ranks)
+        if not self.ranks.leader:
+            self.records.append(record)
+            self.best = best
+        return record
 
     def finish(self) -> dict | None:
         """Rank 0 tests the best model and writes the summary and plots."""

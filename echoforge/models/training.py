@@ -357,11 +357,15 @@ class Trainer:
         """Continue from last.pt; the run then ends exactly as if it had never stopped. Returns the
         checkpoint, for what subclasses keep in it."""
         state = torch.load(self.output / "last.pt", weights_only=True)
+        self.load_state(state)
+        return state
+
+    def load_state(self, state: dict) -> None:
+        """Put the trainer back to a `state()`."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         self.step, self.records, self.best = state["step"], state["records"], state["best"]
-        return state
 
     # -- the run ----------------------------------------------------------------------------
 
