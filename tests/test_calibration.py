@@ -108,3 +108,26 @@ def test_an_unreachable_board_or_a_bad_board_file_is_one_line_and_exit_2(tmp_pat
     assert main(["calibrate", "--device", "socket://127.0.0.1:9", "--board", str(bad), "-o", str(tmp_path / "c.yaml")]) == 2
     assert "not valid YAML" in capsys.readouterr().err
     assert not (tmp_path / "cal.yaml").exists()
+
+
+@pytest.mark.slow
+def test_calibrate_command_through_the_scpi_instruments(tmp_path, capsys):
+    """`echoforge calibrate --device AWG --digitizer DIGITIZER` against `board serve --scpi` (about 30 s):
+    frequency and Q as through the protocol; the instruments show no state registers, so the readout
+    gain stays as programmed and the input gain carries the product g_in·g_out — what the host needs."""
+    board = load_board("lc-tank-pcb")
+    output = tmp_path / "cal.yaml"
+    with simulated_board("--target", "analog-twin", "--scpi", "0", "--fabrication-seed", "7") as names:
+        awg, digitizer = names.split()
+        assert main(["calibrate", "--device", awg, "--digitizer", digitizer, "--board", "lc-tank-pcb",
+                     "-o", str(output), "--no-progress"]) == 0
+    measured = load_calibration(output, board).measured
+    reference = twin_for(board, fabrication_seed=7)
+    cal.Bench(reference, board)
+    truth = reference.truth()
+    errors = calibration_errors(measured, truth, board)
+    assert errors["frequency_hz"] < TOLERANCE["frequency_hz"] and errors["q"] < TOLERANCE["q"]
+    programmed = reference.mapping.programmed["readout_gain"]
+    np.testing.assert_array_equal(measured["readout_gain"], programmed)
+    np.testing.assert_allclose(measured["input_gain"], truth["input_gain"] * truth["readout_gain"] / programmed,
+                               rtol=TOLERANCE["input_gain"])

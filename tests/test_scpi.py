@@ -1,6 +1,8 @@
 """The analog twin as SCPI instruments, driven with PyVISA through pyvisa-py over real TCP sockets."""
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -221,3 +223,60 @@ def test_a_hung_instrument_times_out():
         started = time.monotonic()
         assert probe(name, 0.5).startswith("no answer")  # `devices --probe` neither: SCPI, then the protocol
         assert time.monotonic() - started < 10
+
+
+def _replying(replies):
+    """A SCPI-looking instrument: answers the queries in ``replies`` (upper case, long form), ignores the rest."""
+    def handler(connection, stop):
+        connection.settimeout(0.05)
+        buffer = bytearray()
+        while not stop.is_set():
+            try:
+                data = connection.recv(4096)
+            except TimeoutError:
+                continue
+            if not data:
+                return
+            buffer += data
+            while b"\n" in buffer:
+                line, _, rest = bytes(buffer).partition(b"\n")
+                buffer = bytearray(rest)
+                if line.upper() in replies:
+                    connection.sendall(replies[line.upper()] + b"\n")
+    return handler
+
+
+def _calibrate(awg, digitizer, tmp_path, timeout=5):
+    """`echoforge calibrate` through the instruments, as its own process: (exit code, stderr)."""
+    command = [sys.executable, "-m", "echoforge.cli", "calibrate", "--device", awg, "--digitizer", digitizer,
+               "--board", "lc-tank-pcb", "-o", str(tmp_path / "cal.yaml"), "--timeout", str(timeout), "--no-progress"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert not (tmp_path / "cal.yaml").exists()
+    return result.returncode, result.stderr
+
+
+DIGITIZER_IDN = b"echoforge,ANALOG-TWIN-DIGITIZER,lc-tank-pcb-rev-a,0"
+
+
+@pytest.mark.parametrize("digitizer, expected", [
+    ({b"*IDN?": DIGITIZER_IDN, b"SYSTEM:ERROR?": b'0,"No error"', b"WAVEFORM:DATA?": b"1,2,3,4"},
+     "WAVeform:DATA? answered without a definite-length block"),
+    ({b"*IDN?": DIGITIZER_IDN, b"SYSTEM:ERROR?": b'-310,"System error; ADC overload"'},
+     "*CLS failed: error -310 System error; ADC overload"),
+], ids=["ascii-for-a-block", "syst-err-reports"])
+def test_calibrate_through_a_misbehaving_digitizer_is_one_line_and_exit_2(tmp_path, digitizer, expected):
+    """The real twin AWG on one TCP port, a digitizer that misbehaves on another; `echoforge calibrate`
+    runs as a process of its own: one line on stderr naming the resource and what went wrong, exit 2."""
+    with _instrument_pair() as (awg_name, _), _serving(_replying(digitizer)) as digitizer_name:
+        code, error = _calibrate(awg_name, digitizer_name, tmp_path)
+    assert code == 2 and error.count("\n") == 1, error
+    assert error.startswith(f"echoforge calibrate: error: {digitizer_name}: ") and expected in error, error
+
+
+def test_calibrate_through_a_hung_instrument_times_out_in_one_line(tmp_path):
+    with _serving(_hung) as name:
+        started = time.monotonic()
+        code, error = _calibrate(name, name, tmp_path, timeout=1)
+    assert code == 2 and error.count("\n") == 1, error
+    assert f"{name}: no answer to *IDN? within 1 s" in error
+    assert time.monotonic() - started < 30
