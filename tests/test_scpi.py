@@ -171,60 +171,6 @@ def test_instruments_of_another_board_are_refused():
             InstrumentCore(load_board("lc-tank-pcb"), instruments, CONFIG)
 
 
-def _ascii_digitizer(connection, stop):
-    """A digitizer that answers WAVeform:DATA? in ASCII: what pyvisa's block reader must refuse."""
-    replies = {b"*IDN?": b"echoforge,ANALOG-TWIN-DIGITIZER,lc-tank-pcb-rev-a,0", b"SYSTEM:ERROR?": b'0,"No error"',
-               b"WAVEFORM:DATA?": b"1,2,3,4"}
-    buffer = bytearray()
-    while not stop.is_set():
-        try:
-            connection.settimeout(0.05)
-            data = connection.recv(4096)
-        except TimeoutError:
-            continue
-        if not data:
-            return
-        buffer += data
-        while b"\n" in buffer:
-            line, _, rest = bytes(buffer).partition(b"\n")
-            buffer = bytearray(rest)
-            if line.upper() in replies:
-                connection.sendall(replies[line.upper()] + b"\n")
-
-
-def test_an_ascii_reply_where_a_block_is_expected_is_one_line():
-    with _instrument_pair() as (awg_name, _), _serving(_ascii_digitizer) as digitizer_name:
-        with Instruments(awg_name, digitizer_name, timeout=5) as instruments:
-            with pytest.raises(InstrumentError) as error:
-                instruments.digitizer.read_block("WAVeform:DATA?", "i")
-            assert instruments.digitizer.query("*IDN?").startswith("echoforge")  # the session is still in step
-    message = str(error.value)
-    assert "\n" not in message and "answered without a definite-length block" in message
-
-
-def _hung(connection, stop):
-    """Takes every byte, answers nothing."""
-    connection.settimeout(0.05)
-    while not stop.is_set():
-        try:
-            if not connection.recv(4096):
-                return
-        except TimeoutError:
-            continue
-
-
-def test_a_hung_instrument_times_out():
-    with _serving(_hung) as name:
-        started = time.monotonic()
-        with pytest.raises(InstrumentError) as error:
-            Instruments(name, name, timeout=0.5)
-        assert time.monotonic() - started < 5
-        assert "no answer to *IDN? within 0.5 s" in str(error.value)
-        started = time.monotonic()
-        assert probe(name, 0.5).startswith("no answer")  # `devices --probe` neither: SCPI, then the protocol
-        assert time.monotonic() - started < 10
-
-
 def _replying(replies):
     """A SCPI-looking instrument: answers the queries in ``replies`` (upper case, long form), ignores the rest."""
     def handler(connection, stop):
@@ -246,6 +192,36 @@ def _replying(replies):
     return handler
 
 
+DIGITIZER_IDN = b"echoforge,ANALOG-TWIN-DIGITIZER,lc-tank-pcb-rev-a,0"
+ASCII_DIGITIZER = {b"*IDN?": DIGITIZER_IDN, b"SYSTEM:ERROR?": b'0,"No error"', b"WAVEFORM:DATA?": b"1,2,3,4"}
+_ascii_digitizer = _replying(ASCII_DIGITIZER)  # answers WAVeform:DATA? in ASCII: what pyvisa's block reader refuses
+
+
+def test_an_ascii_reply_where_a_block_is_expected_is_one_line():
+    with _instrument_pair() as (awg_name, _), _serving(_ascii_digitizer) as digitizer_name:
+        with Instruments(awg_name, digitizer_name, timeout=5) as instruments:
+            with pytest.raises(InstrumentError) as error:
+                instruments.digitizer.read_block("WAVeform:DATA?", "i")
+            assert instruments.digitizer.query("*IDN?").startswith("echoforge")  # the session is still in step
+    message = str(error.value)
+    assert "\n" not in message and "answered without a definite-length block" in message
+
+
+_hung = _replying({})  # takes every byte, answers nothing
+
+
+def test_a_hung_instrument_times_out():
+    with _serving(_hung) as name:
+        started = time.monotonic()
+        with pytest.raises(InstrumentError) as error:
+            Instruments(name, name, timeout=0.5)
+        assert time.monotonic() - started < 5
+        assert "no answer to *IDN? within 0.5 s" in str(error.value)
+        started = time.monotonic()
+        assert probe(name, 0.5).startswith("no answer")  # `devices --probe` neither: SCPI, then the protocol
+        assert time.monotonic() - started < 10
+
+
 def _calibrate(awg, digitizer, tmp_path, timeout=5):
     """`echoforge calibrate` through the instruments, as its own process: (exit code, stderr)."""
     command = [sys.executable, "-m", "echoforge.cli", "calibrate", "--device", awg, "--digitizer", digitizer,
@@ -255,12 +231,8 @@ def _calibrate(awg, digitizer, tmp_path, timeout=5):
     return result.returncode, result.stderr
 
 
-DIGITIZER_IDN = b"echoforge,ANALOG-TWIN-DIGITIZER,lc-tank-pcb-rev-a,0"
-
-
 @pytest.mark.parametrize("digitizer, expected", [
-    ({b"*IDN?": DIGITIZER_IDN, b"SYSTEM:ERROR?": b'0,"No error"', b"WAVEFORM:DATA?": b"1,2,3,4"},
-     "WAVeform:DATA? answered without a definite-length block"),
+    (ASCII_DIGITIZER, "WAVeform:DATA? answered without a definite-length block"),
     ({b"*IDN?": DIGITIZER_IDN, b"SYSTEM:ERROR?": b'-310,"System error; ADC overload"'},
      "*CLS failed: error -310 System error; ADC overload"),
 ], ids=["ascii-for-a-block", "syst-err-reports"])
