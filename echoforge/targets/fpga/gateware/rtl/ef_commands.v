@@ -57,10 +57,18 @@ module ef_commands #(
     wire [31:0] f_u32_4  = {field_byte(7), field_byte(6), field_byte(5), field_byte(4)};
     wire [31:0] f_u32_8  = {field_byte(11), field_byte(10), field_byte(9), field_byte(8)};
 
+    // ---- widths: what the protocol's checks leave (a wider request is refused before it is used) ----
+    localparam integer PW = $clog2(PMAX) + 1;                      // P ≤ MAX_OSCILLATORS ≤ PMAX
+    localparam integer SW = $clog2(MAX_CHUNK_STEPS) + 1;           // K ≤ MAX_CHUNK_STEPS
+    localparam integer KW = SW + PW + 1;                           // K·P, and 2·K·P
+    localparam integer CW = ((RX_AW > $clog2(8 * PMAX) ? RX_AW : $clog2(8 * PMAX)) > CORE_AW
+                             ? (RX_AW > $clog2(8 * PMAX) ? RX_AW : $clog2(8 * PMAX)) : CORE_AW) + 1;  // loop counts
+    wire [RX_AW-1:0] len = length[RX_AW-1:0];                      // ≤ MAX_REQ < 2^RX_AW (ef_frame_rx)
+
     // ---- the board's state ----
     reg                 loaded;
-    reg  [15:0]         size;               // P of the loaded program
-    reg  [15:0]         new_size;           // P of the program LOAD_PROGRAM is checking
+    reg  [PW-1:0]       size;               // P of the loaded program
+    reg  [PW-1:0]       new_size;           // P of the program LOAD_PROGRAM is checking (once it passes)
     reg                 state_valid, echo_valid;
     reg  [1:0]          phase;
     reg  [31:0]         phase_length, position;
@@ -102,13 +110,15 @@ module ef_commands #(
     // the request reader: `read_bytes` bytes at payload offset `read_at` into `value`, then `resume`
     reg  [RX_AW-1:0] read_at;
     reg  [3:0]       read_bytes, read_index;
-    reg  [63:0]      value;
-    wire signed [63:0] sample = $signed(value << (64 - 8 * WB)) >>> (64 - 8 * WB);
-    wire        in_range = (sample <= $signed(LIMIT)) && (sample >= -$signed(LIMIT));
+    reg  [8*WB-1:0]  value;                // a sample (or P: WB ≥ 2)
+    wire signed [8*WB-1:0] word = value;
+    wire signed [63:0] sample = word;
+    localparam signed [8*WB-1:0] BOUND = LIMIT[8*WB-1:0];
+    wire        in_range = (word <= BOUND) && (word >= -BOUND);
     // loops: `index` counts; `inner`/`outer` split it where an address needs (row, column) without a divider
-    reg  [31:0] index, count, inner, outer, inner_limit;
-    reg  [31:0] body_at;                   // payload offset of the command's arrays
-    reg  [31:0] steps;                     // K of the chunk
+    reg  [CW-1:0] index, count, inner, outer, inner_limit;
+    reg  [4:0]  body_at;                   // payload offset of the command's arrays
+    reg  [SW-1:0] steps;                   // K of the chunk
     reg  [31:0] crc;
     reg  [3:0]  emit_index, emit_bytes;
     reg  [63:0] emit_value;
@@ -120,27 +130,29 @@ module ef_commands #(
     wire [15:0] program_p   = loading ? new_size : size;
     wire        is_echo_run = (opcode == ECHO_CHUNK);
     wire        zero_state  = fields[40];                     // BEGIN_* flags bit 0: ZERO_STATE
-    reg  [47:0] kp;                                           // K·P of a chunk, by shift-and-add (MULTIPLY)
+    reg  [KW-1:0] kp;                                         // K·P of a chunk, by shift-and-add (MULTIPLY)
     reg  [4:0]  kp_bit;
-    wire [31:0] twice       = {size, 1'b0};                   // 2P
+    wire [PW+1:0] twice     = {size, 1'b0};                   // 2P (and room for 4P)
 
     // ---- the stream feeder: beats {q, f} from the request, in processing order (RUN) ----
     reg         feeding;
-    reg  [31:0] feed_step, feed_osc;
+    reg  [SW-1:0] feed_step;
+    reg  [PW-1:0] feed_osc;
     reg  [1:0]  feed_state;                                   // 0 f's bytes, 1 q's bytes, 2 offer the beat
     reg         feed_wait;                                    // the address of byte feed_index is presented
     reg  [3:0]  feed_index;
-    reg  [63:0] feed_f, feed_q;
-    reg  [31:0] feed_row_base;                                // samples before the current step's row
+    reg  [8*WB-1:0] feed_f, feed_q;
+    reg  [KW-1:0] feed_row_base;                                // samples before the current step's row
     wire [47:0] feed_offset = 48'd12 + times(feed_row_base + feed_osc, WB) + (feed_state[0] ? times(kp, WB) : 48'd0);
     assign in_data = {feed_q[WORD_BITS-1:0], feed_f[WORD_BITS-1:0]};
     // ---- the stream collector: out beats to the response, at forward time indices ----
     reg         collecting;
-    reg  [31:0] out_step, out_osc;
+    reg  [SW-1:0] out_step;
+    reg  [PW-1:0] out_osc;
     reg  [3:0]  out_index;
-    reg  [63:0] out_value;
+    reg  [8*WOB-1:0] out_value;
     reg         out_busy;
-    reg  [31:0] out_row_base;
+    reg  [KW-1:0] out_row_base;
     wire [3:0]  out_bytes   = is_echo_run ? WOB[3:0] : WB[3:0];
     wire [47:0] out_offset  = (is_echo_run ? times(out_row_base + out_osc, WOB) : times(out_row_base + out_osc, WB))
                               + {44'd0, out_index};
@@ -241,8 +253,8 @@ module ef_commands #(
     endtask
 
     wire signed [63:0] zero = 64'sd0;
-    wire [31:0] lane_of   = (index < twice) ? index : index - twice;   // LOAD_LANES / SAVE_* of an echo: lane 2p + σ
-    wire [31:0] forward_p = (index < {16'd0, size}) ? index : index - size;
+    wire [CW-1:0] lane_of   = (index < twice) ? index : index - twice;   // LOAD_LANES / SAVE_* of an echo: lane 2p + σ
+    wire [CW-1:0] forward_p = (index < {16'd0, size}) ? index : index - size;
 
     // ---- the register file's ports ----
     wire [RF_AW-1:0] state_register = {{(RF_AW - 1){1'b0}}, index >= (phase == ECHO ? twice : {16'd0, size})} * PMAX_AT
@@ -280,24 +292,24 @@ module ef_commands #(
                 response_length <= 32'd0;
                 loop(32'd0, 32'd1);
                 steps  <= f_u32_8;
-                kp     <= 48'd0;
+                kp     <= {KW{1'b0}};
                 kp_bit <= 5'd0;
                 if (opcode == LOAD_PROGRAM) read(32'd15, 4'd2, CHECK);  // P, beyond the captured fields
                 else state <= (opcode == FORWARD_CHUNK || opcode == ECHO_CHUNK) ? MULTIPLY : CHECK;
             end
             MULTIPLY: begin                                             // kp = K · P, a bit of P a clock
-                if (size[kp_bit[3:0]]) kp <= kp + ({16'd0, steps} << kp_bit);
+                if (size[kp_bit]) kp <= kp + (steps << kp_bit);
                 kp_bit <= kp_bit + 5'd1;
-                if (kp_bit == 5'd15) state <= CHECK;
+                if (kp_bit == PW - 1) state <= CHECK;
             end
             CHECK: case (opcode)
                 LOAD_PROGRAM: begin                                     // `value` holds P
                     new_size <= value[15:0];
-                    if (length < 32'd6 || field_byte(4) != 8'd1 || field_byte(5) != 8'd1) refuse(BAD_PROGRAM);
-                    else if (length < 32'd17 || field_byte(6) > 8'd1 || value[15:0] == 16'd0) refuse(BAD_PROGRAM);
+                    if (len < 32'd6 || field_byte(4) != 8'd1 || field_byte(5) != 8'd1) refuse(BAD_PROGRAM);
+                    else if (len < 32'd17 || field_byte(6) > 8'd1 || value[15:0] == 16'd0) refuse(BAD_PROGRAM);
                     else if ({field_byte(14), field_byte(13), field_byte(12), field_byte(11), field_byte(10),
                               field_byte(9), field_byte(8), field_byte(7)} != FORMAT_BYTES[71:8]) refuse(BAD_PROGRAM);
-                    else if ({16'd0, length} != 48'd17 + times({32'd0, value[15:0]}, 5 * WB)) refuse(BAD_PROGRAM);
+                    else if ({16'd0, len} != 48'd17 + times({32'd0, value[15:0]}, 5 * WB)) refuse(BAD_PROGRAM);
                     else if (value[15:0] > MAX_OSCILLATORS) refuse(OVER_CAPACITY);
                     else if (field_byte(6) != FORMAT_BYTES[7:0]) refuse(BAD_PROGRAM);  // the other kind
                     else begin
@@ -309,17 +321,17 @@ module ef_commands #(
                 WRITE_PARAMS:
                     if (!loaded) refuse(NO_PROGRAM);
                     else if (f_bank != 8'd0) refuse(BAD_BANK);
-                    else if ({16'd0, length} != 48'd5 + times({32'd0, size}, 5 * WB)) refuse(BAD_PAYLOAD);
+                    else if ({16'd0, len} != 48'd5 + times({32'd0, size}, 5 * WB)) refuse(BAD_PAYLOAD);
                     else begin loop(times({32'd0, size}, 5), {16'd0, size}); body_at <= 32'd5; state <= RANGE; end
                 WRITE_STATE:
                     if (!loaded) refuse(NO_PROGRAM);
                     else if (f_bank != 8'd0) refuse(BAD_BANK);
                     else if (f_u16_5 == 16'd0 || f_u16_5 > MAX_BATCH) refuse(OVER_CAPACITY);
                     else if (f_u16_9 == 16'd0 || {16'd0, f_u16_7} + {16'd0, f_u16_9} > {16'd0, f_u16_5}) refuse(BAD_PAYLOAD);
-                    else if ({16'd0, length} != 48'd11 + times({32'd0, size}, 2 * WB)) refuse(BAD_PAYLOAD);
+                    else if ({16'd0, len} != 48'd11 + times({32'd0, size}, 2 * WB)) refuse(BAD_PAYLOAD);
                     else begin loop(twice, {16'd0, size}); body_at <= 32'd11; state <= RANGE; end
                 READ_STATE:
-                    if (length != 32'd10) refuse(BAD_PAYLOAD);
+                    if (len != 32'd10) refuse(BAD_PAYLOAD);
                     else if (!loaded) refuse(NO_PROGRAM);
                     else if (f_bank != 8'd0) refuse(BAD_BANK);
                     else if (field_byte(5) > 8'd1) refuse(BAD_PAYLOAD);
@@ -333,7 +345,7 @@ module ef_commands #(
                         state <= APPLY;
                     end
                 BEGIN_FORWARD, BEGIN_ECHO:
-                    if (length != 32'd12) refuse(BAD_PAYLOAD);
+                    if (len != 32'd12) refuse(BAD_PAYLOAD);
                     else if (!loaded) refuse(NO_PROGRAM);
                     else if (f_bank != 8'd0) refuse(BAD_BANK);
                     else if (opcode == BEGIN_ECHO && f_u32_8 == 32'd0) refuse(BAD_PAYLOAD);
@@ -358,7 +370,7 @@ module ef_commands #(
                     else if (is_echo_run ? ({1'b0, f_u32_4} + {1'b0, f_u32_8} != {1'b0, position})
                                          : (f_u32_4 != position || {1'b0, f_u32_4} + {1'b0, f_u32_8} > {1'b0, phase_length}))
                         refuse(OUT_OF_ORDER);
-                    else if ({16'd0, length} != 48'd12 + times(is_echo_run ? kp << 1 : kp, WB))
+                    else if ({16'd0, len} != 48'd12 + times(is_echo_run ? kp << 1 : kp, WB))
                         refuse(BAD_PAYLOAD);
                     else begin
                         loop(is_echo_run ? kp << 1 : kp, 32'd1);
@@ -367,7 +379,7 @@ module ef_commands #(
                     end
                 end
                 END_FORWARD, END_ECHO:
-                    if (length != 32'd4) refuse(BAD_PAYLOAD);
+                    if (len != 32'd4) refuse(BAD_PAYLOAD);
                     else if (phase != (opcode == END_ECHO ? ECHO : FORWARD)) refuse(NO_PHASE);
                     else if (position != (opcode == END_ECHO ? 32'd0 : phase_length)) refuse(OUT_OF_ORDER);
                     else begin
@@ -375,7 +387,7 @@ module ef_commands #(
                         state <= SAVE_A;
                     end
                 READ_OBSERVABLES:
-                    if (length != 32'd9) refuse(BAD_PAYLOAD);
+                    if (len != 32'd9) refuse(BAD_PAYLOAD);
                     else if (!loaded) refuse(NO_PROGRAM);
                     else if (f_bank != 8'd0) refuse(BAD_BANK);
                     else if (!echo_valid) refuse(NO_STATE);
@@ -397,7 +409,7 @@ module ef_commands #(
                 if (!in_range)
                     refuse((opcode == LOAD_PROGRAM || opcode == WRITE_PARAMS) ? BAD_PROGRAM : BAD_PAYLOAD);
                 else if (KIND == 1 && (opcode == LOAD_PROGRAM || opcode == WRITE_PARAMS)
-                         && outer == 32'd2 && sample == zero)
+                         && outer == 32'd2 && word == 0)
                     refuse(BAD_PROGRAM);                                 // a nonlinear bank's w = 0
                 else begin
                     step;
@@ -444,7 +456,7 @@ module ef_commands #(
                     state <= CRC_BODY;
                 end
             end
-            CRC_BODY: if (index == length) state <= CRC_OUT;
+            CRC_BODY: if (index == len) state <= CRC_OUT;
                       else read(index, 4'd1, CRC_BYTE);
             CRC_BYTE: begin
                 crc   <= crc32_byte(crc, value[7:0]);
@@ -511,7 +523,7 @@ module ef_commands #(
                     position        <= is_echo_run ? f_u32_4 : position + steps;
                     state           <= FINISH;
                 end else begin
-                    reg_addr <= CONTROL_BASE + R_COUNTER_STATE + index[CORE_AW-1:0] + 1'b1;
+                    reg_addr <= CONTROL_BASE + R_COUNTER_STATE + index[1:0] + 1'b1;
                     state    <= COUNT_A;
                 end
             end
@@ -588,7 +600,7 @@ module ef_commands #(
             feeding    <= 1'b1;
             feed_step  <= 32'd0;
             feed_osc   <= 32'd0;
-            feed_row_base <= is_echo_run ? kp[31:0] - size : 32'd0;    // an echo runs its steps last first
+            feed_row_base <= is_echo_run ? kp - size : {KW{1'b0}};    // an echo runs its steps last first
             feed_state <= 2'd0;
             feed_index <= 4'd0;
             feed_wait  <= 1'b0;
@@ -633,7 +645,7 @@ module ef_commands #(
             collecting <= 1'b1;
             out_step   <= 32'd0;
             out_osc    <= 32'd0;
-            out_row_base <= is_echo_run ? kp[31:0] - size : 32'd0;
+            out_row_base <= is_echo_run ? kp - size : {KW{1'b0}};
             out_busy   <= 1'b0;
         end else if (collecting) begin
             if (!out_busy) begin
