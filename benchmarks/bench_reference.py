@@ -73,10 +73,12 @@ def run_worker(cfg: dict) -> dict:
     """Time gradient steps (forward + backward of the cross-entropy) as the harness's worker does:
     after a short warm-up that loads the compiled kernels, the peak is reset, then the first full
     step (untimed, its allocations count) and the timed steps."""
-    import numba
     import torch
-    torch.set_num_threads(1)  # as `echoforge train` runs; numba's kernels are single-threaded
+
+    from echoforge.models import core
+    torch.set_num_threads(1)  # as `echoforge train` runs (--threads 1); the kernels use every CPU
     torch.manual_seed(cfg["param_seed"])
+    load_before = os.getloadavg()[0]
     model = echoforge_model(cfg)
     x, labels = synthetic_batch(cfg)
 
@@ -103,7 +105,8 @@ def run_worker(cfg: dict) -> dict:
     return dict(cfg, ok=True, times_s=times, median_s=statistics.median(times), min_s=min(times),
                 max_s=max(times), n_runs=len(times), compile_s=compile_s, first_call_s=first_call_s,
                 cpu_s_per_call=(time.process_time() - cpu0) / len(times),
-                threads={"torch": torch.get_num_threads(), "numba": numba.get_num_threads()},
+                threads={"torch": torch.get_num_threads(), "kernels": core.get_num_threads()},
+                loadavg_1min=[load_before, os.getloadavg()[0]],
                 mem={"rss_after_compile_mib": rss_before / 1024, "peak_rss_steps_mib": peak / 1024,
                      "delta_rss_steps_mib": (peak - rss_before) / 1024,
                      "peak_rss_total_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
@@ -263,6 +266,13 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def load_range(rows: list[dict]) -> str:
+    """The 1-minute load average seen at the start and end of every process, both sides."""
+    loads = [load for row in rows for runs in row["runs"].values() for run in runs
+             for load in run.get("loadavg_1min") or [] if load is not None]
+    return f"{min(loads):.1f}–{max(loads):.1f}" if loads else "not recorded"
+
+
 def report(rows: list[dict], args) -> str:
     ours = next((side_stats(r["runs"]["echoforge"]) for r in rows if side_stats(r["runs"]["echoforge"])), None)
     threads = ours["threads"] if ours else {}
@@ -278,9 +288,13 @@ def report(rows: list[dict], args) -> str:
         f"the rounds' ratios (their range in brackets: how noisy the shared 2-core machine was). Memory: "
         f"peak resident set (VmHWM) from just before the first full step (compiled code and the "
         f"imported libraries included: torch alone is ~220 MiB resident) and, as 'step MiB', its rise "
-        f"over the resident set before that step. Threads: the reference on XLA's defaults, echoforge "
-        f"torch {threads.get('torch')} (numba's kernels single-threaded). 'CPU s': CPU time per "
-        f"step, all threads: steadier than wall time when the machine is busy.",
+        f"over the resident set before that step. Threads: the reference on XLA's defaults (its CPU "
+        f"thread pool over every core: {os.cpu_count()} here), echoforge's torch on "
+        f"{threads.get('torch')} (`echoforge train`'s default) and its compiled kernels on "
+        f"{threads.get('kernels', 1)} (the batch rows split between them). 'CPU s': CPU time per "
+        f"step, all threads: steadier than wall time when the machine is busy. The machine's "
+        f"1-minute load average at the start and end of the processes: {load_range(rows)} "
+        f"(the machine is shared: other work ran alongside).",
         table(rows), growth(rows), "![side by side](reference-side-by-side.png)"]
         + ([f"Rendered from the results a measuring run saved (`--json`, same sizes, --rounds and "
             f"--repeats, without --from-json)."] if args.from_json else []))

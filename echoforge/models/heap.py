@@ -4,9 +4,10 @@ glibc serves a request above its mmap threshold (128 KiB) with a mapping of its 
 free; but once such a block is freed it raises the threshold to that block's size (up to 32 MiB), so
 from the second training step on the sequence-sized tensors come from the heap, where freed ones stay
 resident and fragment it: a 16,000-step HSSM gradient step rose ~170 MiB above its start instead of
-~85. Setting the threshold keeps it fixed (glibc then stops adjusting it); the trim threshold is raised
-so that the chunk-sized temporaries, which stay on the heap, are not given back and faulted in again
-at every chunk.
+~80. Setting the threshold keeps it fixed (glibc then stops adjusting it), at 1 MiB: above the glue's
+chunk-sized temporaries (hssm.GLUE_CHUNK_ELEMENTS), which stay on the heap and are reused; a mapping
+costs page faults (~+5 % CPU time on that step). The trim threshold is raised so that those
+temporaries are not given back and faulted in again at every chunk.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import ctypes
 import os
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
-MMAP_THRESHOLD = 4 * 2 ** 20
+MMAP_THRESHOLD = 2 ** 20
 TRIM_THRESHOLD = 32 * 2 ** 20
 
 
