@@ -61,8 +61,7 @@ module ef_commands #(
     localparam integer PW = $clog2(PMAX) + 1;                      // P ≤ MAX_OSCILLATORS ≤ PMAX
     localparam integer SW = $clog2(MAX_CHUNK_STEPS) + 1;           // K ≤ MAX_CHUNK_STEPS
     localparam integer KW = SW + PW + 1;                           // K·P, and 2·K·P
-    localparam integer CW = ((RX_AW > $clog2(8 * PMAX) ? RX_AW : $clog2(8 * PMAX)) > CORE_AW
-                             ? (RX_AW > $clog2(8 * PMAX) ? RX_AW : $clog2(8 * PMAX)) : CORE_AW) + 1;  // loop counts
+    localparam integer CW = (RX_AW > $clog2(8 * PMAX) ? RX_AW : $clog2(8 * PMAX)) + 1;  // loop counts
     wire [RX_AW-1:0] len = length[RX_AW-1:0];                      // ≤ MAX_REQ < 2^RX_AW (ef_frame_rx)
 
     // ---- the board's state ----
@@ -262,6 +261,8 @@ module ef_commands #(
     wire [RF_AW-1:0] echo_register  = {{(RF_AW - 1){1'b0}}, index >= twice} * (2 * PMAX_AT)
                                       + lane_of[0] * PMAX_AT + (lane_of >> 1);        // lane 2p + σ → σ·PMAX + p
     wire signed [WORD_BITS-1:0] sample_word = sample[WORD_BITS-1:0];
+    wire signed [WORD_BITS:0]   minus_pi    = -$signed(rf_data[WORD_BITS:0]);  // −π of a STATE register: W + 1 bits
+    wire [32:0] counter_sum = {1'b0, counters[index[1:0]]} + {1'b0, reg_rdata[31:0]};
     wire signed [WORD_BITS-1:0] lane_word   = reg_rdata[WORD_BITS-1:0];
     assign rf_read_at  = (state == LOAD_LANES) ? STATE_AT + state_register
                        : (opcode == READ_OBSERVABLES) ? inner * 8 + outer
@@ -482,7 +483,7 @@ module ef_commands #(
             LOAD_WRITE: begin                                        // rf_data: the lane's STATE register
                 if (phase == ECHO)                                   // both echoes start at (ϕ, −π)
                     bus_write((index < twice ? PHI_BASE : PI_BASE) + lane_of,
-                              zero_state ? zero : index < twice ? rf_data : -rf_data);
+                              zero_state ? zero : index < twice ? rf_data : {{(63 - WORD_BITS){minus_pi[WORD_BITS]}}, minus_pi});
                 else
                     bus_write((index < {16'd0, size} ? PHI_BASE : PI_BASE) + forward_p, zero_state ? zero : rf_data);
                 index <= index + 32'd1;
@@ -515,8 +516,7 @@ module ef_commands #(
             end
             COUNT_A: state <= COUNT_B;                                  // the counter arrives next clock
             COUNT_B: begin
-                counters[index[1:0]] <= ({1'b0, counters[index[1:0]]} + {1'b0, reg_rdata[31:0]} > 33'h0FFFFFFFF)
-                                        ? 32'hFFFFFFFF : counters[index[1:0]] + reg_rdata[31:0];
+                counters[index[1:0]] <= counter_sum[32] ? 32'hFFFFFFFF : counter_sum[31:0];   // saturating
                 index <= index + 32'd1;
                 if (index == 32'd3) begin
                     response_length <= is_echo_run ? times(kp, WOB) : times(kp, WB);

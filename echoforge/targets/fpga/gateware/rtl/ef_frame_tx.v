@@ -45,9 +45,10 @@ module ef_frame_tx #(
     reg [15:0] l_seq, l_opcode;
     reg [31:0] l_length;
     reg [31:0] crc;
-    reg [16:0] index;                         // header, payload or trailer byte being written
-    reg [16:0] response_len, control_len;     // frame bytes held in each region
-    reg [16:0] block_start, block_len, copied;
+    localparam integer CW = (AW > 8 ? AW : 8) + 1;   // a frame's bytes (≤ 2^AW) or a block's (≤ 254)
+    reg [CW-1:0] index;                       // header, payload or trailer byte being written
+    reg [CW-1:0] response_len, control_len;   // frame bytes held in each region
+    reg [CW-1:0] block_start, block_len, copied;
     reg [1:0]  block_end;
     reg [7:0]  code;
 
