@@ -162,7 +162,9 @@ def test_mapping_turns_hru_parameters_into_the_boards_quantities():
     mapping = map_bank(board, params, STATE_MAX, node="hru")
     omega = np.sqrt(params.a) * params.delta / board.dt
     np.testing.assert_allclose(mapping.target["frequency_hz"], omega / (2 * np.pi))
-    np.testing.assert_allclose(mapping.target["input_gain"], STATE_MAX / (params.a * board.dac.full_scale_v))
+    forcing_range = STATE_MAX * np.minimum(1, 4 * params.a)  # the DAC spans 4a times the word's range (a < ¼)
+    np.testing.assert_allclose(mapping.forcing_scale_v, board.dac.full_scale_v / forcing_range)
+    np.testing.assert_allclose(mapping.target["input_gain"], forcing_range / (params.a * board.dac.full_scale_v))
     np.testing.assert_allclose(mapping.target["readout_gain"], board.adc.full_scale_v / STATE_MAX)
     # tuning codes land within half a logarithmic step of the target
     for name, (low, high) in (("frequency_hz", board.natural_frequency_hz), ("input_gain", board.input_gain)):
@@ -184,7 +186,7 @@ def test_a_calibration_divides_out_each_oscillators_correction():
 
 
 def test_design_rules_name_node_oscillator_parameter_and_limit():
-    board = load_board("lc-tank-pcb")
+    board = load_board("lc-tank-pcb").replace(input_gain=(0.1, 1.0), readout_gain=(0.1, 1.0))
     params = _params([1e-7, 0.5, 0.5], [0.5, 0.5, 0.5])
     mapping = map_bank(board, params, STATE_MAX, node="blocks.0.hru.bank", first=14)
     findings = "\n".join(mapping.findings)
@@ -192,27 +194,29 @@ def test_design_rules_name_node_oscillator_parameter_and_limit():
         in findings
     assert "oscillator 0: [frequency_hz] 251.6 Hz is outside the board's [2e+04, 2.5e+06] Hz" in findings
     assert "keep a in [0.0006317, 9.87] at δ = 0.5 (a = 1e-07)" in findings
-    assert "oscillator 0: [input_gain] 1.28e+09 is outside the board's [0.1, 1e+04] — no state scale fits it: " \
-        "a = 1e-07 fixes input × readout gain at 1e+07, the board reaches [0.0001, 1e+06]; retrain with a ≥ 1e-06" \
-        in findings
+    # the gains' product is the bank's (4 for a soft oscillator: its DAC spans 4a times the word's range)
+    assert "oscillator 0: [input_gain] 40 is outside the board's [0.1, 1] — no state scale fits it: the bank " \
+        "fixes input × readout gain at 4, the board reaches [0.01, 1]; use a board with wider gain ranges" in findings
     assert mapping.clipped["frequency_hz"].tolist() == [True, False, False]
 
 
-def test_the_state_scale_puts_soft_oscillators_gains_in_range():
-    """An HRU's state scale is free: x = X₀ϕ scales the input gain by X₀ and the readout gain by 1/X₀.
-    Oscillators whose input gain at X₀ = 1 V is beyond lc-tank-pcb's 1e4 (a = 0.002, 0.01) get the X₀
-    closest to 1 V that puts both gains a 4σ margin inside the ranges; the others keep X₀ = 1 V; the
-    product of the gains is the bank's. Nothing is clipped, nothing found."""
+def test_the_state_and_forcing_scales_fit_a_trained_banks_gains_and_amplitudes():
+    """A soft oscillator (a = 0.002, 0.01) gets a DAC spanning 4a times the word's range, so its small
+    forcing meets the DAC's steps (a 14-bit DAC over the word's range would quantise it to a few);
+    a wide word (±2048) asks for a readout gain below the board's 1e-3 at X₀ = 1 V, so the state scale
+    X₀ < 1 V puts it a 4σ margin inside, the input gains moving with it. The gains' product is the
+    bank's; nothing is clipped, nothing found."""
     board = load_board("lc-tank-pcb")
+    state_max = 2048.0
     params = _params([0.002, 0.01, 0.5], [0.5, 0.5, 0.5])
-    mapping = map_bank(board, params, STATE_MAX)
+    mapping = map_bank(board, params, state_max)
     assert mapping.findings == () and not any(clipped.any() for clipped in mapping.clipped.values())
+    np.testing.assert_allclose(mapping.forcing_scale_v * state_max, [1 / 0.008, 1 / 0.04, 1.0])
     margin = math.exp(4 * board.mismatch_sigma)
-    np.testing.assert_allclose(mapping.target["input_gain"][:2], board.input_gain[1] / margin)
-    assert mapping.position_scale_v[2] == 1.0
+    np.testing.assert_allclose(mapping.target["readout_gain"], board.readout_gain[0] * margin)
+    assert np.all(mapping.position_scale_v < 1)
     product = mapping.target["input_gain"] * mapping.target["readout_gain"]
-    np.testing.assert_allclose(product, board.adc.full_scale_v / (params.a * board.dac.full_scale_v))
-    np.testing.assert_allclose(mapping.target["input_gain"], mapping.position_scale_v * STATE_MAX / params.a)
+    np.testing.assert_allclose(product, board.adc.full_scale_v / (params.a * mapping.forcing_scale_v * state_max))
 
 
 def test_compile_for_the_analog_board_writes_the_mapping_and_the_expected_accuracy(tiny_run, tmp_path):

@@ -52,20 +52,25 @@ def _rhel(core, forcing, nudges, epsilon=0.1):
 SOFT = OscillatorParams("linear", a=np.array([0.002, 0.003, 0.004, 0.5]), delta=np.full(4, 0.6))
 
 
-@pytest.mark.parametrize("params, forcing_scale", [(None, 1.0), (SOFT, 0.02)], ids=["x0-1V", "x0-scaled"])
-def test_an_ideal_twin_computes_what_the_float_core_computes(params, forcing_scale):
+@pytest.mark.parametrize("params, forcing_scale, input_gain", [(None, 1.0, None), (SOFT, 0.02, (0.1, 100.0))],
+                         ids=["word-scale", "soft-and-scaled"])
+def test_an_ideal_twin_computes_what_the_float_core_computes(params, forcing_scale, input_gain):
     """σ = 0, Q = ∞, no noise, 24-bit converters and tuning: the twin is the HRU leapfrog in physical
     units (x = X₀ϕ, ẋ = X₀δπ/Δt, ω = √a δ/Δt), so what separates it from the float core is rounding to
     words (the forcing is given on the state word's grid, 2^−17): the tuning codes (ω within 1.5e-7 relative)
     and the 24-bit converters (2^−23 of full scale), the readouts quantised to the state word. Measured:
     positions within 6e-6 and gradients within 3e-5 of the float core (relative to their largest value);
-    the bounds below leave a few times that. Soft oscillators (a ≤ 0.004: input gain 1.6e4 … 3.2e4 at
-    X₀ = 1 V, beyond the board's 1e4) run at the state scale X₀ < 1 V the mapping chose, as exactly."""
-    twin = _twin(load_board("lc-tank-pcb").ideal(), params)
+    the bounds below leave a few times that. Soft oscillators (a ≤ 0.004), their DAC spanning 4a times
+    the word's range, on a board whose input gain reaches only 100 (256 at X₀ = 1 V): the state scale
+    X₀ < 1 V the mapping chose runs as exactly."""
+    board = load_board("lc-tank-pcb").ideal()
+    twin = _twin(board.replace(input_gain=input_gain) if input_gain else board, params)
     forcing, nudges = _streams(size=twin.params.size)
     forcing = CONFIG.state.dequantize(CONFIG.state.quantize(forcing * forcing_scale)[0])  # on the word's grid
     assert not any(twin.mapping.clipped[name].any() for name in twin.mapping.clipped)
-    assert (twin.mapping.position_scale_v < 1).sum() == (0 if params is None else 3)
+    if params is SOFT:
+        assert np.count_nonzero(twin.mapping.forcing_scale_v > board.dac.full_scale_v / CONFIG.state.max_value) == 3
+        assert np.all(twin.mapping.position_scale_v < 1)
     positions, echo = _rhel(twin, forcing, nudges)
     reference = FloatCore(twin.params)
     ref_positions, ref_echo = _rhel(reference, forcing, nudges)

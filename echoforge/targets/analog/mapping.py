@@ -1,21 +1,26 @@
 """The mapping pass: a linear HRU bank's parameters → a board's physical quantities and tuning codes.
 
 One HRU step is one sample of the board (Δt = 1/sample_rate). With position scale X₀,ᵢ (tank volts per
-HRU position unit) and the forcing scaled so that the state word's full range meets the DAC's full
-scale (s_u = dac.full_scale_v / state.max_value volts per forcing unit), the leapfrog of oscillator i
-(V = a m²/2 − m f, step δ) is the sampled physical oscillator
+HRU position unit) and forcing scale s_u,ᵢ (DAC volts per HRU forcing unit), the leapfrog of oscillator
+i (V = a m²/2 − m f, step δ) is the sampled physical oscillator
 
-    ẍ = −ωᵢ² x − γᵢ ẋ + ωᵢ² g_in,i u(t),    ωᵢ = √aᵢ·δᵢ/Δt,    g_in,i = X₀,ᵢ/(aᵢ s_u),
+    ẍ = −ωᵢ² x − γᵢ ẋ + ωᵢ² g_in,i u(t),    ωᵢ = √aᵢ·δᵢ/Δt,    g_in,i = X₀,ᵢ/(aᵢ s_u,ᵢ),
 
 with readout y = g_out·x, g_out,i = adc.full_scale_v/(X₀,ᵢ·state.max_value) (the state word's range meets
 the ADC's), and the HRU momentum π = ẋΔt/(X₀δ) read on a quadrature channel y_q = g_out·ẋ/ω.
 
+The forcing's range: a forcing f held still moves the oscillator to ϕ = f/a, so an oscillator whose
+state stays within the word's range ±S needs |f| ≲ a·S. The DAC's full scale is put at
+min(1, FORCING_HEADROOM·aᵢ)·S (s_u,ᵢ = dac.full_scale_v / that): the word's range for stiff
+oscillators, a few times the static range for soft ones, whose forcing is small beside the word — so
+the DAC's steps are fine where the forcing is (a 12-bit DAC over the word's range quantises a soft
+oscillator's forcing to a few steps). A forcing beyond is clipped by the DAC and counted ("force").
+
 The state scale is free: x = X₀ϕ for any X₀ > 0 gives the same positions read (input gain ∝ X₀,
 readout gain ∝ 1/X₀, the converters' ranges still meeting the word's), so each oscillator gets the X₀
 closest to 1 V that puts both gains inside the board's ranges with a margin for the mismatch
-(``scale_margin``). Only the product g_in·g_out = adc.full_scale_v/(aᵢ·dac.full_scale_v) is fixed by
-the bank: an oscillator whose product no X₀ fits keeps the readout gain in range and its input gain is
-a finding.
+(``scale_margin``). Only the product g_in·g_out = adc.full_scale_v/(aᵢ·s_u,ᵢ·S) is fixed by the bank:
+an oscillator whose product no X₀ fits keeps the readout gain in range and its input gain is a finding.
 Tuning codes: frequency and gains are set by ``tuning_bits``-bit DAC codes spaced logarithmically
 over the board's ranges. With a calibration, each value is divided by the oscillator's measured
 correction (measured/programmed) before it is coded, so that the board lands on the target.
@@ -39,6 +44,7 @@ from .calibration_file import Calibration
 
 POSITION_SCALE_V = 1.0  # X₀ wherever the board's gain ranges allow it: tank volts per HRU position unit
 MARGIN_SIGMAS = 4.0     # the gains stay this many mismatch σ inside the board's ranges when X₀ allows
+FORCING_HEADROOM = 4.0  # the DAC spans this many times a soft oscillator's static forcing range a·S
 QUANTITIES = ("frequency_hz", "input_gain", "readout_gain")
 BOARD_RANGES = {"frequency_hz": "natural_frequency_hz", "input_gain": "input_gain", "readout_gain": "readout_gain"}
 
@@ -50,7 +56,7 @@ class BankMapping:
     node: str
     first: int
     dt_s: float
-    forcing_scale_v: float            # s_u: DAC volts per HRU forcing unit
+    forcing_scale_v: np.ndarray       # s_u per oscillator: DAC volts per HRU forcing unit
     position_scale_v: np.ndarray      # X₀ per oscillator: tank volts per HRU position unit
     target: dict[str, np.ndarray]     # what the HRU asks for (QUANTITIES)
     codes: dict[str, np.ndarray]      # tuning DAC codes, clipped to the board's range
@@ -75,9 +81,10 @@ class BankMapping:
                          **{name: {"target": _num(self.target[name][i]), "code": int(self.codes[name][i]),
                                         "programmed": _num(self.programmed[name][i]),
                                         "expected": _num(self.expected[name][i])} for name in QUANTITIES},
+                         "forcing_scale_v": _num(self.forcing_scale_v[i]),
                          "position_scale_v": _num(self.position_scale_v[i]), "offset_v": _num(self.offset_v[i])})
         return {"node": self.node, "first_oscillator": self.first, "oscillators": self.size,
-                "dt_s": self.dt_s, "forcing_scale_v": self.forcing_scale_v, "mapping": rows}
+                "dt_s": self.dt_s, "mapping": rows}
 
 
 def _num(value: float) -> float:
@@ -100,9 +107,11 @@ def code_value(codes: np.ndarray, low: float, high: float, bits: int) -> np.ndar
     return np.exp(math.log(low) + np.asarray(codes) / top * (math.log(high) - math.log(low)))
 
 
-def targets(board: Board, params: OscillatorParams, state_max: float) -> tuple[dict[str, np.ndarray], float, np.ndarray]:
+def targets(board: Board, params: OscillatorParams, state_max: float) -> tuple[dict[str, np.ndarray], np.ndarray,
+                                                                               np.ndarray]:
     """The physical values an HRU bank asks for, s_u and X₀ per oscillator (module docstring)."""
-    forcing_scale = board.dac.full_scale_v / state_max
+    forcing_range = state_max * np.clip(FORCING_HEADROOM * params.a, 1e-12, 1.0)
+    forcing_scale = board.dac.full_scale_v / forcing_range
     with np.errstate(divide="ignore"):
         input_per_volt = 1 / (params.a * forcing_scale)             # g_in / X₀
     readout_volts = board.adc.full_scale_v / state_max              # g_out · X₀
@@ -157,7 +166,7 @@ def map_bank(board: Board, params: OscillatorParams, state_max: float, *, node: 
         codes[name], clipped[name] = _log_codes(target[name] / correction, low, high, board.tuning_bits)
         programmed[name] = code_value(codes[name], low, high, board.tuning_bits)
         expected[name] = programmed[name] * correction
-        findings += _range_findings(node, name, target[name], clipped[name], (low, high), params, board)
+        findings += _range_findings(node, name, target, clipped[name], (low, high), params, board)
     offset = np.zeros(size)
     if calibration is not None:
         offset[:span.stop - first] = calibration.measured["offset_v"][span]
@@ -165,8 +174,9 @@ def map_bank(board: Board, params: OscillatorParams, state_max: float, *, node: 
                        expected, offset, clipped, tuple(findings))
 
 
-def _range_findings(node, name, values, clipped, limits, params: OscillatorParams, board: Board) -> list[str]:
+def _range_findings(node, name, target, clipped, limits, params: OscillatorParams, board: Board) -> list[str]:
     low, high = limits
+    values = target[name]
     unit = " Hz" if name == "frequency_hz" else ""
     found = []
     for i in np.flatnonzero(clipped):
@@ -175,23 +185,16 @@ def _range_findings(node, name, values, clipped, limits, params: OscillatorParam
             fix = (f"keep a in [{low ** 2 * scale:.4g}, {high ** 2 * scale:.4g}] at δ = {params.delta[i]:.4g} "
                    f"(a = {params.a[i]:.4g}), or use a board whose range covers it")
         else:
-            fix = _gain_fix(board, params.a[i])
+            fix = _gain_fix(board, target["input_gain"][i] * target["readout_gain"][i])
         found.append(f"node {node!r}: oscillator {i}: [{name}] {values[i]:.4g}{unit} is outside the board's "
                      f"[{low:.4g}, {high:.4g}]{unit} — {fix}")
     return found
 
 
-def _gain_fix(board: Board, a: float) -> str:
-    """What to do about an input gain out of range: a fixes g_in·g_out, which the board's ranges bound."""
-    with np.errstate(divide="ignore"):
-        product = board.adc.full_scale_v / (a * board.dac.full_scale_v)
+def _gain_fix(board: Board, product: float) -> str:
+    """What to do about an input gain out of range: the bank fixes g_in·g_out, which the board's ranges bound."""
     low, high = (board.input_gain[k] * board.readout_gain[k] for k in (0, 1))
     if low <= product <= high:
-        return (f"a = {a:.4g} is within reach but the calibrated correction moves it out; use a board with wider "
-                "gain ranges")
-    if product > high:
-        bound = f"a ≥ {board.adc.full_scale_v / (high * board.dac.full_scale_v):.4g}"
-    else:
-        bound = f"a ≤ {board.adc.full_scale_v / (low * board.dac.full_scale_v):.4g}"
-    return (f"no state scale fits it: a = {a:.4g} fixes input × readout gain at {product:.4g}, the board reaches "
-            f"[{low:.4g}, {high:.4g}]; retrain with {bound} or use a board with wider gain ranges")
+        return "within reach, but the calibrated correction moves it out; use a board with wider gain ranges"
+    return (f"no state scale fits it: the bank fixes input × readout gain at {product:.4g}, the board reaches "
+            f"[{low:.4g}, {high:.4g}]; use a board with wider gain ranges")
