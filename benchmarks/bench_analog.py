@@ -5,10 +5,11 @@ seed, every stage through the echoforge commands, timed:
 
 - ideal: the float model on the test split (the interpreter of the compiled program);
 - deployed: `echoforge compile RUN --target analog --board B` and the test split with every bank on the
-  board's twin (each bank from oscillator 0, as `board serve --target analog-twin` places it);
+  board's twin (banks on consecutive oscillators, as `board serve --target analog-twin` places them);
 - HIL (uncalibrated): `echoforge hil train --device URI --program DEPLOYED` on `board serve --target
-  analog-twin` (a pseudo-terminal): plain RHEL in the loop, the served echo keeping the board's loss;
-  its test accuracy on the device at the best-validation step;
+  analog-twin` (a pseudo-terminal): RHEL in the loop, the served echo compensated for the board's loss
+  where the board can apply echo gain (lc-tank-pcb), plain where it cannot (on-chip-array); its test
+  accuracy on the device at the best-validation step;
 - calibrated: `echoforge calibrate` against the served twin, `compile --calibration`, and the test split
   on the twin whose firmware holds the calibration;
 - calibrated + HIL: `hil train` from the calibrated program on the served twin with the calibration.
@@ -16,7 +17,7 @@ seed, every stage through the echoforge commands, timed:
 Recovery = (stage − deployed) / (ideal − deployed), over the seeds' means.
 
     python benchmarks/bench_analog.py [--tasks basicmotions scp1] [--sigmas 0.01 0.05] [--qualities 100 1000]
-        [--seeds 0 1 2 3 4] [--hil-steps 60] [--work runs/bench-analog] [--write]
+        [--seeds 0 1 2 3 4] [--hil-steps 60] [--hil-lr 1e-3] [--work runs/bench-analog] [--write]
 
 --write replaces this script's section of docs/results.md and writes docs/analog-headline.png; results
 are kept per board instance in --work, so a rerun continues, and --report-only tabulates them.
@@ -47,9 +48,6 @@ from echoforge.targets.emulator.lower import load_program
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 PLOT = Path(__file__).resolve().parents[1] / "docs" / "analog-headline.png"
-# The trained models' banks need wider gain ranges than the shipped board files allow (a stiffness of
-# 0.01 asks for an input gain of 1e5); the boards otherwise are the shipped ones.
-WIDE_GAINS = {"input_gain": (0.01, 1.0e6), "readout_gain": (1.0e-5, 100.0)}
 # Per task: the train command's arguments and the board it is deployed on (all its banks side by side):
 # BasicMotions with banks of 8 (2 × 8 of lc-tank-pcb's 16 oscillators), SCP1 (length 896) as its config
 # says (3 × 16 of on-chip-array's 64).
@@ -71,7 +69,7 @@ def run_cli(*args: str) -> float:
 
 
 def board_file(work: Path, task: str, sigma: float, quality: float) -> Path:
-    board = load_board(TASKS[task][1]).replace(mismatch_sigma=sigma, quality_factor=quality, **WIDE_GAINS)
+    board = load_board(TASKS[task][1]).replace(mismatch_sigma=sigma, quality_factor=quality)
     path = work / task / f"board-s{sigma:g}-q{quality:g}.yaml"
     path.write_text(yaml.safe_dump(board.to_yaml(), sort_keys=False))
     return path
@@ -82,17 +80,19 @@ def on_twin(program_dir: Path, board_path: Path, seed: int, calibration: Path | 
     program = load_program(program_dir)
     board = load_board(board_path)
     used = load_calibration(calibration, board) if calibration else None
-    emulated = EmulatedModel(program)
+    emulated, first = EmulatedModel(program), 0
     for k, bank in enumerate(program.banks):
-        twin = AnalogTwin(board, bank.config, fabrication_seed=seed, noise_seed=(0, k), calibration=used)
+        twin = AnalogTwin(board, bank.config, fabrication_seed=seed, noise_seed=(0, k), calibration=used,
+                          first_oscillator=first)
         twin.load(bank.params)
         emulated.cores[bank.node] = twin
+        first += bank.params.size
     data = _load(program.dataset)
     result = compare(emulated, data.test.x, data.test.y, "test", progress=False)
     return result.float, result.fixed
 
 
-def one_board(run: Path, work: Path, board_path: Path, seed: int, hil_steps: int) -> dict:
+def one_board(run: Path, work: Path, board_path: Path, seed: int, hil_steps: int, hil_lr: float) -> dict:
     """Every stage on one board instance: accuracies and wall times, kept in WORK/result.json stage by
     stage, so an interrupted grid continues where it stopped."""
     work.mkdir(parents=True, exist_ok=True)
@@ -126,7 +126,7 @@ def one_board(run: Path, work: Path, board_path: Path, seed: int, hil_steps: int
         output = work / ("hil" if firmware else "hil-raw")
         with simulated_board(*served, *firmware) as uri:
             seconds[output.name] = run_cli("hil", "train", "--device", uri, "--program", work / program, "--steps",
-                                           hil_steps, "--set", "eval_every=10", "--set", "optimizer.lr=1e-3",
+                                           hil_steps, "--set", "eval_every=10", "--set", f"optimizer.lr={hil_lr:g}",
                                            "--fidelity-every", "0", "-o", output, "--no-progress", "--timeout", "30")
         return json.loads((output / "summary.json").read_text())["test"]["accuracy"]
 
@@ -137,10 +137,15 @@ def one_board(run: Path, work: Path, board_path: Path, seed: int, hil_steps: int
     return result
 
 
-def measured(work: Path, task: str, sigma: float, quality: float) -> list[dict]:
+def instance(sigma: float, quality: float, args, seed) -> str:
+    """The folder of one board instance's results: the grid cell, the HIL settings, the seed."""
+    return f"s{sigma:g}-q{quality:g}-lr{args.hil_lr:g}-steps{args.hil_steps}-seed{seed}"
+
+
+def measured(work: Path, task: str, sigma: float, quality: float, args) -> list[dict]:
     """Every seed's complete result.json of one grid cell (--report-only: what earlier runs measured)."""
     results = [json.loads(path.read_text())
-               for path in sorted((work / task).glob(f"s{sigma:g}-q{quality:g}-seed*/{RESULT}"))]
+               for path in sorted((work / task).glob(f"{instance(sigma, quality, args, '*')}/{RESULT}"))]
     return [result for result in results if all(stage in result for stage in STAGES)]
 
 
@@ -176,15 +181,16 @@ def report(rows: list[dict], args, train_seconds: dict) -> str:
         "## Analog board: deployed, calibrated, fine-tuned in the loop (benchmarks/bench_analog.py)",
         "Test accuracy (%, mean ± std over fabrication seeds) of a model trained offline (`echoforge train`, "
         f"float, RHEL; {trained}) on twins with mismatch σ and quality factor Q — BasicMotions (length 100, "
-        "2 banks of 8) on lc-tank-pcb, SCP1 (length 896, 3 banks of 16) on on-chip-array, gain ranges widened "
-        "(see the script): *ideal* the float model; *deployed* compiled for the board and run on its twin; "
-        f"*HIL (uncalibrated)* after `echoforge hil train` ({args.hil_steps} steps, lr 1e-3, plain RHEL through "
-        "the device protocol: the served echo keeps the board's loss) on the served twin, from the deployed "
+        "2 banks of 8) on lc-tank-pcb, SCP1 (length 896, 3 banks of 16) on on-chip-array, the shipped board files "
+        "at the grid's σ and Q: *ideal* the float model; *deployed* compiled for the board and run on its twin; "
+        f"*HIL (uncalibrated)* after `echoforge hil train` ({args.hil_steps} steps, lr {args.hil_lr:g}, RHEL "
+        "through the device protocol: the served echo compensated for the loss on lc-tank-pcb, which has echo "
+        "gain, plain on on-chip-array, which has none) on the served twin, from the deployed "
         "program; *calibrated* after `echoforge calibrate` through the served twin and `compile --calibration`, "
         "the twin's firmware holding the calibration; *calibrated + HIL* `hil train` from there. HIL accuracies "
         "are the device's at the best-validation step. Recovery = (stage − deployed)/(ideal − deployed) of the "
         "means ('—' where deployment lost nothing). Times: median wall seconds per stage (2 shared cores). "
-        "Reduced grid (session time): SCP1 at σ 5 % only, one fabrication seed; the full grid is "
+        "Cells with fewer than 5 seeds are a reduced grid (session time); the full grid is "
         "`python benchmarks/bench_analog.py --tasks basicmotions scp1 --write` (about 16 min per SCP1 board here).",
         "\n".join(lines), "![headline](analog-headline.png)"])
 
@@ -215,6 +221,7 @@ def main() -> None:
     parser.add_argument("--qualities", type=float, nargs="+", default=[100.0, 1000.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--hil-steps", type=int, default=60)
+    parser.add_argument("--hil-lr", type=float, default=1e-3, help="hil train's learning rate")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-analog"))
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: tabulate the results earlier runs left in --work")
@@ -227,7 +234,7 @@ def main() -> None:
         if args.report_only:
             train_seconds[task] = json.loads((work / task / "train" / "summary.json").read_text())["seconds"]
             rows += [{"task": task, "sigma": sigma, "quality": quality,
-                      "results": measured(work, task, sigma, quality)}
+                      "results": measured(work, task, sigma, quality, args)}
                      for sigma in args.sigmas for quality in args.qualities]
             continue
         run, train_seconds[task] = train(task, work)
@@ -236,8 +243,8 @@ def main() -> None:
                 board_path = board_file(work, task, sigma, quality)
                 results = []
                 for seed in args.seeds:
-                    result = one_board(run, work / task / f"s{sigma:g}-q{quality:g}-seed{seed}", board_path, seed,
-                                       args.hil_steps)
+                    result = one_board(run, work / task / instance(sigma, quality, args, seed), board_path, seed,
+                                       args.hil_steps, args.hil_lr)
                     print(json.dumps({"task": task, "sigma": sigma, "quality": quality, "seed": seed, **result}),
                           file=sys.stderr, flush=True)
                     results.append(result)
