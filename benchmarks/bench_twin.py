@@ -88,7 +88,7 @@ def fault_table(args, params, forcing, nudges):
 def timing(args, params, forcing, nudges):
     board = load_board("lc-tank-pcb")
     seeds = ("--fabrication-seed", "1", "--noise-seed", "2")
-    with simulated_board("--target", "analog-twin", *seeds) as tty, \
+    with simulated_board("--target", "analog-twin", *seeds, "--no-echo-compensation") as tty, \
             simulated_board("--target", "analog-twin", *seeds, "--scpi", "0") as resources, \
             DeviceCore(tty, config=CONFIG) as protocol, Instruments(*resources.split()) as instruments:
         cores = {"float core (float64)": FloatCore(params), "emulator (fixed point)": EmulatorCore(CONFIG),
