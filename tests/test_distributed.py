@@ -37,8 +37,10 @@ from test_hil import (
     train_in_process,  # one board, in this process: steps 12, eval_every 2, batch 8
 )
 from test_runtime_device import board_process
+from torch.distributed.elastic.utils.distributed import get_free_port
 
 from echoforge.cli import main
+from echoforge.models import distributed
 from echoforge.models.training import Trainer, load_config
 from echoforge.runtime.simulator import simulated_board
 
@@ -140,6 +142,63 @@ def test_a_one_process_run_resumes_on_two_ranks(tmp_path):
 def test_bad_rank_settings_are_one_line(args, message, tmp_path):
     result = echoforge("train", *args, "-o", str(tmp_path / "run"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+SILENT_PEER = """
+import sys, time, torch
+from echoforge.models import distributed
+
+def body(ranks):
+    if ranks.rank == 1:
+        time.sleep(60)  # alive, its connections open, never in the collective
+    else:
+        distributed.all_reduce(torch.zeros(1), ranks)
+    return 0
+
+try:
+    sys.exit(distributed.run_as_rank(body))
+except ValueError as error:
+    sys.exit(f"error: {error}")
+"""
+
+
+def test_a_silent_peer_is_one_line_after_the_collective_timeout(tmp_path):
+    """A rank whose peer neither answers nor closes its connections (a node that lost power) gives up after
+    ECHOFORGE_COLLECTIVE_TIMEOUT seconds with one line, instead of waiting for ever."""
+    port = get_free_port()
+    ranks = [subprocess.Popen([sys.executable, "-c", SILENT_PEER], stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                              env=os.environ | {"RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                                                "MASTER_PORT": str(port), "ECHOFORGE_COLLECTIVE_TIMEOUT": "2"})
+             for rank in (0, 1)]
+    try:
+        _, stderr = ranks[0].communicate(timeout=RUN_SECONDS)
+        assert ranks[0].returncode == 1 and ranks[1].poll() is None
+    finally:
+        ranks[1].kill()
+        ranks[1].communicate()
+    assert stderr.splitlines() == [("error: rank 0 of 2: no answer from the other ranks within 2 s (a rank or node "
+                                   "stopped without closing its connections; ECHOFORGE_COLLECTIVE_TIMEOUT sets the "
+                                   "wait)")], stderr
+
+
+def test_the_backend_is_nccl_with_cuda_and_nccl_else_gloo(monkeypatch):
+    """No GPU here: the choice is checked with torch's CUDA and NCCL probes answered both ways, and a rank's
+    collective device is its LOCAL_RANK's GPU under NCCL, the CPU under gloo."""
+    assert distributed.choose_backend() == ("nccl" if torch.cuda.is_available() else "gloo")
+    for cuda, nccl, backend in [(True, True, "nccl"), (True, False, "gloo"), (False, True, "gloo")]:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda nccl=nccl: nccl)
+        assert distributed.choose_backend() == backend
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.Ranks(3, 4, "nccl").device() == torch.device("cuda", 1)
+    assert distributed.Ranks(3, 4, "gloo").device() == torch.device("cpu")
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5"])
+def test_a_bad_collective_timeout_is_one_line(value, monkeypatch):
+    monkeypatch.setenv("ECHOFORGE_COLLECTIVE_TIMEOUT", value)
+    with pytest.raises(ValueError, match=f"ECHOFORGE_COLLECTIVE_TIMEOUT='{value}': expected a positive number"):
+        distributed.collective_timeout()
 
 
 # ---- one rank per board -------------------------------------------------------------------------------------
@@ -246,11 +305,27 @@ def test_a_killed_board_stops_the_run_with_its_last_step_and_it_resumes_bit_for_
     assert [r["step"] for r in checkpoint(run)["records"]] == [5, 10, 12]
 
 
-def test_several_boards_refuse_the_fidelity_monitor_and_bad_device_files(program_dir, tmp_path):
-    command = hil_command(["/dev/null", "/dev/null"], program_dir, tmp_path / "run", "--fidelity-every", "3")
-    result = subprocess.run(command, check=False, capture_output=True, text=True, cwd=tmp_path, timeout=RUN_SECONDS)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert "the fidelity monitor checks one board" in result.stderr
+def test_the_fidelity_monitor_checks_every_board_and_names_the_one_that_drifted(program_dir, tmp_path):
+    """Two boards, the second an analog twin (mismatch, noise) where the program expects the emulator's
+    arithmetic: each rank checks its own board, so the warnings and the summary name the second board alone,
+    and the first is found equal to the emulator bit for bit."""
+    run = tmp_path / "run"
+    with simulated_board() as exact, simulated_board("--target", "analog-twin") as drifting:
+        command = hil_command([exact, drifting], program_dir, run, "--fidelity-every", "2", "--set", "steps=4")
+        result = subprocess.run(command, check=False, capture_output=True, text=True, cwd=tmp_path, timeout=RUN_SECONDS)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "gradient fidelity at step" in line]
+    assert warnings and all(f" on {drifting}: " in line and exact not in line for line in warnings), result.stderr
+    checks = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"fidelity"' in line]
+    assert sorted((check["step"], check["board"]) for check in checks) == sorted(
+        (step, board) for step in (0, 2) for board in (exact, drifting))
+    boards = json.loads((run / "summary.json").read_text())["hil"]["fidelity"]["boards"]
+    assert boards[exact] == {"checks": 2, "device_equals_emulator": True, "warned_checks": 0}
+    assert not boards[drifting]["device_equals_emulator"] and boards[drifting]["warned_checks"] > 0
+    assert f"per board: {exact} = emulator; {drifting} ≠ emulator, warnings at" in result.stdout
+
+
+def test_a_devices_file_without_boards_is_one_line(program_dir, tmp_path):
     empty = tmp_path / "boards.txt"
     empty.write_text("# no boards yet\n\n")
     result = echoforge("hil", "train", "--devices", str(empty), "--program", str(program_dir), cwd=tmp_path)

@@ -76,7 +76,7 @@ def run_hil_train(args) -> int:
 
     torch.set_num_threads(args.threads)
     devices = read_devices(args.devices) if args.devices else args.device
-    plan = _plan(args, boards=max(len(devices), distributed.world_size()))
+    plan = _plan(args)
     if len(devices) > 1 and not distributed.launched():
         distributed.rows_per_rank(plan.config["batch_size"], len(devices))
         return distributed.launch(len(devices), args.argv)
@@ -104,7 +104,7 @@ def _train_on_board(args, plan: RunPlan, devices: list[str], ranks) -> int:
     return 0
 
 
-def _plan(args, boards: int = 1) -> RunPlan:
+def _plan(args) -> RunPlan:
     from ..models.training import resume_config
     from ..targets.emulator.lower import load_program
     from .trainer import DEFAULT_FIDELITY_EVERY, check_same_program, hil_config, read_run_file
@@ -119,21 +119,10 @@ def _plan(args, boards: int = 1) -> RunPlan:
         program = load_program(program_dir)
         check_same_program(program, program_dir, recorded, args.resume)
         every = recorded["fidelity_every"] if args.fidelity_every is None else args.fidelity_every
-        return RunPlan(resume_config(args.resume, overrides), Path(args.resume), program, program_dir,
-                       _monitor_period(every, args.fidelity_every, boards))
+        return RunPlan(resume_config(args.resume, overrides), Path(args.resume), program, program_dir, every)
     if args.program is None:
         raise ValueError("give the compiled program with --program OUT (or --resume DIR)")
     program = load_program(args.program)
     config = hil_config(program, args.program, args.config, overrides)
     every = DEFAULT_FIDELITY_EVERY if args.fidelity_every is None else args.fidelity_every
-    return RunPlan(config, Path(config["output"]), program, args.program, _monitor_period(every, args.fidelity_every, boards))
-
-
-def _monitor_period(every: int, asked: int | None, boards: int) -> int:
-    """The fidelity monitor's period: it compares one board's gradient with the emulator's, so with several
-    boards it is off (0), and asking for it is refused."""
-    if boards == 1:
-        return every
-    if asked:
-        raise ValueError(f"--fidelity-every {asked}: the fidelity monitor checks one board — run it with one --device")
-    return 0
+    return RunPlan(config, Path(config["output"]), program, args.program, every)

@@ -11,6 +11,12 @@ scale. A core raises ε until the largest nudge of its batch is a few state LSBs
 ε_used); each rank takes that largest nudge over the global batch (all_reduce MAX), so every board
 quantises its nudges with the ε one board would use.
 
+The fidelity monitor checks every board: at a check each rank compares its own board's gradient, on its
+rows of the step's batch, with the in-process emulator's (bit for bit) and float BPTT's. Its passes take
+ε from the rank's own rows, device and emulator alike, with no collective inside a check, so a board
+that computes wrong shows on its own record and warning only (a shared ε would carry one board's wrong
+nudges into the others' checks); every rank then holds every board's records.
+
 Under torchrun across machines with one board per node, give the node's board once (`--device
 /dev/ttyUSB0`): every rank uses it; with several URIs, rank r drives the r-th.
 """
@@ -23,8 +29,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from echoforge.models.distributed import DataParallel, Ranks, all_reduce
+from echoforge.models.distributed import (
+    DataParallel,
+    Ranks,
+    all_reduce,
+    from_every_rank,
+)
 from echoforge.runtime.device import DeviceCore
+
+from .fidelity import FidelityMonitor
 
 
 class GlobalNudgeDeviceCore(DeviceCore):
@@ -38,11 +51,27 @@ class GlobalNudgeDeviceCore(DeviceCore):
         return super()._epsilon_for(largest.numpy(), epsilon)
 
 
+class EveryBoardMonitor(FidelityMonitor):
+    """The fidelity monitor of one rank among several: checks this rank's board, then gathers every board's
+    record of the check."""
+
+    ranks: Ranks
+
+    def check(self, step: int, x, y) -> dict:
+        record = super().check(step, x, y)
+        self.records[-1:] = from_every_rank(record, self.ranks)
+        return record
+
+
 class BoardParallel(DataParallel):
-    """DataParallel for hil.HILTrainer: also the echo's ε from the global batch on every bank core."""
+    """DataParallel for hil.HILTrainer: also the echo's ε from the global batch on every bank core, and the
+    fidelity monitor on every board (its own cores: ε from the rank's rows)."""
 
     def __init__(self, *args, ranks: Ranks, **kwargs):
         super().__init__(*args, ranks=ranks, **kwargs)
+        self.monitor.cores = [DeviceCore(core.device, bank=core.bank, config=core.config) for core in self.cores]
+        self.monitor.__class__ = EveryBoardMonitor
+        self.monitor.ranks = ranks
         for core in self.cores:
             core.__class__ = GlobalNudgeDeviceCore
             core.ranks = ranks

@@ -14,9 +14,9 @@ batch to float32 roundoff (loss ~1e-7, or 0), a gradient through float32 layers 
 BPTT's whatever the banks compute, while the banks' echo scales its nudges to the gradient's size
 (EmulatorCore ε_used), so in float64 the check measures the banks' fixed point and nothing else.
 
-and records, per bank parameter group (an HRU's oscillator parameters and input map B) and for the
-whole model, the largest |device − emulator|, the cosine and norm ratio of device to BPTT and, as a
-yardstick, of host RHEL to BPTT, plus what each took. It warns when they diverge (the thresholds below).
+and records (naming the board), per bank parameter group (an HRU's oscillator parameters and input
+map B) and for the whole model, the largest |device − emulator|, the cosine and norm ratio of device to
+BPTT and, as a yardstick, of host RHEL to BPTT, plus what each took. It warns when they diverge (the thresholds below).
 
 The gradients are taken as the training step takes its own, in train mode, and each starts from the
 same torch RNG state and batch-norm statistics: the four see the step's dropout masks and batch
@@ -178,8 +178,9 @@ class FidelityMonitor:
             host_rhel = self._timed(seconds, "host_rhel", self.rhel, x, y, [FloatCore() for _ in self.cores])
             self._restore(again)
             bptt = self._timed(seconds, "bptt", self.reference, x, y, None)
-        record = {"step": step, "fidelity": {group: compare(device, emulator, host_rhel, bptt, names)
-                                             for group, names in self.groups.items()},
+        record = {"step": step, "board": self.device.uri,
+                  "fidelity": {group: compare(device, emulator, host_rhel, bptt, names)
+                               for group, names in self.groups.items()},
                   "seconds": seconds}
         self.records.append(record)
         self._warn(record)
@@ -204,7 +205,7 @@ class FidelityMonitor:
         problems = [problem for group, values in record["fidelity"].items()
                     for problem in divergences(group, values)]
         if problems:
-            self.warn(f"gradient fidelity at step {record['step']}: " + "; ".join(problems))
+            self.warn(f"gradient fidelity at step {record['step']} on {record['board']}: " + "; ".join(problems))
 
 
 @contextmanager

@@ -41,22 +41,35 @@ def summarize_timing(training: dict, checks: list[dict]) -> dict:
         "checks_timed": len(timed), "method": TIMING_METHOD}
 
 
+def _warned(check: dict) -> bool:
+    return any(divergences(group, values) for group, values in check["fidelity"].items())
+
+
+def _equal_to_emulator(check: dict) -> bool:
+    return all(v["emulator_max_diff"] == 0 for v in check["fidelity"].values())
+
+
 def summarize_fidelity(checks: list[dict]) -> dict:
-    """Over all checks: was the device bit-identical to the emulator, how close to BPTT per group (and
-    host RHEL, the yardstick), and at how many checks the monitor warned."""
+    """Over all checks (of every board): was the device bit-identical to the emulator, how close to BPTT per
+    group (and host RHEL, the yardstick), at how many checks the monitor warned, and per board (its URI)
+    whether it equalled the emulator and at how many of its checks it warned."""
     groups = list(checks[0]["fidelity"]) if checks else []
     values = {group: [check["fidelity"][group] for check in checks] for group in groups}
+    boards = {check.get("board") for check in checks}
 
     def lowest(key):
         return {group: min(v[key] for v in vs) for group, vs in values.items()}
 
     return {"checks": len(checks),
-            "device_equals_emulator": all(v["emulator_max_diff"] == 0 for vs in values.values() for v in vs),
+            "device_equals_emulator": all(map(_equal_to_emulator, checks)),
             "min_bptt_cosine": lowest("bptt_cosine"), "min_host_rhel_cosine": lowest("host_rhel_cosine"),
             "bptt_norm_ratio": {group: [min(v["bptt_norm_ratio"] for v in vs), max(v["bptt_norm_ratio"] for v in vs)]
                                 for group, vs in values.items()},
-            "warned_checks": sum(any(divergences(group, values) for group, values in check["fidelity"].items())
-                                 for check in checks)}
+            "warned_checks": sum(map(_warned, checks)),
+            "boards": {board: {"checks": len(mine), "device_equals_emulator": all(map(_equal_to_emulator, mine)),
+                               "warned_checks": sum(map(_warned, mine))}
+                       for board in sorted(boards, key=str)
+                       for mine in [[check for check in checks if check.get("board") == board]]}}
 
 
 def plot_fidelity(checks: list[dict], path: Path) -> None:
@@ -66,20 +79,22 @@ def plot_fidelity(checks: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    steps = [check["step"] for check in checks]
+    boards = sorted({check.get("board") for check in checks}, key=str)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
-    for group in (group for group in checks[0]["fidelity"] if group != WHOLE_MODEL):
-        values = [check["fidelity"][group] for check in checks]
-        device, = left.plot(steps, [max(1 - v["bptt_cosine"], 1e-17) for v in values], marker=".", label=group)
+    for board, group in ((board, group) for board in boards for group in checks[0]["fidelity"] if group != WHOLE_MODEL):
+        mine = [check for check in checks if check.get("board") == board]
+        steps, values = [check["step"] for check in mine], [check["fidelity"][group] for check in mine]
+        label = f"{group} on {board}" if len(boards) > 1 else group
+        device, = left.plot(steps, [max(1 - v["bptt_cosine"], 1e-17) for v in values], marker=".", label=label)
         color = device.get_color()
         left.plot(steps, [max(1 - v["host_rhel_cosine"], 1e-17) for v in values], ":", color=color,
-                  label=f"{group}, host RHEL")
+                  label=f"{label}, host RHEL")
         right.plot(steps, [v["bptt_norm_ratio"] for v in values], marker=".", color=color)
         right.plot(steps, [v["host_rhel_norm_ratio"] for v in values], ":", color=color)
     left.axhline(1 - MIN_BPTT_COSINE, color="red", linewidth=0.8, label="warning")
     for bound in NORM_RATIO_RANGE:
         right.axhline(bound, color="red", linewidth=0.8)
-    identical = sum(all(v["emulator_max_diff"] == 0 for v in check["fidelity"].values()) for check in checks)
+    identical = sum(map(_equal_to_emulator, checks))
     left.set(xlabel="step", ylabel="1 − cosine", yscale="log", title="device vs float BPTT: direction")
     right.set(xlabel="step", ylabel="‖device‖ / ‖BPTT‖", title="device vs float BPTT: size")
     left.legend(fontsize=8)
@@ -131,6 +146,11 @@ def describe(summary: dict, output: Path) -> str:
                      f"{min(ratios):.4f}–{max(ratios):.4f} (host RHEL on the same batches, the yardstick: cosine ≥ "
                      f"{min(banks('min_host_rhel_cosine')):.6f}); "
                      + (f"warnings at {fidelity['warned_checks']} checks" if fidelity["warned_checks"] else "all within bounds"))
+        if len(fidelity["boards"]) > 1:
+            lines.append("  per board: " + "; ".join(
+                f"{board} " + ("= emulator" if mine["device_equals_emulator"] else "≠ emulator")
+                + (f", warnings at {mine['warned_checks']} of {mine['checks']} checks" if mine["warned_checks"] else "")
+                for board, mine in fidelity["boards"].items()))
     if hil["unretraced_steps"]:
         lines.append(f"  the echo did not retrace the forward path at {hil['unretraced_steps']} of {summary['steps']} "
                      "steps: a state saturated, the program's formats leave too little headroom for those training "

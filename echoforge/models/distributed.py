@@ -184,6 +184,14 @@ def all_reduce(tensor: torch.Tensor, ranks: Ranks, op=dist.ReduceOp.SUM) -> torc
     return tensor
 
 
+def from_every_rank(value, ranks: Ranks) -> list:
+    """Every rank's `value` (any picklable object), in rank order, on every rank."""
+    values = [None] * ranks.size
+    with collective():
+        dist.all_gather_object(values, value)
+    return values
+
+
 def from_leader(value, ranks: Ranks):
     """Rank 0's `value` (any picklable object), on every rank; a peer that left raises PeerLeft."""
     box = [value]
