@@ -83,6 +83,7 @@ class AnalogCore(EmulatorCore):
         self.echo_compensation = echo_compensation and board.echo_gain.available
         self.mapping: BankMapping | None = None
         self.compensation_rate: np.ndarray | None = None
+        self._uncompensated: list[int] = []  # oscillators last warned about
         self._carry: _Carry | None = None
         self._forward_end: _Carry | None = None
 
@@ -122,11 +123,12 @@ class AnalogCore(EmulatorCore):
         """The compensated echo (module docstring) where the board's gain reaches 2γ̂, the plain one elsewhere."""
         loss = self.loss_rate()
         within = 2 * loss <= self.board.echo_gain.max_rate_per_s
-        if not within.all():
+        uncompensated = (self.first_oscillator + np.flatnonzero(~within)).tolist()
+        if uncompensated and uncompensated != self._uncompensated:  # once, not at every training step
             logger.warning("board %r: oscillators %s need echo gain 2γ̂ up to %.4g/s, beyond the board's %.4g/s: "
-                           "their echo is not compensated", self.board.id,
-                           (self.first_oscillator + np.flatnonzero(~within)).tolist(), 2 * loss.max(),
+                           "their echo is not compensated", self.board.id, uncompensated, 2 * loss.max(),
                            self.board.echo_gain.max_rate_per_s)
+        self._uncompensated = uncompensated
         loss = np.where(within, loss, 0.0)
         self.set_echo_gain(2 * loss, loss)
 
