@@ -30,6 +30,9 @@ from echoforge.targets.emulator.tables import OddTable
 from .pipeline import Pipeline, literal
 
 ACC_WIDTH = 64           # an accumulator word: ±2^62 needs 64 signed bits
+# its add is split after this bit: the low part's carry chain starts at a block RAM's read data (slow
+# routing), the high part's at flip-flops, so the low part is the shorter one
+ACC_SPLIT = 24
 PARAM_FIELDS = ("a", "delta", "w", "b", "c")
 
 
@@ -196,10 +199,11 @@ class _Builder:
             plain, observable = {"t": extra["t"], "lc": extra["g"]}, extra["t"]
         acc_last, acc_flags, obs, acc_reach = self._accumulate(products, plain, observable, s + 5)
         last = acc_last + 2  # the clamp flags are registered, summed, and the sum added to the counters
-        # the out beat leaves as soon as both kinds of beat exist (ϕ' and the observable difference)
+        # the out beat is chosen as soon as both kinds of beat exist (ϕ' and the observable difference)
+        # and leaves from a register one stage later, so no output port hangs off a clamp
         out_stage = max(write_stage, p.signals[obs].stage)
-        out = p.wire("out_beat", w + 1, out_stage, f"{{echo}} ? {{{obs}}} : {{{phi_new}}}")
-        out_valid = p.wire("out_lane", 1, out_stage, "{live} & (~{echo} | {sigma})", signed=False)
+        out = p.at(p.wire("out_beat", w + 1, out_stage, f"{{echo}} ? {{{obs}}} : {{{phi_new}}}"), out_stage + 1)
+        out_valid = p.wire("out_lane", 1, out_stage + 1, "{live} & (~{echo} | {sigma})", signed=False)
         flags = {"state": [nudge_sat, m_sat, pi_sat, phi_sat], "force": [force_sat],
                  "preact": [extra["z_sat"]] if extra else [], "accumulator": acc_flags}
         increments = {name: self._count(name, names, acc_last + 1, last) for name, names in flags.items()}
@@ -266,7 +270,7 @@ class _Builder:
         """Hold the + lane's terms, form the pair's differences, add them to the accumulator memories.
 
         Stages: the differences (and their rounding at 32-bit words), then per term a 65-bit add split
-        in two halves (low half and carry, then high half) and the clamp to ±2^62; PP adds its two terms
+        in two parts (low part and carry, then high part) and the clamp to ±2^62; PP adds its two terms
         one after the other, as the kernels do. Returns (last stage, clamp flags, the observable
         difference, the clocks between an accumulator's read and its write + 1)."""
         p = self.p
@@ -320,20 +324,21 @@ class _Builder:
         return last, gated, obs, last - (base - 1) + 1
 
     def _add_to_accumulator(self, name: str, acc: str, term: str, stage: int) -> tuple[str, str]:
-        """clamp(acc + term, ±2^62) over three stages: low half and its carry; high half; the clamp,
+        """clamp(acc + term, ±2^62) over three stages: low part and its carry; high part; the clamp,
         decided from the top bits of the 65-bit sum (≥ 2^62: not negative and bit 63 or 62 set; < −2^62:
         negative and not both bits 63 and 62 set)."""
         p = self.p
         wide = ACC_WIDTH + 1
         extended = p.wire(f"{name}_term", wide, stage, f"{{{term}}}")  # sign-extended to 65 bits
-        low = p.wire(f"{name}_low", 33, stage, f"{{1'b0, {{{acc}}}[31:0]}} + {{1'b0, {{{extended}}}[31:0]}}",
+        k = ACC_SPLIT
+        low = p.wire(f"{name}_low", k + 1, stage, f"{{1'b0, {{{acc}}}[{k - 1}:0]}} + {{1'b0, {{{extended}}}[{k - 1}:0]}}",
                      signed=False)
-        # the high halves as wires of their own, so that only they are carried to the next stage
-        acc_high = p.wire(f"{name}_acc_high", 32, stage, f"{{{acc}}}[63:32]")
-        term_high = p.wire(f"{name}_term_high", 33, stage, f"{{{extended}}}[64:32]")
-        high = p.wire(f"{name}_high", 33, stage + 1,
-                      f"{{{acc_high}}} + {{{term_high}}} + $signed({{1'b0, {{{low}}}[32]}})")
-        raw = p.wire(f"{name}_raw", wide, stage + 1, f"$signed({{{{{high}}}, {{{low}}}[31:0]}})")
+        # the high parts as wires of their own, so that only they are carried to the next stage
+        acc_high = p.wire(f"{name}_acc_high", ACC_WIDTH - k, stage, f"{{{acc}}}[63:{k}]")
+        term_high = p.wire(f"{name}_term_high", wide - k, stage, f"{{{extended}}}[64:{k}]")
+        high = p.wire(f"{name}_high", wide - k, stage + 1,
+                      f"{{{acc_high}}} + {{{term_high}}} + $signed({{1'b0, {{{low}}}[{k}]}})")
+        raw = p.wire(f"{name}_raw", wide, stage + 1, f"$signed({{{{{high}}}, {{{low}}}[{k - 1}:0]}})")
         # the value needs only the top bits: raw = 2^62 clamps to itself, and −2^62 is its own bound
         high = p.wire(f"{name}_high_bound", 1, stage + 2, f"~{{{raw}}}[64] & ({{{raw}}}[63] | {{{raw}}}[62])",
                       signed=False)

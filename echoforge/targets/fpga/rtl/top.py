@@ -43,6 +43,13 @@ CONTROL = {
     "CONFIG": (13, "r", "word_bits | kind << 8 (0 linear, 1 nonlinear) | lane_bits << 16 | oscillator_bits << 24"),
     "CYCLES": (14, "r", "clocks the last run was busy (stalls included)"),
 }
+# What each readable control register reads (zero-extended to 64 bits)
+CONTROL_VALUES = {
+    "MODE": "mode", "FLIP": "flip_setting", "OSCILLATORS": "oscillators", "LANES": "lanes", "STEPS": "steps",
+    "STATUS": "busy", "PIPELINE_DEPTH": "DEPTH", "CLOCKS_PER_STEP": "slots",
+    **{f"COUNTER_{name.upper()}": f"count_{name}" for name in COUNTERS},
+    "CONFIG": "CONFIG_WORD", "CYCLES": "cycles",
+}
 REGIONS = ("control", "params", "phi", "pi", "acc")
 REGION_BITS = 3
 
@@ -152,9 +159,11 @@ def _bus_port(memory: Memory, layout: Layout) -> tuple[str, str]:
 def _readback(memories: list[Memory]) -> str:
     """reg_rdata: the addressed register or memory word, sign-extended, one clock after reg_addr. The
     address is decoded into one select register per source as it arrives, so the read data is an
-    AND-OR of registered selects and registered words: two logic levels, whatever the sources."""
+    AND-OR of registered selects and registers (control registers are read as they are in that clock,
+    memories as they were read at the address): a few logic levels, whatever the sources."""
     lines = ["// ---- register read-back ----"]
-    sources = [("read_control", "reg_region == 3'd0", "control_rdata")]
+    sources = [(f"read_{name.lower()}", f"reg_region == 3'd0 && reg_index == R_{name}", value)
+               for name, value in CONTROL_VALUES.items()]
     for m in memories:
         if m.region is None or not m.readable:
             continue
@@ -233,26 +242,6 @@ always @(posedge clk) begin
     end
 end
 wire [LB:0] slots = (lanes > DEPTH) ? lanes : DEPTH;
-reg [63:0] control_rdata;
-always @(posedge clk) begin
-    case (reg_index)
-        R_MODE: control_rdata <= {63'd0, mode};
-        R_FLIP: control_rdata <= {63'd0, flip_setting};
-        R_OSCILLATORS: control_rdata <= oscillators;
-        R_LANES: control_rdata <= lanes;
-        R_STEPS: control_rdata <= steps;
-        R_STATUS: control_rdata <= {63'd0, busy};
-        R_PIPELINE_DEPTH: control_rdata <= DEPTH;
-        R_CLOCKS_PER_STEP: control_rdata <= slots;
-        R_COUNTER_STATE: control_rdata <= count_state;
-        R_COUNTER_FORCE: control_rdata <= count_force;
-        R_COUNTER_PREACT: control_rdata <= count_preact;
-        R_COUNTER_ACCUMULATOR: control_rdata <= count_accumulator;
-        R_CONFIG: control_rdata <= CONFIG_WORD;
-        R_CYCLES: control_rdata <= cycles;
-        default: control_rdata <= 64'd0;
-    endcase
-end
 
 // ---- lane issue (limits registered at START, so no compare against a subtraction sits on the issue path) ----
 reg [LB:0] slot, slot_last, lane_last;
