@@ -86,7 +86,12 @@ module ef_commands #(
     // ---- the oscillator bank ----
     reg  [CORE_AW-1:0]  reg_addr;
     reg                 reg_we;
-    reg  [63:0]         reg_wdata;
+    // Everything the executor writes is a W-bit sample or lane (−π: W + 1 bits), 0, or a control value
+    // (K, 2P, flags): BUS_BITS bits, sign-extended to the bus.
+    localparam integer BUS_BITS = (WORD_BITS + 1 > SW + 1 ? WORD_BITS + 1 : SW + 1) > PW + 3
+                                  ? (WORD_BITS + 1 > SW + 1 ? WORD_BITS + 1 : SW + 1) : PW + 3;
+    reg  [BUS_BITS-1:0] bus_data;
+    wire [63:0]         reg_wdata = {{(64 - BUS_BITS){bus_data[BUS_BITS-1]}}, bus_data};
     wire [63:0]         reg_rdata;
     wire                in_ready, out_valid, core_busy;
     reg                 in_valid;
@@ -120,7 +125,8 @@ module ef_commands #(
     reg  [SW-1:0] steps;                   // K of the chunk
     reg  [31:0] crc;
     reg  [3:0]  emit_index, emit_bytes;
-    reg  [63:0] emit_value;
+    reg  [31:0] emit_value;                // a CRC or counter; READ_STATE and READ_OBSERVABLES emit rf_data
+    wire [63:0] emitted    = (opcode == READ_STATE || opcode == READ_OBSERVABLES) ? rf_data : {32'd0, emit_value};
     reg  [TX_AW-1:0] emit_at;
     wire        main_tx_we = (state == EMIT);
 `include "ef_crc32.vh"
@@ -161,7 +167,7 @@ module ef_commands #(
     assign rx_addr = read_address[RX_AW-1:0];
     assign tx_we   = main_tx_we || out_busy;
     assign tx_addr = out_busy ? out_offset[TX_AW-1:0] : emit_at + {{(TX_AW - 4){1'b0}}, emit_index};
-    assign tx_data = out_busy ? out_value[8 * out_index +: 8] : emit_value[8 * emit_index +: 8];
+    assign tx_data = out_busy ? out_value[8 * out_index +: 8] : emitted[8 * emit_index +: 8];
 
     // x · c for a constant c, as shifts and adds: no multiplier (the bank needs every DSP of a UP5K).
     function [47:0] times;
@@ -210,7 +216,7 @@ module ef_commands #(
     task emit;                             // the low `bytes` bytes of `data` at response offset `at`, then `next`
         input [31:0] at;
         input [3:0]  bytes;
-        input [63:0] data;
+        input [31:0] data;                 // (a register's comes from rf_data, which holds through EMIT)
         input [5:0]  next;
         begin
             emit_at    <= at[TX_AW-1:0];
@@ -227,7 +233,7 @@ module ef_commands #(
         begin
             reg_addr  <= address;
             reg_we    <= 1'b1;
-            reg_wdata <= data;
+            bus_data  <= data[BUS_BITS-1:0];
         end
     endtask
     task loop;                             // count `total` steps as (outer, inner < limit)
@@ -260,10 +266,8 @@ module ef_commands #(
                                       + (phase == ECHO ? lane_of >> 1 : forward_p);     // STATE ϕ or π of a lane
     wire [RF_AW-1:0] echo_register  = {{(RF_AW - 1){1'b0}}, index >= twice} * (2 * PMAX_AT)
                                       + lane_of[0] * PMAX_AT + (lane_of >> 1);        // lane 2p + σ → σ·PMAX + p
-    wire signed [WORD_BITS-1:0] sample_word = sample[WORD_BITS-1:0];
     wire signed [WORD_BITS:0]   minus_pi    = -$signed(rf_data[WORD_BITS:0]);  // −π of a STATE register: W + 1 bits
     wire [32:0] counter_sum = {1'b0, counters[index[1:0]]} + {1'b0, reg_rdata[31:0]};
-    wire signed [WORD_BITS-1:0] lane_word   = reg_rdata[WORD_BITS-1:0];
     assign rf_read_at  = (state == LOAD_LANES) ? STATE_AT + state_register
                        : (opcode == READ_OBSERVABLES) ? inner * 8 + outer
                        : (field_byte(5) == 8'd0 ? STATE_AT : ECHO_AT) + outer[1:0] * PMAX_AT + inner;
@@ -271,8 +275,7 @@ module ef_commands #(
     assign rf_write_at = (state == APPLY_NEXT) ? STATE_AT + outer[0] * PMAX_AT + inner
                        : (state == SAVE_ACC_B) ? outer * 8 + inner
                        : (phase == ECHO) ? ECHO_AT + echo_register : STATE_AT + state_register;
-    assign rf_wdata    = (state == APPLY_NEXT) ? {{(64 - WORD_BITS){sample_word[WORD_BITS-1]}}, sample_word}
-                       : (state == SAVE_ACC_B) ? reg_rdata : {{(64 - WORD_BITS){lane_word[WORD_BITS-1]}}, lane_word};
+    assign rf_wdata    = (state == APPLY_NEXT) ? sample : reg_rdata;   // both sign-extended (the bus's words are)
     always @(posedge clk) begin
         if (rf_we) registers[rf_write_at] <= rf_wdata;
         rf_data <= registers[rf_read_at];
@@ -440,8 +443,8 @@ module ef_commands #(
                 default: state <= FINISH;
             endcase
             FETCH:
-                if (opcode == READ_STATE) emit(times(index, WB), WB[3:0], rf_data, APPLY_NEXT);
-                else emit(index * 8, 4'd8, rf_data, APPLY_NEXT);
+                if (opcode == READ_STATE) emit(times(index, WB), WB[3:0], 32'd0, APPLY_NEXT);
+                else emit(index * 8, 4'd8, 32'd0, APPLY_NEXT);
             APPLY_NEXT: begin
                 step;
                 state <= APPLY;
@@ -473,7 +476,7 @@ module ef_commands #(
                     state_valid <= 1'b0;
                     echo_valid  <= 1'b0;
                 end
-                emit(32'd0, 4'd4, {32'd0, ~crc}, FINISH);
+                emit(32'd0, 4'd4, ~crc, FINISH);
             end
             // ---- a phase's start: the lanes from the STATE register (or zero); an echo's accumulators 0 ----
             LOAD_LANES: if (index == count) begin
@@ -560,14 +563,15 @@ module ef_commands #(
                 response_length <= 32'd16;
                 if (index == 32'd4) state <= FINISH;
                 else begin
-                    emit(index * 4, 4'd4, {32'd0, counters[index[1:0]]}, COUNTERS_OUT);
+                    emit(index * 4, 4'd4, counters[index[1:0]], COUNTERS_OUT);
                     index <= index + 32'd1;
                 end
             end
             // ---- sub-steps ----
             READ_TAKE: state <= READ;
             READ: begin
-                value[8 * read_index +: 8] <= rx_data;
+                for (k = 0; k < WB; k = k + 1)                         // constant selects: no shifter
+                    if (read_index == k) value[8 * k +: 8] <= rx_data;
                 if (read_index + 4'd1 == read_bytes) state <= resume;
                 else begin
                     read_index <= read_index + 4'd1;
@@ -604,14 +608,12 @@ module ef_commands #(
             feed_state <= 2'd0;
             feed_index <= 4'd0;
             feed_wait  <= 1'b0;
-            feed_f     <= 64'd0;
-            feed_q     <= 64'd0;
         end else if (feeding) begin
             if (feed_state != 2'd2) begin
                 feed_wait <= !feed_wait;                             // a byte: present its address, then take it
                 if (feed_wait) begin
-                    if (feed_state == 2'd0) feed_f[8 * feed_index +: 8] <= rx_data;
-                    else feed_q[8 * feed_index +: 8] <= rx_data;
+                    if (feed_state == 2'd0) feed_f <= {rx_data, feed_f[8*WB-1:8]};   // byte 0 ends lowest
+                    else feed_q <= {rx_data, feed_q[8*WB-1:8]};
                     if (feed_index + 4'd1 != WB[3:0]) feed_index <= feed_index + 4'd1;
                     else begin
                         feed_index <= 4'd0;
