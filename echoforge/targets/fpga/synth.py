@@ -145,10 +145,11 @@ def tool(name: str) -> str:
     return found
 
 
-class _Where:
+class Workspace:
     """Where the tools run and write. They run in the sources' directory, where the $readmemh names of
     generated RTL resolve, and are given every path relative to it: YoWASP maps the host's /tmp to a
-    private directory of its own, so absolute paths there do not reach the tools; relative ones do."""
+    private directory of its own, so absolute paths there do not reach the tools; relative ones do.
+    (Public: the gateware's board build runs its own Yosys script and packer in one.)"""
 
     def __init__(self, sources: list[Path], workdir: Path):
         self.cwd = Path(sources[0]).resolve().parent
@@ -159,12 +160,13 @@ class _Where:
     def out(self, name: str) -> str:
         return os.path.relpath(self.workdir / name, self.cwd)
 
-    def read(self, *extra: str) -> str:
+    def read(self, *extra: str, options: str = "") -> str:
+        """Yosys's read_verilog of the sources and the workdir's `extra` files, with `options` (-D, -I)."""
         paths = [os.path.relpath(source, self.cwd) for source in self.sources] + [self.out(e) for e in extra]
-        return "read_verilog " + " ".join(paths)
+        return " ".join(["read_verilog", *options.split(), *paths])
 
 
-def _run(command: list[str], where: _Where, log_name: str, timeout: float) -> float:
+def run_tool(command: list[str], where: Workspace, log_name: str, timeout: float = TIMEOUT_SECONDS) -> float:
     """Run a tool with its output in workdir/`log_name`; the seconds it took. ToolFailed on error or
     timeout."""
     log = where.workdir / log_name
@@ -187,8 +189,8 @@ def _run(command: list[str], where: _Where, log_name: str, timeout: float) -> fl
 
 def ports(sources: list[Path], top: str, workdir: Path, timeout: float = TIMEOUT_SECONDS) -> list[Port]:
     """The ports of module `top`, as Yosys elaborates them (the Verilog is the one source)."""
-    where = _Where(sources, workdir)
-    _run([tool(YOSYS), "-q", "-p", f"{where.read()}; hierarchy -top {top}; proc; "
+    where = Workspace(sources, workdir)
+    run_tool([tool(YOSYS), "-q", "-p", f"{where.read()}; hierarchy -top {top}; proc; "
           f"write_json {where.out('ports.json')}"], where, "ports.log", timeout)
     module = json.loads((workdir / "ports.json").read_text())["modules"][top]
     return [Port(name, port["direction"], len(port["bits"])) for name, port in module["ports"].items()]
@@ -233,18 +235,18 @@ def synthesize(sources: list[Path], top: str, device: Device, workdir: Path, *, 
     place and route it at `clock_mhz`. Memory-init files are read relative to the first source's
     directory."""
     nextpnr = tool(NEXTPNR[device.family]) if place else None  # refuse a missing tool before the long run
-    where = _Where(sources, workdir)
+    where = Workspace(sources, workdir)
     top_ports = ports(sources, top, workdir, timeout)
     (where.workdir / "shell.v").write_text(serial_shell(top, top_ports, clock))
     netlist, report_file = where.out("netlist.json"), where.out("report.json")
-    seconds = {"synthesis": _run(
+    seconds = {"synthesis": run_tool(
         [tool(YOSYS), "-q", "-p", f"{where.read('shell.v')}; {SYNTH[device.family]} -top {SHELL} "
          f"-json {netlist}; tee -q -o {where.out('stat.json')} stat -json"], where, "yosys.log", timeout)}
     cells = cell_counts(json.loads((where.workdir / "stat.json").read_text()))
     shell_bits = sum(port.width for port in top_ports if port.name != clock)
     if not place:
         return Synthesis(top, cells, resources(cells), {}, shell_bits, seconds=seconds)
-    seconds["place_and_route"] = _run(
+    seconds["place_and_route"] = run_tool(
         [nextpnr, *device.nextpnr_args, "--json", netlist, "--freq", f"{clock_mhz:g}", "--seed", "1",
          "--timing-allow-fail", "--report", report_file, "-q", "-l", where.out("nextpnr.log")],
         where, "nextpnr.out", timeout)

@@ -102,20 +102,20 @@ def build_image(config: GatewareConfig, board_name: str, output: Path, *, baud: 
     sources = [*write_sources(config, rtl), rtl / f"{TOP}.v"]
     shutil.copyfile(RTL / f"{TOP}.v", sources[-1])
     (rtl / board.constraints_file).write_text(board.constraints())
-    where = synth._Where(sources, output)
+    where = synth.Workspace(sources, output)
     seconds = {"synthesis": _synthesize(where, board, config, {**config.parameters(), "CLKS_PER_BIT": clocks_per_bit})}
     cells = synth.cell_counts(json.loads((output / "stat.json").read_text()))
     check_fit(synth.resources(cells), board)
     family = board.part.family
     placed_option, placed = PLACED[family]
-    seconds["place_and_route"] = synth._run(
+    seconds["place_and_route"] = synth.run_tool(
         [synth.tool(synth.NEXTPNR[family]), *board.part.nextpnr_args, "--json", where.out("image.json"),
          f"--{CONSTRAINTS[family]}", board.constraints_file, placed_option, where.out(placed),
          "--freq", f"{board.clock_mhz:g}", "--seed", "1", "--timing-allow-fail",
          "--report", where.out("nextpnr-report.json"), "-q", "-l", where.out("nextpnr.log")],
-        where, "nextpnr.out", synth.TIMEOUT_SECONDS)
-    seconds["pack"] = synth._run([synth.tool(PACKER[family]), where.out(placed), where.out(BITSTREAM[family])],
-                                 where, "pack.log", synth.TIMEOUT_SECONDS)
+        where, "nextpnr.out")
+    seconds["pack"] = synth.run_tool([synth.tool(PACKER[family]), where.out(placed), where.out(BITSTREAM[family])],
+                                     where, "pack.log")
     report = json.loads((output / "nextpnr-report.json").read_text())
     result = synth.Synthesis(TOP, cells, synth.resources(cells), synth.utilization(report), 0,
                              board.clock_mhz, synth.fmax(report), synth.critical_path(report), seconds)
@@ -123,11 +123,11 @@ def build_image(config: GatewareConfig, board_name: str, output: Path, *, baud: 
     return ImageBuild(output / BITSTREAM[family], result, baud)
 
 
-def _synthesize(where, board: Board, config: GatewareConfig, parameters: dict[str, int]) -> float:
+def _synthesize(where: synth.Workspace, board: Board, config: GatewareConfig, parameters: dict[str, int]) -> float:
     """Yosys: the sources with the image's macros and parameters → image.json and stat.json; seconds."""
     chparam = " ".join(f"-set {name} {value}" for name, value in parameters.items())
     defines = " ".join(f"-D{name}" for name in (*config.defines(), *board.defines))
-    read = where.read().replace("read_verilog ", f"read_verilog {defines} -I. ", 1)
-    return synth._run([synth.tool(synth.YOSYS), "-q", "-p", f"{read}; chparam {chparam} {TOP}; "
+    read = where.read(options=f"{defines} -I.")
+    return synth.run_tool([synth.tool(synth.YOSYS), "-q", "-p", f"{read}; chparam {chparam} {TOP}; "
                        f"{synth.SYNTH[board.part.family]} -top {TOP} -json {where.out('image.json')}; "
-                       f"tee -q -o {where.out('stat.json')} stat -json"], where, "yosys.log", synth.TIMEOUT_SECONDS)
+                       f"tee -q -o {where.out('stat.json')} stat -json"], where, "yosys.log")
