@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -51,12 +50,12 @@ def worker(kind: str, variant: str, length: int, repeats: int) -> dict:
         torch.nn.functional.cross_entropy(model(x), y).backward()
 
     for _ in range(2):
-        step()  # compile, warm up the allocator
+        step()  # compile, warm up
     idle = status_kb("VmRSS") * 1024
     reset_peak()
     times = []
     for _ in range(repeats):
-        start = time.process_time()  # CPU time: the machine is shared, and the work is one thread
+        start = time.process_time()  # CPU time (all threads): the machine is shared
         step()
         times.append(time.process_time() - start)
     peak = status_kb("VmHWM") * 1024
@@ -88,12 +87,6 @@ def layer_backward_extra(kind: str, rule: str, length: int) -> int:
     return extra - u.numel() * u.element_size()
 
 
-# For the memory runs: large buffers straight from mmap and back on free, so resident memory tracks
-# live memory rather than what glibc's adaptive heap threshold happens to keep; the same for every
-# variant. Times come from a second run in the default environment (mmap per buffer costs page faults).
-WORKER_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-
-
 def run_all(lengths: list[int]) -> list[dict]:
     rows = []
     for length in lengths:
@@ -101,13 +94,12 @@ def run_all(lengths: list[int]) -> list[dict]:
             for variant in VARIANTS:
                 repeats = 5 if length <= 16000 else 3
                 row = {"kind": kind, "variant": variant, "length": length}
-                for env, keep in ((WORKER_ENV, ("peak_bytes", "step_bytes")), (os.environ, ("seconds",))):
-                    out = subprocess.run([sys.executable, __file__, "--worker", kind, variant, str(length),
-                                          str(repeats)], check=True, capture_output=True, text=True, env=env)
-                    row.update({key: json.loads(out.stdout)[key] for key in keep})
+                out = subprocess.run([sys.executable, __file__, "--worker", kind, variant, str(length),
+                                      str(repeats)], check=True, capture_output=True, text=True)
+                row.update(json.loads(out.stdout))
                 if variant == "rhel":
                     out = subprocess.run([sys.executable, __file__, "--layer", kind, "rhel", str(length)],
-                                         check=True, capture_output=True, text=True, env=WORKER_ENV)
+                                         check=True, capture_output=True, text=True)
                     row["echo_extra_bytes"] = int(out.stdout)
                 rows.append(row)
                 print(f"  {kind:9s} {variant:9s} L={length:6d}: {row['seconds']:.3f} s/step, "
@@ -168,9 +160,10 @@ def main() -> None:
     rows = run_all(args.lengths)
     report = "\n\n".join([
         "## HRU gradient step: BPTT vs RHEL (benchmarks/bench_hru.py)",
-        "2 blocks, hidden 16, state 16, batch 8, 6 inputs, 4 classes, float32 models, one thread; "
-        "median CPU seconds per gradient step (forward + backward; CPU time rather than wall time "
-        "because the 2-core machine is shared, and every configuration runs on one thread); peak resident memory of the process "
+        "2 blocks, hidden 16, state 16, batch 8, 6 inputs, 4 classes, float32 models, torch on one "
+        "thread and the compiled kernels on every CPU (their default); median CPU seconds per gradient "
+        "step, all threads (forward + backward; CPU time rather than wall time because the machine is "
+        "shared); peak resident memory of the process "
         "(\"peak\") and the part of it above the idle process after warm-up (\"step\"); each "
         "configuration in its own process. Variants: BPTT and RHEL as built by default (the feed-forward "
         "glue recomputed in backward, chunk by chunk), and each with the glue's activations stored "

@@ -234,7 +234,7 @@ print(resident_mib() - start)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc and /proc are Linux's")
-def test_building_an_hssm_makes_freed_sequence_sized_buffers_leave_the_process():
+def test_building_an_hru_makes_freed_sequence_sized_buffers_leave_the_process():
     """Without heap.return_large_buffers, the second 8 MiB buffer comes from the heap and stays
     resident after it is freed (glibc raised its mmap threshold when the first was freed)."""
     def retained(build):
@@ -244,7 +244,7 @@ def test_building_an_hssm_makes_freed_sequence_sized_buffers_leave_the_process()
         assert result.returncode == 0, result.stderr
         return float(result.stdout)
     assert retained("") > 7  # glibc's default: the buffer stays (the check can fail)
-    assert retained("HSSM(2, 2, hidden_size=4, state_size=4, num_blocks=1)") < 1
+    assert retained("HSSM(2, 2, hidden_size=4, state_size=4, num_blocks=1)") < 1  # builds an HRU
 
 
 # 3. Nonlinear HRU: the finite-ε bias falls as ε².

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .core import PARAM_NAMES, FloatCore, OscillatorParams, echo_stream, retrace
+from .heap import return_large_buffers
 
 LEARNING_RULES = ("bptt", "rhel")
 # Relative distance between the echoes' mean end state and the start state above which the echo did
@@ -145,12 +146,17 @@ class BPTTBank(torch.autograd.Function):
 
 
 class HRU(nn.Module):
-    """Shared machinery of the two HRU kinds: learning rule, oscillator bank call, skip D."""
+    """Shared machinery of the two HRU kinds: learning rule, oscillator bank call, skip D.
+
+    Building one sets glibc's mmap threshold for the process, so that the sequence-sized tensors a
+    training step frees go back to the OS (heap.py).
+    """
 
     kind: str
 
     def __init__(self, input_size: int, state_size: int, learning: str, epsilon: float):
         super().__init__()
+        return_large_buffers()
         self.input_size, self.state_size = input_size, state_size
         self.learning = learning
         self.epsilon = epsilon

@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .heap import return_large_buffers
 from .hru import LinHRU, NonlinHRU
 
 HRU_KINDS = {"linear": LinHRU, "nonlinear": NonlinHRU}
@@ -196,7 +195,7 @@ class HSSM(nn.Module):
     at step output_step − 1 (1: every step; the sequence length: the last step only) — the default
     for regression. checkpoint_glue (default on) trades a recomputation of the pointwise layers for
     their activations (HSSMBlock); False keeps them, a little faster and sequence-sized. Extra keyword
-    arguments go to every HRU. Building one sets glibc's mmap threshold for the process (heap.py).
+    arguments go to every HRU.
     """
 
     def __init__(self, input_size: int, num_outputs: int, *, hidden_size: int, state_size: int,
@@ -215,7 +214,6 @@ class HSSM(nn.Module):
         if readout not in READOUTS or (task == "classification" and readout != "mean"):
             raise ValueError(f"readout must be one of {READOUTS} (classification: mean), got {readout!r}")
         self.task, self.output_step, self.readout = task, output_step, readout
-        return_large_buffers()  # a freed sequence-sized tensor goes back to the OS (heap.py)
         self.encoder = nn.Linear(input_size, hidden_size)
         self.blocks = nn.ModuleList(
             HSSMBlock(HRU_KINDS[hru](hidden_size, state_size, learning=learning, epsilon=epsilon,
