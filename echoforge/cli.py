@@ -15,7 +15,7 @@ from .argtypes import OneLineParser, key_value, non_negative_int, positive_int
 
 from .compiler.cli import add_commands as add_compiler_commands
 from .demo import add_demo
-from .targets.fpga.gateware.cli import add_build as add_gateware_build
+from .targets.fpga.gateware.cli import add_commands as add_gateware_commands
 from .hil.cli import add_commands as add_hil_commands
 from .runtime.cli import add_commands as add_runtime_commands
 from .targets.analog.calibration_cli import add_command as add_calibrate
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_hil_commands(commands)
     add_calibrate(commands)
     add_demo(commands)
-    add_gateware_build(commands)
+    add_gateware_commands(commands)
     return parser
 
 

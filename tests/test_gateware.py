@@ -600,6 +600,65 @@ def test_the_protocol_engine_builds_into_an_icebreaker_bitstream(tmp_path):
     assert 0 < logic_used < logic_available
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["board"] == "icebreaker" and report["fmax_mhz"] == image.synthesis.fmax_mhz
+    flashed = _flash(tmp_path, "--dry-run")
+    assert (flashed.returncode, flashed.stdout) == (0, f"iceprog {tmp_path / 'image.bin'}\n")
+
+
+# ---- echoforge flash: the CLI in a subprocess; nothing here runs a loader that could reach a board ----
+
+ICE40_OPENING = b"\xff\x00\x00\xff\x7e\xaa\x99\x7e"   # icepack's: an empty comment, the sync word
+
+
+def _flash(directory, *options, env=None):
+    return subprocess.run([sys.executable, "-m", "echoforge.cli", "flash", str(directory), *options],
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+def _built(directory, board: str, bitstream: str, content: bytes):
+    """A directory as `echoforge build` leaves it: report.json naming the board, and the bitstream."""
+    directory.mkdir()
+    (directory / "report.json").write_text(json.dumps({"board": board}))
+    (directory / bitstream).write_bytes(content)
+    return directory
+
+
+def _ecp5_bitstream(tmp_path) -> bytes:
+    """A real (empty) ECP5-25F bitstream, from the packer `echoforge build --board ulx3s` uses."""
+    from echoforge.targets.fpga import synth
+
+    (tmp_path / "empty.config").write_text(".device LFE5U-25F\n")
+    subprocess.run([synth.tool("yowasp-ecppack"), "empty.config", "empty.bit"], cwd=tmp_path, check=True,
+                   capture_output=True, timeout=300)
+    return (tmp_path / "empty.bit").read_bytes()
+
+
+def test_flash_dry_run_prints_the_loader_command_of_the_board_built_for(tmp_path):
+    icebreaker = _built(tmp_path / "ice", "icebreaker", "image.bin", ICE40_OPENING + bytes(104_082))
+    ulx3s = _built(tmp_path / "ecp", "ulx3s", "image.bit", _ecp5_bitstream(tmp_path))
+    result = _flash(icebreaker, "--dry-run")
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"iceprog {icebreaker / 'image.bin'}\n", "")
+    loader = "fujprog" if shutil.which("fujprog") and not shutil.which("openFPGALoader") else "openFPGALoader -b ulx3s"
+    result = _flash(ulx3s, "--dry-run", "--board", "ulx3s")
+    assert (result.returncode, result.stdout) == (0, f"{loader} {ulx3s / 'image.bit'}\n")
+
+
+def test_flash_refuses_in_one_line_a_missing_loader_bitstream_or_board_and_a_foreign_bitstream(tmp_path):
+    ecp5 = _ecp5_bitstream(tmp_path)
+    cases = [
+        (_built(tmp_path / "ok", "icebreaker", "image.bin", ICE40_OPENING), (), "iceprog not found on PATH"),
+        (tmp_path / "nothing", ("--dry-run",), "report.json: no such file"),
+        (_built(tmp_path / "unbuilt", "icebreaker", "stat.json", b"{}"), ("--dry-run",), "image.bin: no such file"),
+        (_built(tmp_path / "renamed", "icebreaker", "image.bin", ecp5), ("--dry-run",), "is not an ICE40 bitstream"),
+        (_built(tmp_path / "other", "ulx3s", "image.bit", ecp5), ("--board", "icebreaker", "--dry-run"),
+         "built for the ulx3s, not the icebreaker"),
+        (_built(tmp_path / "typo", "icebreaker", "image.bin", ICE40_OPENING), ("--board", "icebraker"),
+         "unknown board 'icebraker'"),
+    ]
+    no_loaders = {"PATH": str(tmp_path / "empty-path"), "HOME": str(tmp_path)}   # no iceprog: nothing can flash
+    for directory, options, message in cases:
+        result = _flash(directory, *options, env=no_loaders)
+        assert result.returncode == 2 and result.stdout == "", (directory, result)
+        assert message in result.stderr and result.stderr.count("\n") == 1, (directory, result.stderr)
 
 
 def test_an_image_too_large_for_the_board_is_refused_naming_each_resource():

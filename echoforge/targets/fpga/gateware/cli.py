@@ -1,5 +1,6 @@
 """`echoforge build OUT/ --board icebreaker -o gateware/`: the board image of a compiled program as a
-bitstream (bitstream.py), with its timing and utilization; flashing is the user's (iceprog, openFPGALoader)."""
+bitstream (bitstream.py), with its timing and utilization; `echoforge flash gateware/` puts it on the board
+with the board's loader (flash.py: iceprog, openFPGALoader or fujprog)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ import sys
 from pathlib import Path
 
 from echoforge.argtypes import positive_int
+
+
+def add_commands(commands) -> None:
+    add_build(commands)
+    add_flash(commands)
 
 
 def add_build(commands) -> None:
@@ -30,9 +36,29 @@ def run_build(args) -> int:
     board_named(args.board)   # before the program's lowering: a typo costs nothing
     image = build_image(image_config(args.program), args.board, args.output, baud=args.baud)
     print("\n".join(image.lines()))
-    loader = f"iceprog {image.bitstream}" if image.bitstream.suffix == ".bin" else f"openFPGALoader -b ulx3s {image.bitstream}"
-    print(f"flash it with: {loader}   (then `echoforge devices --probe /dev/ttyUSB…` handshakes with the board)")
+    print(f"flash it with: echoforge flash {args.output}   (then `echoforge devices --probe /dev/ttyUSB…` "
+          "handshakes with the board)")
     if not image.synthesis.meets_timing:
         print(f"echoforge build: error: timing not met: {image.synthesis.critical_summary()}", file=sys.stderr)
         return 2
     return 0
+
+
+def add_flash(commands) -> None:
+    parser = commands.add_parser(
+        "flash", help="put a built board image on the board (iceprog; ULX3S: openFPGALoader or fujprog)",
+        description="Flash the bitstream `echoforge build -o DIR` wrote with the board's loader: iceprog (Debian "
+                    "fpga-icestorm) for the iCEBreaker, openFPGALoader -b ulx3s (or fujprog) for the ULX3S. "
+                    "Exits 2 when the loader, the bitstream or the board is missing.")
+    parser.add_argument("gateware", type=Path, metavar="GATEWARE_DIR", help="directory written by `echoforge build`")
+    parser.add_argument("--board", help="icebreaker or ulx3s (default: the board the image was built for; "
+                                        "another is refused)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the exact loader command and run nothing (the loader need not be installed)")
+    parser.set_defaults(run=run_flash)
+
+
+def run_flash(args) -> int:
+    from .flash import flash
+
+    return flash(args.gateware, args.board, dry_run=args.dry_run)
