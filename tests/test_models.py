@@ -240,7 +240,7 @@ def test_building_an_hru_makes_freed_sequence_sized_buffers_leave_the_process():
     def retained(build):
         code = RETAINED_AFTER_FREE.format(build=build)
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                                env={k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")})
+                                check=False, env={k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")})
         assert result.returncode == 0, result.stderr
         return float(result.stdout)
     assert retained("") > 7  # glibc's default: the buffer stays (the check can fail)
