@@ -1,23 +1,36 @@
 """Scale-out on torch.distributed (issue 12): step time and efficiency of 1 and 2 ranks, host training and
 hardware-in-the-loop (one simulated board per rank, on ptys), and a model of step time against the number
-of boards, checked against the measured 2-rank points.
+of ranks (boards), calibrated on one process and checked against the measured 2-rank points.
 
-Each configuration trains the same global batch: one process (in this process), then 2 ranks (gloo on
-localhost, started with torch.multiprocessing.spawn, each building the trainer as `echoforge train
---nproc 2` / `hil train --device A --device B` do: models.distributed.make_trainer). A step is timed
-from the trainer's train_step (batch, forward, backward with the all_reduces, optimizer step), median of
---steps steps after one warm-up step; efficiency = T₁ / (N·T_N).
+Each configuration trains the same global batch B: one process (in this process), then 2 ranks (gloo on
+localhost, started with torch.multiprocessing.spawn, each building its trainer as `echoforge train --nproc
+2` / `hil train --device A --device B` do: models.distributed.make_trainer). A step is timed from the
+trainer's train_step (batch, forward, backward with the collectives, optimizer step), median of --steps
+steps after one warm-up step; efficiency = T₁ / (N·T_N).
 
-The model: a step is a fixed part h (per-step host work and link round trips), a part per batch row s
-(host layers and, in the loop, the board's compute and the line's transfer for that row), and k
-collectives of latency a(N):
+The model. A rank and its board form one stream of CPU work: the rank waits on the link while its board
+computes, and the board idles while the rank computes. A step of b rows costs W(b) CPU seconds (rank +
+board), waits ℓ(b) with neither computing (the line, the pty, polls), and makes k collectives:
 
-    T(N) = h + s·B/N + k·a(N),   a(N) = (N − 1)·a(2)   (gloo's ring all_reduce of a few kB: latency-bound)
+    T(N) = W(B/N) / σ(N) + ℓ(B/N) + k·a(N),      W(b) = w₀ + w₁·b,  ℓ(b) = ℓ₀ + ℓ₁·b,
+    σ(N) = min(1, K / (1 + (N − 1)·d))            (the share of a core a stream gets),
 
-h and s come from one process at batch B and B/2, a(2) from timing all_reduces between the 2 ranks, k
-from the model (3 per block: batch-norm mean, variance and backward; 1 per bank in the loop: the echo's
-largest nudge; 1 for the gradients). The 2-rank measurement is not used to fit it. For a board on a
-UART, s gains the line time of a row's bytes (10 bits a byte; bytes from the device's counters).
+with K the cores this program gets (C on a machine of its own; on a shared one less: Linux shares the
+cores between sessions first — autogroup — so K hardly grows with our number of processes), d the
+fraction of a step a stream wants a core (W/σ over T, solved with T), a(N) = (N − 1)·a(2) the latency of
+an all_reduce (gloo's ring, a few kB: latency-bound) and k the collectives a step makes (3 a block:
+batch-norm mean, variance and backward; 1 a bank in the loop: the echo's largest nudge; 1 for the
+gradients).
+
+K is measured, not fitted: C processes spin for a second and K is their CPU seconds over the wall
+(cores_available), just before and just after each run, averaged. Calibration, on one process only: w₀,
+w₁ from the CPU seconds of the rank (process_time) and of its board simulator (/proc/PID/stat) at batch B
+and B/2; σ(1) as the median CPU seconds over wall of host-training steps taken in turns with those (a host
+step never waits, so that is the share of a core a stream got meanwhile); ℓ₀, ℓ₁ from what the wall time
+leaves, T₁ − W/σ(1), at the same two batches; a(2) from all_reduces between the two ranks, timed alone. The 2-rank step times fit nothing: the model, given the K
+measured around the 2-rank run, predicts them (tolerance ±25 %). Projections: a core per rank (σ = 1: a
+cluster, one rank a node) for boards on a pty and on a UART (the line adds a row's wire bytes × 10 bits /
+baud), and this machine's C cores with nothing else running.
 
     python benchmarks/bench_scale.py [--batch 16 --steps 15] [--write]
 """
@@ -27,17 +40,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
+import subprocess
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from torch.distributed.elastic.utils.distributed import get_free_port
 
 from echoforge.cli import main as echoforge
+from echoforge.hil import distributed as hil_distributed
 from echoforge.hil.distributed import BoardParallel
 from echoforge.hil.trainer import ECHO_WARNINGS, HILTrainer, hil_config
 from echoforge.models import distributed
@@ -47,12 +63,14 @@ from echoforge.runtime.simulator import simulated_board
 from echoforge.targets.emulator.lower import load_program
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_doc import turns_seconds, write_section
+from results_doc import write_section
 
 MODEL = ["model.hidden_size=16", "model.state_size=16", "model.num_blocks=2"]
 BAUD_RATES = (921600, 115200)
 BOARDS = (1, 2, 4, 8, 16)
+TOLERANCE = 0.25
 PLOT = Path(__file__).resolve().parents[1] / "docs" / "scale.png"
+TICK = 1 / os.sysconf("SC_CLK_TCK")
 
 
 def quiet() -> None:
@@ -61,10 +79,70 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", ECHO_WARNINGS, RuntimeWarning)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+# ---- what the processes use ------------------------------------------------------------------------------
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (field 3, the state, first); None: gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (clock-tick resolution)."""
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) * TICK
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid → (parent pid, state) of every process."""
+    table = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            table[int(entry.name)] = (int(fields[1]), fields[0])
+    return table
+
+
+SPIN = """import time
+cpu, wall = time.process_time(), time.perf_counter()
+while time.perf_counter() - wall < {seconds}:
+    pass
+print((time.process_time() - cpu) / (time.perf_counter() - wall))
+"""
+
+
+def cores_available(seconds: float = 1.0) -> float:
+    """The cores this program gets right now: as many processes as cores spin for `seconds`; the sum of their
+    CPU seconds over the wall."""
+    spinners = [subprocess.Popen([sys.executable, "-c", SPIN.format(seconds=seconds)], stdout=subprocess.PIPE,
+                                 text=True) for _ in range(os.cpu_count())]
+    return sum(float(spinner.communicate()[0]) for spinner in spinners)
+
+
+@contextmanager
+def cores_around(measured: list):
+    """Appends to `measured` the mean of cores_available() just before and just after the block."""
+    before = cores_available()
+    yield
+    measured.append((before + cores_available()) / 2)
+
+
+def new_child(known: set[int]) -> int:
+    """The one child of this process not in `known` (the board simulator just started)."""
+    table = _processes()
+    children = {pid for pid, (parent, _) in table.items() if parent == os.getpid()} - known
+    assert len(children) == 1, children
+    return children.pop()
+
+
+def children() -> set[int]:
+    return {pid for pid, (parent, _) in _processes().items() if parent == os.getpid()}
+
+
+# ---- trainers and steps ----------------------------------------------------------------------------------
 
 
 def make(kind: str, batch: int, ranks, work: Path, board: str | None):
@@ -79,18 +157,34 @@ def make(kind: str, batch: int, ranks, work: Path, board: str | None):
                                     fidelity_every=0, mixin=BoardParallel)
 
 
-def step_seconds(trainers: dict, steps: int) -> dict:
-    """Median seconds of a train_step of each trainer, after one warm-up step, the trainers taking turns step
-    by step (a busy spell on a shared machine hits them all); closes their board sessions."""
+def timed_steps(trainers: dict, steps: int, boards: dict | None = None) -> dict:
+    """Per trainer, after one warm-up step, the trainers taking turns step by step (a busy spell on a shared
+    machine hits them all): median wall seconds of a step and of its CPU seconds over its wall (the share of a
+    core this process got, for a step that never waits), and per step on average the CPU seconds of this
+    process and of the trainer's board simulator (boards: name → pid) and the seconds in link calls.
+    Closes the board sessions."""
+    boards = boards or {}
+    totals = {name: {"wall": [], "share": [], "cpu": 0.0, "board_cpu": 0.0, "link": 0.0} for name in trainers}
     try:
         for trainer in trainers.values():
             trainer.train_step()
-        return {name: statistics.median(times)
-                for name, times in turns_seconds({name: t.train_step for name, t in trainers.items()}, steps).items()}
+        for _ in range(steps):
+            for name, trainer in trainers.items():
+                link = trainer.device.link_seconds() if isinstance(trainer, HILTrainer) else 0.0
+                board = cpu_seconds(boards[name]) if name in boards else 0.0
+                cpu, wall = time.process_time(), time.perf_counter()
+                trainer.train_step()
+                totals[name]["wall"].append(time.perf_counter() - wall)
+                totals[name]["share"].append((time.process_time() - cpu) / totals[name]["wall"][-1])
+                totals[name]["cpu"] += time.process_time() - cpu
+                totals[name]["board_cpu"] += cpu_seconds(boards[name]) - board if name in boards else 0.0
+                totals[name]["link"] += trainer.device.link_seconds() - link if isinstance(trainer, HILTrainer) else 0.0
     finally:
         for trainer in trainers.values():
             if isinstance(trainer, HILTrainer):
                 trainer.device.close()
+    return {name: {"wall": statistics.median(t["wall"]), "share": statistics.median(t["share"]), "cpu": t["cpu"] / steps,
+                   "board_cpu": t["board_cpu"] / steps, "link": t["link"] / steps} for name, t in totals.items()}
 
 
 def all_reduce_seconds(ranks, size: int, repeats: int = 200) -> float:
@@ -104,23 +198,50 @@ def all_reduce_seconds(ranks, size: int, repeats: int = 200) -> float:
     return statistics.median(times)
 
 
+def count_collective_seconds() -> dict:
+    """Patch the collectives the trainers call to add up their seconds (the waits for the other rank included)."""
+    spent = {"seconds": 0.0}
+    plain = distributed.all_reduce
+
+    def all_reduce(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return plain(*args, **kwargs)
+        finally:
+            spent["seconds"] += time.perf_counter() - started
+
+    distributed.all_reduce = hil_distributed.all_reduce = all_reduce
+    return spent
+
+
 def _rank(rank: int, size: int, port: int, kind: str, batch: int, steps: int, work: str, boards: list[str]):
     quiet()
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     ranks = distributed.join()
     trainer = make(kind, batch, ranks, Path(work), boards[rank] if boards else None)
     parameters = sum(p.numel() for p in trainer.model.parameters())
-    seconds = step_seconds({"step": trainer}, steps)["step"]
+    spent = count_collective_seconds()
+    trainer.train_step()  # the first collectives wait for the slower rank's start
+    spent["seconds"] = 0.0
+    step = timed_steps({"step": trainer}, steps)["step"]
+    collectives = spent["seconds"] / (steps + 1)  # timed_steps' warm-up step included
     reduce = all_reduce_seconds(ranks, parameters)
+    measured = distributed.from_every_rank({"wall": step["wall"], "collectives": collectives}, ranks)
     if ranks.leader:
-        Path(work, f"{kind}.json").write_text(json.dumps({"step": seconds, "all_reduce": reduce}))
+        Path(work, f"{kind}.json").write_text(json.dumps({"ranks": measured, "all_reduce": reduce}))
     torch.distributed.barrier()  # no rank tears the group down while another still uses it
     torch.distributed.destroy_process_group()
 
 
 def on_two_ranks(kind: str, batch: int, steps: int, work: Path, boards: list[str] = ()) -> dict:
-    torch.multiprocessing.spawn(_rank, (2, free_port(), kind, batch, steps, str(work), list(boards)), nprocs=2)
-    return json.loads((work / f"{kind}.json").read_text())
+    """The 2-rank run, and the cores this program got around it."""
+    cores = []
+    with cores_around(cores):
+        torch.multiprocessing.spawn(_rank, (2, get_free_port(), kind, batch, steps, str(work), list(boards)), nprocs=2)
+    return json.loads((work / f"{kind}.json").read_text()) | {"cores": cores[0]}
+
+
+# ---- the model -------------------------------------------------------------------------------------------
 
 
 def collectives(kind: str, blocks: int) -> int:
@@ -128,21 +249,64 @@ def collectives(kind: str, blocks: int) -> int:
     return 3 * blocks + (blocks if kind == "hil" else 0) + 1
 
 
-def measure(kind: str, batch: int, steps: int, work: Path, boards: list[str] = ()) -> dict:
+def line(fit: dict, b: float) -> float:
+    return fit["fixed"] + fit["per_row"] * b
+
+
+def fit_line(at: dict) -> dict:
+    """The straight line through {rows: value} at two batch sizes."""
+    (b1, v1), (b2, v2) = sorted(at.items())
+    per_row = (v2 - v1) / (b2 - b1)
+    return {"fixed": v1 - per_row * b1, "per_row": per_row}
+
+
+def share(streams: float, cores: float) -> float:
+    """The share of a core each of `streams` CPU-bound streams gets when this program gets `cores`."""
+    return min(1.0, cores / streams)
+
+
+def predict(model: dict, n: int, cores: float, *, line_seconds_per_row: float = 0.0) -> float:
+    """T(N) of the module docstring; d (the fraction of a step a stream wants a core) solved with T."""
+    rows = model["batch"] / n
+    work, wait = line(model["work"], rows), line(model["wait"], rows) + line_seconds_per_row * rows
+    sync = model["collectives"] * (n - 1) * model["all_reduce"]
+    busy, step = 1.0, 0.0
+    for _ in range(50):
+        computing = work / share(1 + (n - 1) * busy, cores)
+        step = computing + wait + sync
+        busy = computing / step
+    return step
+
+
+def calibrate(kind: str, batch: int, one: dict, sigma: float, all_reduce: float) -> dict:
+    """The model's terms from the one-process steps at batch B and B/2, during which a stream got `sigma` of a
+    core (see the module docstring)."""
+    work = {rows: m["cpu"] + m["board_cpu"] for rows, m in one.items()}
+    wait = {rows: m["wall"] - work[rows] / sigma for rows, m in one.items()}
+    return {"batch": batch, "work": fit_line(work), "wait": fit_line(wait), "collectives": collectives(kind, 2),
+            "all_reduce": all_reduce, "sigma": sigma}
+
+
+def measure(kind: str, batch: int, steps: int, work: Path, boards: list[tuple[str, int]] = ()) -> dict:
     sizes = (batch // 2, batch)  # in the loop each on a board of its own
-    one = step_seconds({rows: make(kind, rows, None, work, boards[i] if boards else None)
-                        for i, rows in enumerate(sizes)}, steps)
-    two = on_two_ranks(kind, batch, steps, work, boards)
-    per_row = (one[batch] - one[batch // 2]) / (batch - batch // 2)
-    fixed = one[batch] - per_row * batch
-    k = collectives(kind, 2)
-    model = {n: fixed + per_row * batch / n + k * (n - 1) * two["all_reduce"] for n in BOARDS}
-    return {"one": one[batch], "half": one[batch // 2], "two": two["step"], "all_reduce": two["all_reduce"],
-            "fixed": fixed, "per_row": per_row, "collectives": k, "model": model}
+    trainers = {rows: make(kind, rows, None, work, boards[i][0] if boards else None) for i, rows in enumerate(sizes)}
+    if kind == "hil":  # host steps never wait: in turns with the others, their CPU share is a stream's σ
+        trainers["probe"] = make("host", batch, None, work, None)
+    cores = []
+    with cores_around(cores):
+        one = timed_steps(trainers, steps, {rows: boards[i][1] for i, rows in enumerate(sizes)} if boards else None)
+    sigma = one.pop("probe", one[batch])["share"]
+    two = on_two_ranks(kind, batch, steps, work, [uri for uri, _ in boards])
+    model = calibrate(kind, batch, one, sigma, two["all_reduce"])
+    measured_two = max(rank["wall"] for rank in two["ranks"])
+    return {"one": one, "cores_one": cores[0], "two": two, "measured_two": measured_two, "model": model,
+            "predicted_two": predict(model, 2, two["cores"]),
+            "dedicated": {n: predict(model, n, n) for n in BOARDS},
+            "here": {n: predict(model, n, os.cpu_count()) for n in BOARDS}}
 
 
 def wire_bytes_per_row(work: Path, board: str, batch: int) -> float:
-    """Bytes on the wire per batch row of a training step (the device's counters over a few steps)."""
+    """Bytes on the wire per batch row of a training step (the device's counters over a step)."""
     trainer = make("hil", batch, None, work, board)
     with trainer.device:
         trainer.train_step()
@@ -151,59 +315,86 @@ def wire_bytes_per_row(work: Path, board: str, batch: int) -> float:
         return (sum(c["wire_bytes"] for c in trainer.device.traffic.values()) - before) / batch
 
 
+def uart_projection(hil: dict, bytes_row: float) -> dict:
+    """In the loop with a board on a UART per rank, a core per rank: the pty's waits replaced by the line's."""
+    model = hil["model"] | {"wait": {"fixed": hil["model"]["wait"]["fixed"], "per_row": 0.0}}
+    return {baud: {n: predict(model, n, n, line_seconds_per_row=bytes_row * 10 / baud) for n in BOARDS}
+            for baud in BAUD_RATES}
+
+
+# ---- the report ------------------------------------------------------------------------------------------
+
+
 def plot(results: dict, uart: dict, batch: int) -> None:
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for kind, label in (("host", "host training"), ("hil", "in the loop, pty")):
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for kind, label in (("host", "host training"), ("hil", "in the loop, boards on ptys")):
         r = results[kind]
-        ax.plot(BOARDS, [1e3 * r["model"][n] for n in BOARDS], "-", label=f"{label}: model")
-        ax.plot([1, 2], [1e3 * r["one"], 1e3 * r["two"]], "o", color=ax.lines[-1].get_color(),
-                label=f"{label}: measured")
+        ax.plot(BOARDS, [1e3 * r["dedicated"][n] for n in BOARDS], "-", label=f"{label}: model, a core per rank")
+        color = ax.lines[-1].get_color()
+        ax.plot(BOARDS, [1e3 * r["here"][n] for n in BOARDS], ":", color=color,
+                label=f"{label}: model, {os.cpu_count()} cores shared")
+        ax.plot([1, 2], [1e3 * r["one"][batch]["wall"], 1e3 * r["measured_two"]], "o", color=color,
+                label=f"{label}: measured (busy machine)")
+        ax.plot([2], [1e3 * r["predicted_two"]], "x", color=color, markersize=9,
+                label=f"{label}: model at the measured load")
     for baud, model in uart.items():
         ax.plot(BOARDS, [1e3 * model[n] for n in BOARDS], "--", label=f"in the loop, UART {baud} Bd: model")
     ax.set(xscale="log", yscale="log", xlabel="ranks (boards)", ylabel="step time (ms)",
            title=f"step time against ranks, global batch {batch}")
     ax.set_xticks(BOARDS, [str(n) for n in BOARDS])
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6.5)
     fig.tight_layout()
     fig.savefig(PLOT, dpi=100)
     plt.close(fig)
 
 
 def report(results: dict, uart: dict, bytes_row: float, batch: int) -> str:
+    ms = 1e3
     lines = [(f"Global batch {batch}, BasicMotions, 2 blocks of 16 oscillators (16 features), gloo on localhost, "
-             f"1 thread a rank; load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
-             "(shared: the 2-rank times include waiting for a core)."), "",
-             ("| | 1 rank (ms) | 2 ranks (ms) | speed-up | efficiency | model, 2 ranks (ms) | measured / model | "
-             "all_reduce (ms) |"),
-             "|---|---|---|---|---|---|---|---|"]
+              f"1 thread a rank, {os.cpu_count()} cores shared with other programs (load average at the end "
+              f"{os.getloadavg()[0]:.1f})."), "",
+             ("| | 1 rank (ms) | 2 ranks (ms) | speed-up | efficiency | cores we got (K), 1 / 2 ranks | model, 2 ranks "
+              "(ms) | measured / model | in collectives, 2 ranks (ms a step) | all_reduce alone (ms) |"),
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for kind, label in (("host", "host training"), ("hil", "in the loop (2 simulated boards on ptys)")):
         r = results[kind]
-        speedup = r["one"] / r["two"]
-        lines.append(f"| {label} | {1e3 * r['one']:.1f} | {1e3 * r['two']:.1f} | {speedup:.2f} | {speedup / 2:.2f} | "
-                     f"{1e3 * r['model'][2]:.1f} | {r['two'] / r['model'][2]:.2f} | {1e3 * r['all_reduce']:.2f} |")
-    lines += ["", ("Model T(N) = h + s·B/N + k·a(N), fitted on one process at batch B and B/2 (not on the 2-rank "
-              "point it predicts):"), "",
-              "| | h (ms) | s (ms a row) | k | " + " | ".join(f"N={n} (ms)" for n in BOARDS) + " |",
-              "|---|---|---|---|" + "---|" * len(BOARDS)]
+        one, two = r["one"][batch]["wall"], r["measured_two"]
+        inside = max(rank["collectives"] for rank in r["two"]["ranks"])
+        lines.append(f"| {label} | {ms * one:.1f} | {ms * two:.1f} | {one / two:.2f} | {one / two / 2:.2f} | "
+                     f"{r['cores_one']:.2f} / {r['two']['cores']:.2f} | {ms * r['predicted_two']:.1f} | "
+                     f"{two / r['predicted_two']:.2f} | {ms * inside:.1f} | {ms * r['two']['all_reduce']:.3f} |")
+    lines += ["", "Calibration (one process, batch B and B/2; per step):", "",
+              "| | rows | wall (ms) | rank CPU (ms) | board CPU (ms) | in link calls (ms) |", "|---|---|---|---|---|---|"]
     for kind, r in results.items():
-        lines.append(f"| {kind} | {1e3 * r['fixed']:.1f} | {1e3 * r['per_row']:.2f} | {r['collectives']} | "
-                     + " | ".join(f"{1e3 * r['model'][n]:.1f}" for n in BOARDS) + " |")
-    for baud, model in uart.items():
-        lines.append(f"| in the loop, UART {baud} Bd | | | | " + " | ".join(f"{1e3 * model[n]:.0f}" for n in BOARDS)
+        for rows, m in sorted(r["one"].items()):
+            lines.append(f"| {kind} | {rows} | {ms * m['wall']:.1f} | {ms * m['cpu']:.1f} | {ms * m['board_cpu']:.1f} | "
+                         f"{ms * m['link']:.1f} |")
+    lines += ["", "Model terms (W: CPU work of a rank and its board, ℓ: waits with neither computing, k collectives of "
+              "a(N) = (N − 1)·a(2)) and projections (ms):", "",
+              "| | w₀ | w₁ (a row) | ℓ₀ | ℓ₁ (a row) | σ at 1 rank | k | "
+              + " | ".join(f"N={n}" for n in BOARDS) + " |", "|---|---|---|---|---|---|---|" + "---|" * len(BOARDS)]
+    for kind, r in results.items():
+        m = r["model"]
+        terms = (f"{ms * m['work']['fixed']:.1f} | {ms * m['work']['per_row']:.2f} | {ms * m['wait']['fixed']:.1f} | "
+                 f"{ms * m['wait']['per_row']:.2f} | {m['sigma']:.2f} | {m['collectives']}")
+        lines.append(f"| {kind}, a core per rank | {terms} | " + " | ".join(f"{ms * r['dedicated'][n]:.1f}" for n in BOARDS)
                      + " |")
-    lines += ["", f"A training step moves {bytes_row:.0f} wire bytes a batch row; on a UART that is "
-              + ", ".join(f"{1e3 * bytes_row * 10 / baud:.1f} ms a row at {baud} Bd" for baud in BAUD_RATES)
-              + ": the line, shared by nothing, divides by the number of boards, so in the loop the step time "
-              "falls nearly as 1/N until the fixed part and the all_reduces (N − 1 latencies a collective) "
-              "dominate. Plot: docs/scale.png.", "",
-              ("The model assumes a core for every rank and board. Here the ranks and the board simulators "
-               "share 2 cores with other jobs (the load above): a measured step includes waiting for a core, "
-               "and step times move between runs of this script by up to 2× (docs/scale.md), so on this "
-               "machine measured / model says how busy it was as much as how good the model is.")]
+        lines.append(f"| {kind}, {os.cpu_count()} cores shared, nothing else running | | | | | | | "
+                     + " | ".join(f"{ms * r['here'][n]:.1f}" for n in BOARDS) + " |")
+    for baud, model in uart.items():
+        lines.append(f"| in the loop, UART {baud} Bd, a core per rank | | | | | | | "
+                     + " | ".join(f"{ms * model[n]:.0f}" for n in BOARDS) + " |")
+    verdict = {kind: abs(r["measured_two"] / r["predicted_two"] - 1) <= TOLERANCE for kind, r in results.items()}
+    lines += ["", (f"Validation: measured / model at 2 ranks within ±{TOLERANCE:.0%}: "
+                   + ", ".join(f"{kind} {'yes' if ok else 'no'}" for kind, ok in verdict.items()) + "."), "",
+              f"A training step moves {bytes_row:.0f} wire bytes a batch row; on a UART that is "
+              + ", ".join(f"{ms * bytes_row * 10 / baud:.1f} ms a row at {baud} Bd" for baud in BAUD_RATES)
+              + ": the line divides by the number of boards, so in the loop the step time falls nearly as 1/N until "
+              "the fixed part and the all_reduces (N − 1 latencies a collective) dominate. Plot: docs/scale.png."]
     return "\n".join(lines)
 
 
@@ -214,17 +405,21 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="replace this script's section of docs/results.md")
     args = parser.parse_args()
     quiet()
-    with tempfile.TemporaryDirectory() as temporary, simulated_board() as first, simulated_board() as second:
+    with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
         tiny = ["--steps", "20", "--set", "eval_every=10", "--no-progress", *(a for s in MODEL for a in ("--set", s))]
         assert echoforge(["train", *tiny, "-o", str(work / "source")]) == 0
         assert echoforge(["compile", str(work / "source"), "--target", "emulator", "-o", str(work / "program"),
                           "--no-progress"]) == 0
-        results = {"host": measure("host", args.batch, args.steps, work),
-                   "hil": measure("hil", args.batch, args.steps, work, [first, second])}
-        bytes_row = wire_bytes_per_row(work, first, args.batch)
-    hil = results["hil"]
-    uart = {baud: {n: hil["model"][n] + bytes_row * 10 / baud * args.batch / n for n in BOARDS} for baud in BAUD_RATES}
+        results = {"host": measure("host", args.batch, args.steps, work)}
+        known = children()
+        with simulated_board() as first:
+            first_pid = new_child(known)
+            with simulated_board() as second:
+                boards = [(first, first_pid), (second, new_child(known | {first_pid}))]
+                results["hil"] = measure("hil", args.batch, args.steps, work, boards)
+                bytes_row = wire_bytes_per_row(work, first, args.batch)
+    uart = uart_projection(results["hil"], bytes_row)
     plot(results, uart, args.batch)
     body = report(results, uart, bytes_row, args.batch)
     print(body)
