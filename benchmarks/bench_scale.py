@@ -41,12 +41,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -106,40 +106,44 @@ def _processes() -> dict[int, tuple[int, str]]:
     return table
 
 
-SPIN = """import time
-cpu, wall = time.process_time(), time.perf_counter()
-while time.perf_counter() - wall < {seconds}:
-    pass
-print((time.process_time() - cpu) / (time.perf_counter() - wall))
-"""
-
-
-def cores_available(seconds: float = 1.0) -> float:
-    """The cores this program gets right now: as many processes as cores spin for `seconds`; the sum of their
-    CPU seconds over the wall."""
-    spinners = [subprocess.Popen([sys.executable, "-c", SPIN.format(seconds=seconds)], stdout=subprocess.PIPE,
-                                 text=True) for _ in range(os.cpu_count())]
-    return sum(float(spinner.communicate()[0]) for spinner in spinners)
-
-
-@contextmanager
-def cores_around(measured: list):
-    """Appends to `measured` the mean of cores_available() just before and just after the block."""
-    before = cores_available()
-    yield
-    measured.append((before + cores_available()) / 2)
+def _children() -> set[int]:
+    return {pid for pid, (parent, _) in _processes().items() if parent == os.getpid()}
 
 
 def new_child(known: set[int]) -> int:
     """The one child of this process not in `known` (the board simulator just started)."""
-    table = _processes()
-    children = {pid for pid, (parent, _) in table.items() if parent == os.getpid()} - known
+    children = _children() - known
     assert len(children) == 1, children
     return children.pop()
 
 
-def children() -> set[int]:
-    return {pid for pid, (parent, _) in _processes().items() if parent == os.getpid()}
+SPINNER = """import sys, time
+for line in sys.stdin:
+    cpu, wall = time.process_time(), time.perf_counter()
+    while time.perf_counter() - wall < float(line):
+        pass
+    print((time.process_time() - cpu) / (time.perf_counter() - wall), flush=True)
+"""
+
+
+class Spinners:
+    """As many processes as cores, each spinning on request: the cores this program gets right now (K) is the
+    sum of their CPU seconds over the wall."""
+
+    def __init__(self):
+        self.processes = [subprocess.Popen([sys.executable, "-c", SPINNER], stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE, text=True) for _ in range(os.cpu_count())]
+
+    def cores(self, seconds: float = 0.1) -> float:
+        for process in self.processes:
+            process.stdin.write(f"{seconds}\n")
+            process.stdin.flush()
+        return sum(float(process.stdout.readline()) for process in self.processes)
+
+    def close(self) -> None:
+        for process in self.processes:
+            process.stdin.close()
+            process.wait()
 
 
 # ---- trainers and steps ----------------------------------------------------------------------------------
@@ -157,34 +161,23 @@ def make(kind: str, batch: int, ranks, work: Path, board: str | None):
                                     fidelity_every=0, mixin=BoardParallel)
 
 
-def timed_steps(trainers: dict, steps: int, boards: dict | None = None) -> dict:
-    """Per trainer, after one warm-up step, the trainers taking turns step by step (a busy spell on a shared
-    machine hits them all): median wall seconds of a step and of its CPU seconds over its wall (the share of a
-    core this process got, for a step that never waits), and per step on average the CPU seconds of this
-    process and of the trainer's board simulator (boards: name → pid) and the seconds in link calls.
-    Closes the board sessions."""
-    boards = boards or {}
-    totals = {name: {"wall": [], "share": [], "cpu": 0.0, "board_cpu": 0.0, "link": 0.0} for name in trainers}
-    try:
-        for trainer in trainers.values():
-            trainer.train_step()
-        for _ in range(steps):
-            for name, trainer in trainers.items():
-                link = trainer.device.link_seconds() if isinstance(trainer, HILTrainer) else 0.0
-                board = cpu_seconds(boards[name]) if name in boards else 0.0
-                cpu, wall = time.process_time(), time.perf_counter()
-                trainer.train_step()
-                totals[name]["wall"].append(time.perf_counter() - wall)
-                totals[name]["share"].append((time.process_time() - cpu) / totals[name]["wall"][-1])
-                totals[name]["cpu"] += time.process_time() - cpu
-                totals[name]["board_cpu"] += cpu_seconds(boards[name]) - board if name in boards else 0.0
-                totals[name]["link"] += trainer.device.link_seconds() - link if isinstance(trainer, HILTrainer) else 0.0
-    finally:
-        for trainer in trainers.values():
-            if isinstance(trainer, HILTrainer):
-                trainer.device.close()
-    return {name: {"wall": statistics.median(t["wall"]), "share": statistics.median(t["share"]), "cpu": t["cpu"] / steps,
-                   "board_cpu": t["board_cpu"] / steps, "link": t["link"] / steps} for name, t in totals.items()}
+def one_step(trainer, board_pid: int | None = None) -> dict:
+    """A train_step's wall seconds, CPU seconds of this process and of the board simulator, seconds in link
+    calls, and the share of a core this process got (CPU over wall: for a step that never waits)."""
+    hil = isinstance(trainer, HILTrainer)
+    link = trainer.device.link_seconds() if hil else 0.0
+    board = cpu_seconds(board_pid) if board_pid else 0.0
+    cpu, wall = time.process_time(), time.perf_counter()
+    trainer.train_step()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"wall": wall, "cpu": cpu, "share": cpu / wall, "board_cpu": cpu_seconds(board_pid) - board if board_pid else 0.0,
+            "link": trainer.device.link_seconds() - link if hil else 0.0}
+
+
+def summarize(steps: list[dict]) -> dict:
+    """Medians of wall and share, means of the CPU and link seconds."""
+    return {key: (statistics.median if key in ("wall", "share") else statistics.mean)([s[key] for s in steps])
+            for key in steps[0]}
 
 
 def all_reduce_seconds(ranks, size: int, repeats: int = 200) -> float:
@@ -214,31 +207,72 @@ def count_collective_seconds() -> dict:
     return spent
 
 
-def _rank(rank: int, size: int, port: int, kind: str, batch: int, steps: int, work: str, boards: list[str]):
+class Alone:
+    """Rank 0's one-process side of the run: the trainers at B/2 and B (in the loop each on a board of its own),
+    the host step that measures a stream's share of a core, and the spinners that measure K."""
+
+    def __init__(self, kind: str, batch: int, work: Path, boards: list[tuple[str, int]]):
+        self.trainers = {rows: make(kind, rows, None, work, boards[i][0] if boards else None)
+                         for i, rows in enumerate((batch // 2, batch))}
+        self.pids = {rows: boards[i][1] for i, rows in enumerate((batch // 2, batch))} if boards else {}
+        self.probe = make("host", batch, None, work / "probe", None) if kind == "hil" else self.trainers[batch]
+        self.spinners = Spinners()
+        self.steps = {rows: [] for rows in self.trainers} | {"probe": [], "cores": []}
+
+    def turn(self, record: bool = True) -> None:
+        taken = {rows: one_step(trainer, self.pids.get(rows)) for rows, trainer in self.trainers.items()}
+        taken["probe"] = taken[max(self.trainers)] if self.probe is self.trainers[max(self.trainers)] else one_step(self.probe)
+        taken["cores"] = self.spinners.cores()
+        if record:
+            for key, value in taken.items():
+                self.steps[key].append(value)
+
+    def results(self) -> dict:
+        self.spinners.close()
+        for trainer in self.trainers.values():
+            if isinstance(trainer, HILTrainer):
+                trainer.device.close()
+        return {"one": {rows: summarize(self.steps[rows]) for rows in self.trainers},
+                "sigma": statistics.median(step["share"] for step in self.steps["probe"]),
+                "cores": statistics.median(self.steps["cores"])}
+
+
+def _rank(rank: int, size: int, port: int, kind: str, batch: int, steps: int, work: str, boards: list[str],
+          alone_boards: list[tuple[str, int]]):
+    """One rank of the side-by-side run: turn by turn, a 2-rank step, then (rank 0, the other rank waiting at a
+    barrier) one step of each one-process trainer and a measure of K, so both see the same machine."""
     quiet()
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     ranks = distributed.join()
+    barrier = torch.distributed.barrier
     trainer = make(kind, batch, ranks, Path(work), boards[rank] if boards else None)
-    parameters = sum(p.numel() for p in trainer.model.parameters())
+    alone = Alone(kind, batch, Path(work), alone_boards) if ranks.leader else None
     spent = count_collective_seconds()
-    trainer.train_step()  # the first collectives wait for the slower rank's start
-    spent["seconds"] = 0.0
-    step = timed_steps({"step": trainer}, steps)["step"]
-    collectives = spent["seconds"] / (steps + 1)  # timed_steps' warm-up step included
-    reduce = all_reduce_seconds(ranks, parameters)
-    measured = distributed.from_every_rank({"wall": step["wall"], "collectives": collectives}, ranks)
+    together = []
+    for turn in range(steps + 1):  # turn 0 warms up
+        barrier()
+        before = spent["seconds"]
+        together.append(one_step(trainer) | {"collectives": spent["seconds"] - before})
+        barrier()
+        if alone:
+            alone.turn(record=turn > 0)
+        barrier()
+    reduce = all_reduce_seconds(ranks, sum(p.numel() for p in trainer.model.parameters()))
+    measured = distributed.from_every_rank(summarize(together[1:]), ranks)
     if ranks.leader:
-        Path(work, f"{kind}.json").write_text(json.dumps({"ranks": measured, "all_reduce": reduce}))
-    torch.distributed.barrier()  # no rank tears the group down while another still uses it
+        Path(work, f"{kind}.json").write_text(json.dumps({"ranks": measured, "all_reduce": reduce} | alone.results()))
+    barrier()  # no rank tears the group down while another still uses it
     torch.distributed.destroy_process_group()
 
 
-def on_two_ranks(kind: str, batch: int, steps: int, work: Path, boards: list[str] = ()) -> dict:
-    """The 2-rank run, and the cores this program got around it."""
-    cores = []
-    with cores_around(cores):
-        torch.multiprocessing.spawn(_rank, (2, get_free_port(), kind, batch, steps, str(work), list(boards)), nprocs=2)
-    return json.loads((work / f"{kind}.json").read_text()) | {"cores": cores[0]}
+def side_by_side(kind: str, batch: int, steps: int, work: Path, boards: list[tuple[str, int]] = ()) -> dict:
+    """The 2-rank run on the first two boards, with the one-process measurements taken in turns with its
+    steps on the other two."""
+    args = (2, get_free_port(), kind, batch, steps, str(work), [uri for uri, _ in boards[:2]], list(boards[2:]))
+    torch.multiprocessing.spawn(_rank, args, nprocs=2)
+    measured = json.loads((work / f"{kind}.json").read_text())
+    measured["one"] = {int(rows): m for rows, m in measured["one"].items()}
+    return measured
 
 
 # ---- the model -------------------------------------------------------------------------------------------
@@ -288,21 +322,12 @@ def calibrate(kind: str, batch: int, one: dict, sigma: float, all_reduce: float)
 
 
 def measure(kind: str, batch: int, steps: int, work: Path, boards: list[tuple[str, int]] = ()) -> dict:
-    sizes = (batch // 2, batch)  # in the loop each on a board of its own
-    trainers = {rows: make(kind, rows, None, work, boards[i][0] if boards else None) for i, rows in enumerate(sizes)}
-    if kind == "hil":  # host steps never wait: in turns with the others, their CPU share is a stream's σ
-        trainers["probe"] = make("host", batch, None, work, None)
-    cores = []
-    with cores_around(cores):
-        one = timed_steps(trainers, steps, {rows: boards[i][1] for i, rows in enumerate(sizes)} if boards else None)
-    sigma = one.pop("probe", one[batch])["share"]
-    two = on_two_ranks(kind, batch, steps, work, [uri for uri, _ in boards])
-    model = calibrate(kind, batch, one, sigma, two["all_reduce"])
-    measured_two = max(rank["wall"] for rank in two["ranks"])
-    return {"one": one, "cores_one": cores[0], "two": two, "measured_two": measured_two, "model": model,
-            "predicted_two": predict(model, 2, two["cores"]),
-            "dedicated": {n: predict(model, n, n) for n in BOARDS},
-            "here": {n: predict(model, n, os.cpu_count()) for n in BOARDS}}
+    run = side_by_side(kind, batch, steps, work, boards)
+    model = calibrate(kind, batch, run["one"], run["sigma"], run["all_reduce"])
+    measured_two = max(rank["wall"] for rank in run["ranks"])
+    return run | {"measured_two": measured_two, "model": model, "predicted_two": predict(model, 2, run["cores"]),
+                  "dedicated": {n: predict(model, n, n) for n in BOARDS},
+                  "here": {n: predict(model, n, os.cpu_count()) for n in BOARDS}}
 
 
 def wire_bytes_per_row(work: Path, board: str, batch: int) -> float:
@@ -338,7 +363,7 @@ def plot(results: dict, uart: dict, batch: int) -> None:
         ax.plot(BOARDS, [1e3 * r["here"][n] for n in BOARDS], ":", color=color,
                 label=f"{label}: model, {os.cpu_count()} cores shared")
         ax.plot([1, 2], [1e3 * r["one"][batch]["wall"], 1e3 * r["measured_two"]], "o", color=color,
-                label=f"{label}: measured (busy machine)")
+                label=f"{label}: measured (shared machine)")
         ax.plot([2], [1e3 * r["predicted_two"]], "x", color=color, markersize=9,
                 label=f"{label}: model at the measured load")
     for baud, model in uart.items():
@@ -352,29 +377,31 @@ def plot(results: dict, uart: dict, batch: int) -> None:
     plt.close(fig)
 
 
-def report(results: dict, uart: dict, bytes_row: float, batch: int) -> str:
+def report(results: dict, uart: dict, bytes_row: float, batch: int, steps: int) -> str:
     ms = 1e3
     lines = [(f"Global batch {batch}, BasicMotions, 2 blocks of 16 oscillators (16 features), gloo on localhost, "
               f"1 thread a rank, {os.cpu_count()} cores shared with other programs (load average at the end "
-              f"{os.getloadavg()[0]:.1f})."), "",
-             ("| | 1 rank (ms) | 2 ranks (ms) | speed-up | efficiency | cores we got (K), 1 / 2 ranks | model, 2 ranks "
-              "(ms) | measured / model | in collectives, 2 ranks (ms a step) | all_reduce alone (ms) |"),
-             "|---|---|---|---|---|---|---|---|---|---|"]
+              f"{os.getloadavg()[0]:.1f}). Side by side: turn by turn ({steps} turns), a 2-rank step, then one step "
+              "of each one-process trainer and a measure of K; medians. σ(1): the share of a core a stream got at 1 "
+              "rank (host steps' CPU over wall); K: the cores this program got (spinners)."), "",
+             ("| | 1 rank (ms) | 2 ranks (ms) | speed-up | efficiency | σ(1) | K (cores) | model, 2 ranks (ms) | "
+              "measured / model | in collectives, 2 ranks (ms a step) | all_reduce alone (ms) |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for kind, label in (("host", "host training"), ("hil", "in the loop (2 simulated boards on ptys)")):
         r = results[kind]
         one, two = r["one"][batch]["wall"], r["measured_two"]
-        inside = max(rank["collectives"] for rank in r["two"]["ranks"])
+        inside = max(rank["collectives"] for rank in r["ranks"])
         lines.append(f"| {label} | {ms * one:.1f} | {ms * two:.1f} | {one / two:.2f} | {one / two / 2:.2f} | "
-                     f"{r['cores_one']:.2f} / {r['two']['cores']:.2f} | {ms * r['predicted_two']:.1f} | "
-                     f"{two / r['predicted_two']:.2f} | {ms * inside:.1f} | {ms * r['two']['all_reduce']:.3f} |")
+                     f"{r['sigma']:.2f} | {r['cores']:.2f} | {ms * r['predicted_two']:.1f} | "
+                     f"{two / r['predicted_two']:.2f} | {ms * inside:.1f} | {ms * r['all_reduce']:.3f} |")
     lines += ["", "Calibration (one process, batch B and B/2; per step):", "",
               "| | rows | wall (ms) | rank CPU (ms) | board CPU (ms) | in link calls (ms) |", "|---|---|---|---|---|---|"]
     for kind, r in results.items():
         for rows, m in sorted(r["one"].items()):
             lines.append(f"| {kind} | {rows} | {ms * m['wall']:.1f} | {ms * m['cpu']:.1f} | {ms * m['board_cpu']:.1f} | "
                          f"{ms * m['link']:.1f} |")
-    lines += ["", "Model terms (W: CPU work of a rank and its board, ℓ: waits with neither computing, k collectives of "
-              "a(N) = (N − 1)·a(2)) and projections (ms):", "",
+    lines += ["", ("Model terms (W: CPU work of a rank and its board, ℓ: waits with neither computing, k collectives of "
+              "a(N) = (N − 1)·a(2)) and projections (ms):"), "",
               "| | w₀ | w₁ (a row) | ℓ₀ | ℓ₁ (a row) | σ at 1 rank | k | "
               + " | ".join(f"N={n}" for n in BOARDS) + " |", "|---|---|---|---|---|---|---|" + "---|" * len(BOARDS)]
     for kind, r in results.items():
@@ -405,23 +432,23 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="replace this script's section of docs/results.md")
     args = parser.parse_args()
     quiet()
-    with tempfile.TemporaryDirectory() as temporary:
+    with tempfile.TemporaryDirectory() as temporary, ExitStack() as stack:
         work = Path(temporary)
         tiny = ["--steps", "20", "--set", "eval_every=10", "--no-progress", *(a for s in MODEL for a in ("--set", s))]
         assert echoforge(["train", *tiny, "-o", str(work / "source")]) == 0
         assert echoforge(["compile", str(work / "source"), "--target", "emulator", "-o", str(work / "program"),
                           "--no-progress"]) == 0
         results = {"host": measure("host", args.batch, args.steps, work)}
-        known = children()
-        with simulated_board() as first:
-            first_pid = new_child(known)
-            with simulated_board() as second:
-                boards = [(first, first_pid), (second, new_child(known | {first_pid}))]
-                results["hil"] = measure("hil", args.batch, args.steps, work, boards)
-                bytes_row = wire_bytes_per_row(work, first, args.batch)
+        boards = []  # two for the ranks, two for the one-process trainers
+        for _ in range(4):
+            known = {pid for _, pid in boards} | set(_children())
+            uri = stack.enter_context(simulated_board())
+            boards.append((uri, new_child(known)))
+        results["hil"] = measure("hil", args.batch, args.steps, work, boards)
+        bytes_row = wire_bytes_per_row(work, boards[0][0], args.batch)
     uart = uart_projection(results["hil"], bytes_row)
     plot(results, uart, args.batch)
-    body = report(results, uart, bytes_row, args.batch)
+    body = report(results, uart, bytes_row, args.batch, args.steps)
     print(body)
     if args.write:
         write_section("bench_scale", "## Scale-out: ranks and boards (bench_scale)\n\n" + body)
