@@ -77,7 +77,7 @@ module ef_engine #(
     reg                epoch_drawn;
     reg [ROM_AW-1:0]   rom_base, rom_at, rom_end;  // a constant payload: ROM bytes rom_at .. rom_end − 1
     reg                error_response;
-    reg [31:0]         response_length;
+    reg [15:0]         response_length;  // ≤ the response buffer (2^TX_AW ≤ 2^16 bytes)
     reg                clear_pending;    // RESET executed: clear the command state (one clock)
 
     // Fixed fields after the epoch, per command (commands.REQUEST_FIELDS); −1: not a core command.
@@ -99,7 +99,8 @@ module ef_engine #(
         endcase
     end
     wire [31:0] request_epoch = f_fields[31:0];
-    wire [31:0] fixed_length  = 32'd4 + {{27{fixed[4]}}, fixed};
+    wire [15:0] f_bytes       = f_length[15:0];   // ef_frame_rx passes no payload beyond its buffer (≤ 2^16 bytes)
+    wire [15:0] fixed_length  = 16'd4 + {{11{fixed[4]}}, fixed};
     wire        epoch_byte    = (rom_at >= HELLO_AT + 4) && (rom_at < HELLO_AT + 8);
     wire [1:0]  epoch_index   = rom_at[1:0] - HELLO_AT[1:0];
     wire [ROM_AW-1:0] error_at  = error_entry(cmd_code) >> ROM_AW;
@@ -107,7 +108,7 @@ module ef_engine #(
 
     assign accept    = !held && !frame;
     assign busy      = (state != IDLE) || !tx_idle || nack_pending || held;
-    assign cmd_start = (state == EXECUTE) && CORE && fixed >= 0 && f_length >= fixed_length && request_epoch == epoch;
+    assign cmd_start = (state == EXECUTE) && CORE && fixed >= 0 && f_bytes >= fixed_length && request_epoch == epoch;
     assign cmd_clear = clear_pending;
     assign tx_start  = (state == NACK) || (state == ACK) || (state == RESPOND);
     assign tx_region = (state != RESPOND);
@@ -115,7 +116,7 @@ module ef_engine #(
     assign tx_flags  = (state == RESPOND && error_response) ? ERROR_FLAG : 8'd0;
     assign tx_seq    = (state == NACK) ? 16'd0 : f_seq;
     assign tx_opcode = (state == RESPOND) ? (f_opcode | 16'h8000) : 16'd0;
-    assign tx_length = (state == RESPOND) ? response_length : 32'd0;
+    assign tx_length = (state == RESPOND) ? {16'd0, response_length} : 32'd0;
     assign tx_we     = (state == COPY && rom_at != rom_end) || (state == COMMAND && cmd_we);
     wire [ROM_AW-1:0] rom_offset = rom_at - rom_base;
     assign tx_addr   = (state == COMMAND) ? cmd_addr : rom_offset;
@@ -131,7 +132,7 @@ module ef_engine #(
             rom_base        <= at;
             rom_at          <= at;
             rom_end         <= at + length;
-            response_length <= {{(32 - ROM_AW){1'b0}}, length};
+            response_length <= {{(16 - ROM_AW){1'b0}}, length};
             error_response  <= error;
             state           <= COPY;
         end
@@ -174,24 +175,24 @@ module ef_engine #(
                 ACK_WAIT: if (tx_idle) state <= EXECUTE;
                 EXECUTE:
                     if (f_opcode == HELLO) begin
-                        if (f_length != 32'd0) answer(BAD_PAYLOAD_AT, BAD_PAYLOAD_LEN, 1'b1);
+                        if (f_bytes != 16'd0) answer(BAD_PAYLOAD_AT, BAD_PAYLOAD_LEN, 1'b1);
                         else answer(HELLO_AT, HELLO_LEN, 1'b0);
                     end else if (f_opcode == RESET) begin
-                        if (f_length < 32'd4) answer(BAD_PAYLOAD_AT, BAD_PAYLOAD_LEN, 1'b1);
+                        if (f_bytes < 16'd4) answer(BAD_PAYLOAD_AT, BAD_PAYLOAD_LEN, 1'b1);
                         else if (request_epoch != epoch) answer(STALE_EPOCH_AT, STALE_EPOCH_LEN, 1'b1);
-                        else if (f_length != 32'd4) answer(BAD_PAYLOAD_AT, BAD_PAYLOAD_LEN, 1'b1);
+                        else if (f_bytes != 16'd4) answer(BAD_PAYLOAD_AT, BAD_PAYLOAD_LEN, 1'b1);
                         else begin
                             clear_pending <= 1'b1;
                             answer(EMPTY_AT, 0, 1'b0);
                         end
                     end else if (!CORE || fixed < 0) answer(UNKNOWN_OPCODE_AT, UNKNOWN_OPCODE_LEN, 1'b1);
-                    else if (f_length < fixed_length) answer(BAD_PAYLOAD_AT, BAD_PAYLOAD_LEN, 1'b1);
+                    else if (f_bytes < fixed_length) answer(BAD_PAYLOAD_AT, BAD_PAYLOAD_LEN, 1'b1);
                     else if (request_epoch != epoch) answer(STALE_EPOCH_AT, STALE_EPOCH_LEN, 1'b1);
                     else state <= COMMAND;                  // cmd_start is high in this clock
                 COMMAND: if (cmd_done) begin
                     if (cmd_failed) answer(error_at, error_len, 1'b1);
                     else begin
-                        response_length <= cmd_length;
+                        response_length <= cmd_length[15:0];
                         error_response  <= 1'b0;
                         state           <= RESPOND;
                     end

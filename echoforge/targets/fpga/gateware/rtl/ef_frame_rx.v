@@ -40,8 +40,9 @@ module ef_frame_rx #(
     reg [7:0]  header [0:10];
     reg [7:0]  fields [0:15];
     reg [1:0]  mode;
-    reg [17:0] encoded;      // bytes of the chunk so far
-    reg [17:0] decoded;      // frame bytes decoded so far
+    localparam integer EW = $clog2(ENC_LIMIT_COUNT + 1);   // a chunk's bytes: at most ENC_LIMIT
+    reg [EW-1:0] encoded;    // bytes of the chunk so far
+    reg [EW-1:0] decoded;    // frame bytes decoded so far (≤ encoded)
     reg [7:0]  remaining;    // bytes left in the current COBS block
     reg        in_block;     // a code byte has been read
     reg        block_full;   // the current block's code is 0xFF: no zero follows it
@@ -62,12 +63,12 @@ module ef_frame_rx #(
     wire        is_code     = (remaining == 8'd0);
     wire        emit        = is_code ? (in_block && !block_full) : 1'b1;  // a code byte emits the zero the previous block implies
     wire [7:0]  emit_byte   = is_code ? 8'd0 : in_data;
-    wire [17:0] payload_len = decoded - 18'd15;
+    wire [EW-1:0] payload_len = decoded - 18'd15;
     wire        valid_frame = (remaining == 8'd0) && (decoded >= 18'd15) && (crc == CRC_RESIDUE)
                               && (header[0] == 8'hE1) && (header[1] >= 8'd1) && (header[1] <= 8'd3)
                               && (f_length == {14'd0, payload_len}) && ({14'd0, payload_len} <= MAX_REQ);
 
-    wire [17:0] payload_index = decoded - 18'd11;   // where the byte being decoded goes in the buffer
+    wire [EW-1:0] payload_index = decoded - 18'd11;   // where the byte being decoded goes in the buffer
     wire [4:0]  field_index   = decoded[4:0] - 5'd11;
 
     // The buffer is written while a chunk is collected and read while the engine answers its frame, and

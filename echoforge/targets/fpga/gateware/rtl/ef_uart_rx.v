@@ -19,7 +19,7 @@ module ef_uart_rx #(
 
     reg        rx_meta, rx_sync;   // two-flop synchronizer of the asynchronous line
     reg [1:0]  state;
-    reg [15:0] count;
+    reg [$clog2(CLKS_PER_BIT)-1:0] count;   // clocks into the bit
     reg [2:0]  bit_index;
     reg [7:0]  shift;
 

@@ -15,7 +15,7 @@ module ef_uart_tx #(
 
     reg [9:0]  shift;      // stop bit, data LSB first, start bit: shifted out from bit 0
     reg [3:0]  bits_left;
-    reg [15:0] count;
+    reg [$clog2(CLKS_PER_BIT)-1:0] count;   // clocks into the bit
 
     assign ready = (bits_left == 4'd0);
     assign tx    = (bits_left == 4'd0) ? 1'b1 : shift[0];
