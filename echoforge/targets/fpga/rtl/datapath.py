@@ -105,16 +105,15 @@ class _Builder:
         return self.p.wire(name, w + 1 - shift, stage, f"{{{biased}}} >>> {shift}")
 
     def clamp(self, name: str, x: str, stage: int) -> tuple[str, str]:
-        """(clamp(x, ±lim) in W bits, the flag that it clamped). The limit is 2^(W−1) − 1, so the
-        compares are bit tests, not carry chains: above it, x is not negative and a bit over W − 2 is
-        set; below −lim, x is negative and not (every bit over W − 2 set and a lower bit set)."""
+        """(clamp(x, ±lim) in W bits, the flag that it clamped). The limit is 2^(W−1) − 1, so "above it"
+        is a bit test (x not negative and a bit over W − 2 set); "below −lim" is a compare, which Yosys
+        builds as a carry chain: shorter than the OR of x's W − 1 low bits the bit test would need."""
         w, width = self.p.width(x), self.w
         if w <= width:  # x can never exceed it
             return self.p.wire(name, width, stage, f"{{{x}}}"), self.p.wire(f"{name}_sat", 1, stage, "1'b0", signed=False)
-        high = f"{{{x}}}[{w - 2}:{width - 1}]"
-        over = self.p.wire(f"{name}_over", 1, stage, f"~{{{x}}}[{w - 1}] & (|{high})", signed=False)
-        under = self.p.wire(f"{name}_under", 1, stage,
-                            f"{{{x}}}[{w - 1}] & ~((&{high}) & (|{{{x}}}[{width - 2}:0]))", signed=False)
+        over = self.p.wire(f"{name}_over", 1, stage, f"~{{{x}}}[{w - 1}] & (|{{{x}}}[{w - 2}:{width - 1}])",
+                           signed=False)
+        under = self.p.wire(f"{name}_under", 1, stage, f"{{{x}}} < {literal(-self.lim, w)}", signed=False)
         value = self.p.wire(name, width, stage, f"{{{over}}} ? {literal(self.lim, width)} : "
                                                f"({{{under}}} ? {literal(-self.lim, width)} : {{{x}}}[{width - 1}:0])")
         return value, self.p.wire(f"{name}_sat", 1, stage, f"{{{over}}} | {{{under}}}", signed=False)

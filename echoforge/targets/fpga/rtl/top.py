@@ -244,10 +244,11 @@ end
 wire [LB:0] slots = (lanes > DEPTH) ? lanes : DEPTH;
 
 // ---- lane issue (limits registered at START, so no compare against a subtraction sits on the issue path) ----
-reg [LB:0] slot, slot_last, lane_last;
+reg [LB:0] slot, slot_before_last, lane_last;
 reg [31:0] steps_left;  // after the current step
 reg [OB-1:0] osc_count, osc_last;
 reg sigma_count, slot_live, first_step, last_step;
+reg last_slot;  // the slot issuing now is the step's last (a register: it enables the step's counters)
 reg signed [W-1:0] f_hold, q_hold;
 wire need_in = slot_live && !(mode && sigma_count);
 wire out_pending;
@@ -266,26 +267,26 @@ wire [OB-1:0] osc = osc_count;
 wire signed [W-1:0] f = sigma_count ? f_hold : in_f;
 wire signed [W-1:0] q = !mode ? {W{1'b0}} : (sigma_count ? q_hold : in_q);
 always @(posedge clk) if (advance && need_in) begin f_hold <= in_f; q_hold <= in_q; end
-wire last_slot = slot == slot_last;
 always @(posedge clk) begin
     if (rst) begin
         running <= 1'b0; busy_r <= 1'b0; slot_live <= 1'b0; drain <= 8'd0; cycles <= 32'd0;
     end else if (start) begin
         running <= steps != 32'd0; busy_r <= steps != 32'd0; slot_live <= steps != 32'd0; first_step <= 1'b1;
-        slot <= 0; osc_count <= 0; sigma_count <= 1'b0; cycles <= 32'd0;
+        slot <= 0; last_slot <= 1'b0; osc_count <= 0; sigma_count <= 1'b0; cycles <= 32'd0;
         steps_left <= steps - 32'd1; last_step <= steps == 32'd1;
-        slot_last <= slots - 1'b1; lane_last <= lanes - 1'b1;
+        slot_before_last <= slots - 2'd2; lane_last <= lanes - 1'b1;  // slots ≥ DEPTH ≥ 2
         osc_last <= oscillators[OB-1:0] - 1'b1;
     end else begin
         if (busy) cycles <= cycles + 32'd1;
         if (running && advance) begin
             if (last_slot) begin
-                slot <= 0; osc_count <= 0; sigma_count <= 1'b0; first_step <= 1'b0;
+                slot <= 0; last_slot <= 1'b0; osc_count <= 0; sigma_count <= 1'b0; first_step <= 1'b0;
                 steps_left <= steps_left - 32'd1; last_step <= steps_left == 32'd1;
                 slot_live <= !last_step;
                 if (last_step) begin running <= 1'b0; drain <= LAST; end
             end else begin
                 slot <= slot + 1'b1;
+                last_slot <= slot == slot_before_last;
                 slot_live <= slot_live && slot != lane_last;
                 if (mode && !sigma_count) sigma_count <= 1'b1;
                 else begin
