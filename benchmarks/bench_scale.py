@@ -355,7 +355,7 @@ def plot(results: dict, uart: dict, batch: int) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(11, 4.8))
     for kind, label in (("host", "host training"), ("hil", "in the loop, boards on ptys")):
         r = results[kind]
         ax.plot(BOARDS, [1e3 * r["dedicated"][n] for n in BOARDS], "-", label=f"{label}: model, a core per rank")
@@ -371,7 +371,7 @@ def plot(results: dict, uart: dict, batch: int) -> None:
     ax.set(xscale="log", yscale="log", xlabel="ranks (boards)", ylabel="step time (ms)",
            title=f"step time against ranks, global batch {batch}")
     ax.set_xticks(BOARDS, [str(n) for n in BOARDS])
-    ax.legend(fontsize=6.5)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(PLOT, dpi=100)
     plt.close(fig)

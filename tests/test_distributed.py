@@ -1,12 +1,15 @@
 """Scale-out on torch.distributed (issue 12): `echoforge train --nproc 2` and `echoforge hil train` with two
 simulated boards end where one process / one board does on the same global batch (dropout on), a run
-resumes on another number of ranks, a board killed mid-run stops the run with one line naming it and the
-run resumes with the board back to the uninterrupted run's parameters bit for bit; bad inputs are one line.
+resumes on another number of ranks, a board killed mid-run stops the run with one line naming it and a
+checkpoint of its last completed step, from which it resumes with the board back to the uninterrupted
+run's parameters bit for bit; the fidelity monitor checks every board and names the one that drifted; a
+silent peer ends a rank after the collective timeout; the backend choice; bad inputs are one line.
 
 Every multi-rank run here starts two ranks on localhost (gloo) through `--nproc` / repeated `--device`,
 as a user would; each run is tiny (BasicMotions, 8 features, 8 oscillators, batch 8, a few steps), and
-still takes most of a minute on a loaded 2-core machine (two fresh interpreters importing torch), so
-only the two equivalence checks run by default.
+still takes from 10 s to most of a minute on a loaded 2-core machine (fresh interpreters importing
+torch), so the longest (resume on 2 ranks, the killed board) are marked slow. No GPU here: NCCL is
+checked as far as the backend choice goes.
 
 Tolerances (measured, float32): the ranks sum each batch reduction (batch-norm statistics, every weight
 gradient's sum over rows) in another order than one process, so parameters differ by rounding that
