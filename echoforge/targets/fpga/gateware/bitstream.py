@@ -5,9 +5,9 @@
 
 The flow is the FPGA target's (targets/fpga/synth.py: YoWASP's Yosys and nextpnr, its report parsing),
 with a board top (rtl/ef_board_top.v: clock, UART pins, power-on reset) instead of the serial shell,
-the board's pin constraints (iCE40 .pcf, ECP5 .lpf) and the family's packer at the end (icepack,
-ecppack). Nothing here flashes a board: `iceprog out/image.bin` (iCEBreaker, Debian fpga-icestorm) or
-`openFPGALoader -b ulx3s out/image.bit` does, see docs/fpga.md.
+the board's pin constraints (iCE40 .pcf, ECP5 .lpf), the board's macros (the iCEBreaker's EF_SPRAM puts
+the frame buffers in the UP5K's SPRAM) and the family's packer at the end (icepack, ecppack). Nothing
+here flashes a board: `echoforge flash out/` (flash.py) does.
 """
 
 from __future__ import annotations
