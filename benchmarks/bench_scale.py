@@ -22,17 +22,20 @@ an all_reduce (gloo's ring, a few kB: latency-bound) and k the collectives a ste
 batch-norm mean, variance and backward; 1 a bank in the loop: the echo's largest nudge; 1 for the
 gradients).
 
-K is measured, not fitted: C processes spin for a second and K is their CPU seconds over the wall
-(cores_available), just before and just after each run, averaged. Calibration, on one process only: w₀,
-w₁ from the CPU seconds of the rank (process_time) and of its board simulator (/proc/PID/stat) at batch B
-and B/2; σ(1) as the median CPU seconds over wall of host-training steps taken in turns with those (a host
-step never waits, so that is the share of a core a stream got meanwhile); ℓ₀, ℓ₁ from what the wall time
-leaves, T₁ − W/σ(1), at the same two batches; a(2) from all_reduces between the two ranks, timed alone. The 2-rank step times fit nothing: the model, given the K
-measured around the 2-rank run, predicts them (tolerance ±25 %). Projections: a core per rank (σ = 1: a
-cluster, one rank a node) for boards on a pty and on a UART (the line adds a row's wire bytes × 10 bits /
-baud), and this machine's C cores with nothing else running.
+K is measured, not fitted: as many processes as cores spin for 0.1 s and K is the sum of their CPU
+seconds over the wall (Spinners), once a turn. The run goes side by side, turn by turn: a 2-rank step,
+then (rank 0, the other rank waiting at a barrier) one step of each one-process trainer, a host step and
+the spinners, so calibration and validation see the same machine. Calibration, from the one-process
+steps only: w₀, w₁ by least squares from the CPU seconds of the rank (process_time) and of its board
+simulator (/proc/PID/stat) at batch B/4, B/2 and B; σ(1) as the median CPU seconds over wall of the host
+steps (a host step never waits, so that is the share of a core a stream got); ℓ₀, ℓ₁ from what the wall
+time leaves, T₁ − W/σ(1), at the same batches (a wait is never negative: ℓ below 0 counts as 0); a(2)
+from all_reduces between the two ranks, timed alone. The 2-rank step times fit nothing: the model, given
+the median K, predicts them (tolerance ±25 %). Projections: a core per rank (σ = 1: a cluster, one rank
+a node) for boards on a pty and on a UART (the line adds a row's wire bytes × 10 bits / baud, in place of
+the pty's per-row wait), and this machine's C cores with nothing else running.
 
-    python benchmarks/bench_scale.py [--batch 16 --steps 15] [--write]
+    python benchmarks/bench_scale.py [--batch 16 --steps 20] [--write]
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ import warnings
 from contextlib import ExitStack
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.distributed.elastic.utils.distributed import get_free_port
 
@@ -66,6 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_doc import write_section
 
 MODEL = ["model.hidden_size=16", "model.state_size=16", "model.num_blocks=2"]
+CALIBRATION_ROWS = (4, 8, 16)  # the one-process batches, in 16ths of the global batch
 BAUD_RATES = (921600, 115200)
 BOARDS = (1, 2, 4, 8, 16)
 TOLERANCE = 0.25
@@ -208,13 +213,14 @@ def count_collective_seconds() -> dict:
 
 
 class Alone:
-    """Rank 0's one-process side of the run: the trainers at B/2 and B (in the loop each on a board of its own),
+    """Rank 0's one-process side of the run: the trainers at B/4, B/2 and B (in the loop each on a board of its own),
     the host step that measures a stream's share of a core, and the spinners that measure K."""
 
     def __init__(self, kind: str, batch: int, work: Path, boards: list[tuple[str, int]]):
+        sizes = [batch * sixteenths // 16 for sixteenths in CALIBRATION_ROWS]
         self.trainers = {rows: make(kind, rows, None, work, boards[i][0] if boards else None)
-                         for i, rows in enumerate((batch // 2, batch))}
-        self.pids = {rows: boards[i][1] for i, rows in enumerate((batch // 2, batch))} if boards else {}
+                         for i, rows in enumerate(sizes)}
+        self.pids = {rows: boards[i][1] for i, rows in enumerate(sizes)} if boards else {}
         self.probe = make("host", batch, None, work / "probe", None) if kind == "hil" else self.trainers[batch]
         self.spinners = Spinners()
         self.steps = {rows: [] for rows in self.trainers} | {"probe": [], "cores": []}
@@ -234,7 +240,8 @@ class Alone:
                 trainer.device.close()
         return {"one": {rows: summarize(self.steps[rows]) for rows in self.trainers},
                 "sigma": statistics.median(step["share"] for step in self.steps["probe"]),
-                "cores": statistics.median(self.steps["cores"])}
+                "cores": statistics.median(self.steps["cores"]),
+                "cores_quartiles": statistics.quantiles(self.steps["cores"], n=4)[::2]}
 
 
 def _rank(rank: int, size: int, port: int, kind: str, batch: int, steps: int, work: str, boards: list[str],
@@ -288,10 +295,9 @@ def line(fit: dict, b: float) -> float:
 
 
 def fit_line(at: dict) -> dict:
-    """The straight line through {rows: value} at two batch sizes."""
-    (b1, v1), (b2, v2) = sorted(at.items())
-    per_row = (v2 - v1) / (b2 - b1)
-    return {"fixed": v1 - per_row * b1, "per_row": per_row}
+    """The least-squares line through {rows: value}."""
+    per_row, fixed = np.polyfit(list(at), list(at.values()), 1)
+    return {"fixed": float(fixed), "per_row": float(per_row)}
 
 
 def share(streams: float, cores: float) -> float:
@@ -302,7 +308,8 @@ def share(streams: float, cores: float) -> float:
 def predict(model: dict, n: int, cores: float, *, line_seconds_per_row: float = 0.0) -> float:
     """T(N) of the module docstring; d (the fraction of a step a stream wants a core) solved with T."""
     rows = model["batch"] / n
-    work, wait = line(model["work"], rows), line(model["wait"], rows) + line_seconds_per_row * rows
+    work = line(model["work"], rows)
+    wait = max(0.0, line(model["wait"], rows)) + line_seconds_per_row * rows  # a wait is never negative
     sync = model["collectives"] * (n - 1) * model["all_reduce"]
     busy, step = 1.0, 0.0
     for _ in range(50):
@@ -313,7 +320,7 @@ def predict(model: dict, n: int, cores: float, *, line_seconds_per_row: float = 
 
 
 def calibrate(kind: str, batch: int, one: dict, sigma: float, all_reduce: float) -> dict:
-    """The model's terms from the one-process steps at batch B and B/2, during which a stream got `sigma` of a
+    """The model's terms from the one-process steps at batch B/4, B/2 and B, during which a stream got `sigma` of a
     core (see the module docstring)."""
     work = {rows: m["cpu"] + m["board_cpu"] for rows, m in one.items()}
     wait = {rows: m["wall"] - work[rows] / sigma for rows, m in one.items()}
@@ -383,7 +390,7 @@ def report(results: dict, uart: dict, bytes_row: float, batch: int, steps: int) 
               f"1 thread a rank, {os.cpu_count()} cores shared with other programs (load average at the end "
               f"{os.getloadavg()[0]:.1f}). Side by side: turn by turn ({steps} turns), a 2-rank step, then one step "
               "of each one-process trainer and a measure of K; medians. σ(1): the share of a core a stream got at 1 "
-              "rank (host steps' CPU over wall); K: the cores this program got (spinners)."), "",
+              "rank (host steps' CPU over wall); K: the cores this program got (spinners; median, quartiles)."), "",
              ("| | 1 rank (ms) | 2 ranks (ms) | speed-up | efficiency | σ(1) | K (cores) | model, 2 ranks (ms) | "
               "measured / model | in collectives, 2 ranks (ms a step) | all_reduce alone (ms) |"),
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -392,9 +399,10 @@ def report(results: dict, uart: dict, bytes_row: float, batch: int, steps: int) 
         one, two = r["one"][batch]["wall"], r["measured_two"]
         inside = max(rank["collectives"] for rank in r["ranks"])
         lines.append(f"| {label} | {ms * one:.1f} | {ms * two:.1f} | {one / two:.2f} | {one / two / 2:.2f} | "
-                     f"{r['sigma']:.2f} | {r['cores']:.2f} | {ms * r['predicted_two']:.1f} | "
+                     f"{r['sigma']:.2f} | {r['cores']:.2f} ({r['cores_quartiles'][0]:.2f}–{r['cores_quartiles'][1]:.2f}) | "
+                     f"{ms * r['predicted_two']:.1f} | "
                      f"{two / r['predicted_two']:.2f} | {ms * inside:.1f} | {ms * r['all_reduce']:.3f} |")
-    lines += ["", "Calibration (one process, batch B and B/2; per step):", "",
+    lines += ["", "Calibration (one process, batch B/4, B/2 and B; per step):", "",
               "| | rows | wall (ms) | rank CPU (ms) | board CPU (ms) | in link calls (ms) |", "|---|---|---|---|---|---|"]
     for kind, r in results.items():
         for rows, m in sorted(r["one"].items()):
@@ -428,7 +436,7 @@ def report(results: dict, uart: dict, bytes_row: float, batch: int, steps: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--write", action="store_true", help="replace this script's section of docs/results.md")
     args = parser.parse_args()
     quiet()
@@ -439,8 +447,8 @@ def main() -> None:
         assert echoforge(["compile", str(work / "source"), "--target", "emulator", "-o", str(work / "program"),
                           "--no-progress"]) == 0
         results = {"host": measure("host", args.batch, args.steps, work)}
-        boards = []  # two for the ranks, two for the one-process trainers
-        for _ in range(4):
+        boards = []  # two for the ranks, one for each one-process trainer
+        for _ in range(2 + len(CALIBRATION_ROWS)):
             known = {pid for _, pid in boards} | set(_children())
             uri = stack.enter_context(simulated_board())
             boards.append((uri, new_child(known)))
