@@ -14,11 +14,17 @@ the core's lane-steps, reading and writing buffers) stays clocks.
     python benchmarks/bench_gateware.py [--batch 16 --length 100 --size 16 --word-bits 16] [--write]
 
 --write replaces this script's section of docs/results.md.
+
+With --images DIR it instead builds the board images for real boards (`echoforge build`'s flow: Yosys,
+nextpnr, the packer; about 40 minutes here) into DIR — the protocol engine alone and a 4-oscillator
+16-bit linear image on the iCEBreaker, the same image on the ULX3S — and tabulates what each uses, its
+fmax against the board's clock, or the resources a part lacks (section bench_gateware_images).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import queue
 import sys
 import tempfile
@@ -27,11 +33,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from echoforge.models.core import OscillatorParams
 from echoforge.runtime.board import Board
 from echoforge.runtime.device import DeviceCore
 from echoforge.targets.emulator import FormatConfig
+from echoforge.targets.fpga import synth
+from echoforge.targets.fpga.gateware.bitstream import BOARDS, build_image
 from echoforge.targets.fpga.gateware.design import GatewareConfig
 from echoforge.targets.fpga.gateware.sim import serve_pty
 
@@ -104,6 +113,46 @@ def served(serve, *args):
     return stop, thread, uris.get(timeout=1800)
 
 
+# (image, board, its GatewareConfig): what --images builds
+IMAGES = (("protocol engine alone", "icebreaker", GatewareConfig()),
+          ("4-oscillator 16-bit linear", "icebreaker", GatewareConfig(formats=FormatConfig(16), kind="linear",
+                                                                      oscillators=4)),
+          ("4-oscillator 16-bit linear", "ulx3s", GatewareConfig(formats=FormatConfig(16), kind="linear",
+                                                                 oscillators=4)))
+
+
+def image_row(name: str, board_name: str, config: GatewareConfig, directory: Path) -> str:
+    """One table row: the build's utilization and fmax, or what the fit check refused before placement."""
+    board = BOARDS[board_name]
+    start = time.perf_counter()
+    try:
+        image = build_image(config, board_name, directory)
+    except ValueError as refused:   # check_fit: the mapped cells exceed the part
+        cells = synth.resources(synth.cell_counts(json.loads((directory / "stat.json").read_text())))
+        return (f"| {name} | {board.name} ({board.part.device}) | {cells['lut']:,} LUT4 mapped | {cells['ff']:,} | "
+                f"{cells['dsp']} | {cells['bram']} | {cells['spram']} | refused before placement: {refused} | – | "
+                f"{(time.perf_counter() - start) / 60:.0f} min |")
+    s = image.synthesis
+    used = {resource: f"{u:,}/{a:,}" for resource, (u, a) in s.utilization.items()}
+    flip_flops = used.get("ff", f"{s.resources['ff']:,}")   # an iCE40 logic cell holds its flip-flop
+    return (f"| {name} | {board.name} ({board.part.device}) | {used['logic']} | {flip_flops} | "
+            f"{used.get('dsp', '0')} | {used.get('bram', '0')} | {used.get('spram', '–')} | "
+            f"{s.fmax_mhz:.1f} MHz, {'meets' if s.meets_timing else 'MISSES'} {s.clock_mhz:g} MHz | "
+            f"{image.bitstream.stat().st_size:,} bytes | {sum(s.seconds.values()) / 60:.0f} min |")
+
+
+def images(directory: Path) -> str:
+    rows = [image_row(name, board, config, directory / f"{board}-{index}")
+            for index, (name, board, config) in enumerate(tqdm(IMAGES, desc="board images", file=sys.stderr))]
+    return "\n".join([
+        "Board images as `echoforge build` makes them (YoWASP Yosys and nextpnr, seed 1; iCE40 logic = logic "
+        "cells, ECP5 logic = LUT4s; the iCEBreaker build keeps the frame buffers in SPRAM):",
+        "",
+        "| image | board | logic | FF | DSP | block RAM | SPRAM | fmax | bitstream | build |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
+        *rows])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=16)
@@ -111,7 +160,14 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=16)
     parser.add_argument("--word-bits", type=int, default=16)
     parser.add_argument("--write", action="store_true", help="write the section of docs/results.md")
+    parser.add_argument("--images", type=Path, metavar="DIR", help="build the board images into DIR instead")
     args = parser.parse_args(argv)
+    if args.images:
+        text = images(args.images)
+        print(text)
+        if args.write:
+            write_section("bench_gateware_images", "## FPGA board images for real boards\n\n" + text)
+        return 0
     config = FormatConfig(args.word_bits)
     params, forcing, nudges = workload(args.batch, args.length, args.size)
     image = GatewareConfig(formats=config, kind="linear")
