@@ -672,6 +672,17 @@ def test_an_image_too_large_for_the_board_is_refused_naming_each_resource():
     check_fit({"lut": 1219, "dsp": 0, "bram": 10, "ff": 606, "carry": 437, "spram": 0}, BOARDS["icebreaker"])
 
 
+def test_the_constant_responses_fit_one_block_ram():
+    """HELLO, SYNC and the error messages are the engine's ROM: 512 bytes is one SB_RAM40_4K (512 × 8);
+    a byte more takes a second of the UP5K's 30, which a 16-oscillator bank (25) and the registers (4)
+    leave no room for."""
+    from echoforge.targets.fpga.gateware.design import rom_entries
+
+    for config in (CONFIG, *CORE_CONFIGS.values()):
+        table, rom = rom_entries(config)
+        assert len(rom) <= 512 and table["HELLO"][1] > 0
+
+
 def test_yosys_finds_one_driver_per_signal_in_the_image(tmp_path):
     """Verilator simulates a register driven from two always blocks; Yosys ties one driver to a constant
     (it did, to the stream feeder's flag: no beat would have flowed on a board). `check -assert` on the

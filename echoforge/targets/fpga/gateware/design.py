@@ -30,20 +30,21 @@ HEADER_AND_CRC = 15            # bytes of a frame around its payload
 CONTROL_REGION = 16            # transmit-buffer bytes kept for ACK and NACK frames
 
 # Error responses the image sends: name → message (the code is errors.ErrorCode[name]). The RTL knows
-# no numbers to quote; the message says which rule (docs/protocol.md §10) the request broke.
+# no numbers to quote; the message says which rule (docs/protocol.md §10) the request broke. Short: the
+# ROM (HELLO, SYNC and these) must stay within one 512-byte block RAM (test_gateware).
 ERROR_MESSAGES = {
     "UNKNOWN_OPCODE": "this board has no such command",
-    "BAD_PAYLOAD": "the payload's length, a field or a sample is not what the command takes",
-    "RESPONSE_TOO_LARGE": "the answer would exceed the board's largest response (HELLO)",
+    "BAD_PAYLOAD": "a length, field or sample the command does not take",
+    "RESPONSE_TOO_LARGE": "the answer exceeds the largest response (HELLO)",
     "INTERNAL": "the board image failed",
-    "STALE_EPOCH": "request for another boot epoch: the board has rebooted, send HELLO",
+    "STALE_EPOCH": "another boot epoch: the board rebooted, send HELLO",
     "NO_PROGRAM": "no program loaded",
-    "BAD_PROGRAM": "a program this board image cannot run: its kind and formats are fixed at build",
+    "BAD_PROGRAM": "a kind or formats other than this image's",
     "BAD_BANK": "this board image holds one bank",
     "NO_STATE": "the register is empty",
     "NO_PHASE": "no phase of this kind is active",
     "OUT_OF_ORDER": "not the next chunk, or the phase is incomplete",
-    "OVER_CAPACITY": "beyond the board's limits (HELLO): batch, chunk steps, buffer samples or oscillators",
+    "OVER_CAPACITY": "beyond the limits HELLO declares",
 }
 CORE_OSCILLATORS = 16          # oscillators an image's bank holds (its lanes: twice as many)
 
