@@ -197,12 +197,16 @@ class _Builder:
             products["tm"] = ("t_m", extra["t"], m)
             plain, observable = {"t": extra["t"], "lc": extra["g"]}, extra["t"]
         acc_last, acc_flags, obs, acc_reach = self._accumulate(products, plain, observable, s + 5)
-        last = acc_last + 2  # the clamp flags are registered, summed, and the sum added to the counters
         # the out beat is chosen as soon as both kinds of beat exist (ϕ' and the observable difference)
-        # and leaves from a register one stage later, so no output port hangs off a clamp
+        # and leaves from registers one stage later: no output port hangs off a clamp, and whether the
+        # last stage holds a beat (which `advance`, every register's enable, waits on) is one flip-flop
         out_stage = max(write_stage, p.signals[obs].stage)
         out = p.at(p.wire("out_beat", w + 1, out_stage, f"{{echo}} ? {{{obs}}} : {{{phi_new}}}"), out_stage + 1)
-        out_valid = p.wire("out_lane", 1, out_stage + 1, "{live} & (~{echo} | {sigma})", signed=False)
+        out_valid = p.at(p.wire("out_lane", 1, out_stage, "{live} & (~{echo} | {sigma})", signed=False, reset=True),
+                         out_stage + 1)
+        # the clamp flags are registered, summed, and the sum added to the counters; the pipeline drains
+        # when the last out beat has left too
+        last = max(acc_last + 2, out_stage + 1)
         flags = {"state": [nudge_sat, m_sat, pi_sat, phi_sat], "force": [force_sat],
                  "preact": [extra["z_sat"]] if extra else [], "accumulator": acc_flags}
         increments = {name: self._count(name, names, acc_last + 1, last) for name, names in flags.items()}

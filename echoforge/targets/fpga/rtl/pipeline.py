@@ -78,9 +78,11 @@ class Pipeline:
         self._declare(Signal(name, width, stage, reset=reset, signed=signed))
         return name
 
-    def wire(self, name: str, width: int, stage: int, expression: str, *, signed: bool = True) -> str:
-        """``wire signed [width-1:0] name = expression;`` at ``stage`` (a flag: unsigned, width 1)."""
-        signal = self._declare(Signal(name, width, stage, signed=signed))
+    def wire(self, name: str, width: int, stage: int, expression: str, *, signed: bool = True,
+             reset: bool = False) -> str:
+        """``wire signed [width-1:0] name = expression;`` at ``stage`` (a flag: unsigned, width 1;
+        ``reset``: its delayed copies clear on reset, as a valid bit's must)."""
+        signal = self._declare(Signal(name, width, stage, reset=reset, signed=signed))
         self.wires.append((signal, self.resolve(expression, stage)))
         return name
 

@@ -219,9 +219,11 @@ reg mode, flip_setting;
 reg [OB:0] oscillators;
 reg [LB:0] lanes;
 reg [31:0] steps;
+reg steps_zero, steps_one;  // STEPS == 0, == 1, and slots = max(LANES, DEPTH): decided as they are written,
+reg [LB:0] slots;           // so a start acts on registers only
 reg [31:0] count_state, count_force, count_preact, count_accumulator, cycles;
-reg running, busy_r;
-reg [7:0] drain;
+reg running, busy_r, draining;
+reg [7:0] drain;  // advances left, after the last issue, until the last lane has left the pipeline
 // START is decoded into a register and acted on one clock later (the decode does not drive the many
 // registers a start resets); busy covers that clock, so the bus sees the run begin at once
 reg start;
@@ -229,19 +231,21 @@ always @(posedge clk) start <= !rst && control_write && reg_index == R_START && 
 assign busy = busy_r || start;  // starting, running, or lanes still in the pipeline
 always @(posedge clk) begin
     if (rst) begin
-        mode <= 1'b0; flip_setting <= 1'b0; oscillators <= 1; lanes <= 1; steps <= 32'd0;
+        mode <= 1'b0; flip_setting <= 1'b0; oscillators <= 1; lanes <= 1; slots <= DEPTH;
+        steps <= 32'd0; steps_zero <= 1'b1; steps_one <= 1'b0;
     end else if (control_write && !busy) begin
         case (reg_index)
             R_MODE: mode <= reg_wdata[0];
             R_FLIP: flip_setting <= reg_wdata[0];
             R_OSCILLATORS: oscillators <= reg_wdata[OB:0];
-            R_LANES: lanes <= reg_wdata[LB:0];
-            R_STEPS: steps <= reg_wdata[31:0];
+            R_LANES: begin lanes <= reg_wdata[LB:0]; slots <= (reg_wdata[LB:0] > DEPTH) ? reg_wdata[LB:0] : DEPTH; end
+            R_STEPS: begin
+                steps <= reg_wdata[31:0]; steps_zero <= reg_wdata[31:0] == 32'd0; steps_one <= reg_wdata[31:0] == 32'd1;
+            end
             default: ;
         endcase
     end
 end
-wire [LB:0] slots = (lanes > DEPTH) ? lanes : DEPTH;
 
 // ---- lane issue (limits registered at START, so no compare against a subtraction sits on the issue path) ----
 reg [LB:0] slot, slot_before_last, lane_last;
@@ -249,8 +253,9 @@ reg [31:0] steps_left;  // after the current step
 reg [OB-1:0] osc_count, osc_last;
 reg sigma_count, slot_live, first_step, last_step;
 reg last_slot;  // the slot issuing now is the step's last (a register: it enables the step's counters)
+reg need_in;    // the slot issuing now takes an input beat: slot_live && !(mode && sigma_count), kept as a
+                // register because `advance`, which every pipeline register waits on, derives from it
 reg signed [W-1:0] f_hold, q_hold;
-wire need_in = slot_live && !(mode && sigma_count);
 wire out_pending;
 wire advance = (!need_in || in_valid) && (!out_pending || out_ready);
 assign in_ready = need_in && (!out_pending || out_ready);
@@ -269,11 +274,12 @@ wire signed [W-1:0] q = !mode ? {W{1'b0}} : (sigma_count ? q_hold : in_q);
 always @(posedge clk) if (advance && need_in) begin f_hold <= in_f; q_hold <= in_q; end
 always @(posedge clk) begin
     if (rst) begin
-        running <= 1'b0; busy_r <= 1'b0; slot_live <= 1'b0; drain <= 8'd0; cycles <= 32'd0;
+        running <= 1'b0; busy_r <= 1'b0; draining <= 1'b0; slot_live <= 1'b0; need_in <= 1'b0; cycles <= 32'd0;
     end else if (start) begin
-        running <= steps != 32'd0; busy_r <= steps != 32'd0; slot_live <= steps != 32'd0; first_step <= 1'b1;
+        running <= !steps_zero; busy_r <= !steps_zero; first_step <= 1'b1;
+        slot_live <= !steps_zero; need_in <= !steps_zero;
         slot <= 0; last_slot <= 1'b0; osc_count <= 0; sigma_count <= 1'b0; cycles <= 32'd0;
-        steps_left <= steps - 32'd1; last_step <= steps == 32'd1;
+        steps_left <= steps - 32'd1; last_step <= steps_one;
         slot_before_last <= slots - 2'd2; lane_last <= lanes - 1'b1;  // slots ≥ DEPTH ≥ 2
         osc_last <= oscillators[OB-1:0] - 1'b1;
     end else begin
@@ -282,21 +288,22 @@ always @(posedge clk) begin
             if (last_slot) begin
                 slot <= 0; last_slot <= 1'b0; osc_count <= 0; sigma_count <= 1'b0; first_step <= 1'b0;
                 steps_left <= steps_left - 32'd1; last_step <= steps_left == 32'd1;
-                slot_live <= !last_step;
-                if (last_step) begin running <= 1'b0; drain <= LAST; end
+                slot_live <= !last_step; need_in <= !last_step;
+                if (last_step) begin running <= 1'b0; draining <= 1'b1; drain <= LAST - 1; end
             end else begin
                 slot <= slot + 1'b1;
                 last_slot <= slot == slot_before_last;
                 slot_live <= slot_live && slot != lane_last;
+                need_in <= slot_live && slot != lane_last && !(mode && !sigma_count);
                 if (mode && !sigma_count) sigma_count <= 1'b1;
                 else begin
                     sigma_count <= 1'b0;
                     osc_count <= (osc_count == osc_last) ? {OB{1'b0}} : osc_count + 1'b1;
                 end
             end
-        end else if (!running && drain != 8'd0 && advance) begin
+        end else if (draining && advance) begin
             drain <= drain - 8'd1;
-            if (drain == 8'd1) busy_r <= 1'b0;
+            if (drain == 8'd0) begin draining <= 1'b0; busy_r <= 1'b0; end
         end
     end
 end"""
