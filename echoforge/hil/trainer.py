@@ -19,7 +19,6 @@ section in summary.json.
 
 from __future__ import annotations
 
-import copy
 import fcntl
 import hashlib
 import os
@@ -125,6 +124,18 @@ def check_same_program(program: Program, directory: str | Path, recorded: dict, 
 # ---- the trainer -------------------------------------------------------------------------------
 
 
+def snapshot(state):
+    """A copy of a state() that later steps leave alone: tensors cloned, containers rebuilt (a tenth of
+    copy.deepcopy's time: it runs every step)."""
+    if isinstance(state, torch.Tensor):
+        return state.clone()
+    if isinstance(state, dict):
+        return type(state)((key, snapshot(value)) for key, value in state.items())
+    if isinstance(state, (list, tuple)):
+        return type(state)(snapshot(value) for value in state)
+    return state
+
+
 @contextmanager
 def locked(directory: Path):
     """An exclusive lock on a directory (flock: released when the process ends, however it ends)."""
@@ -207,7 +218,7 @@ class HILTrainer(Trainer):
                 raise
 
     def train_step(self) -> float:
-        self.completed = copy.deepcopy(self.state())
+        self.completed = snapshot(self.state())
         if self.monitor.due(self.step):
             self.monitor.check(self.step, *self.batch(self.step))
         link, started = self.device.link_seconds(), time.perf_counter()
