@@ -43,6 +43,7 @@ from test_runtime_device import board_process
 from torch.distributed.elastic.utils.distributed import get_free_port
 
 from echoforge.cli import main
+from echoforge.hil.trainer import snapshot
 from echoforge.models import distributed
 from echoforge.models.training import Trainer, load_config
 from echoforge.runtime.simulator import simulated_board
@@ -202,6 +203,21 @@ def test_a_bad_collective_timeout_is_one_line(value, monkeypatch):
     monkeypatch.setenv("ECHOFORGE_COLLECTIVE_TIMEOUT", value)
     with pytest.raises(ValueError, match=f"ECHOFORGE_COLLECTIVE_TIMEOUT='{value}': expected a positive number"):
         distributed.collective_timeout()
+
+
+def test_the_step_snapshot_is_left_alone_by_later_steps(tmp_path):
+    """The state a HIL trainer keeps at each step's start, for the checkpoint of a failure: later steps change
+    the trainer's tensors in place, not the snapshot's."""
+    trainer = Trainer(load_config(None, HOST), tmp_path / "run")
+    trainer.train_step()
+    kept = snapshot(trainer.state())
+    before = {name: value.clone() for name, value in kept["model"].items()}
+    moments = [state["exp_avg"].clone() for state in kept["optimizer"]["state"].values()]
+    trainer.train_step()
+    assert trainer.step == 2 and kept["step"] == 1
+    assert all(torch.equal(kept["model"][name], value) for name, value in before.items())
+    assert all(torch.equal(state["exp_avg"], moment) for state, moment in zip(kept["optimizer"]["state"].values(), moments))
+    assert not torch.equal(kept["model"]["head.weight"], trainer.model.state_dict()["head.weight"])
 
 
 # ---- one rank per board -------------------------------------------------------------------------------------
