@@ -21,6 +21,11 @@ from dataclasses import dataclass, field
 _REFERENCE = re.compile(r"\{(\w+)\}")
 DELAY_DEPTH = 256          # a delay line's memory: one iCE40 SB_RAM40_4K at 16 bits (an ECP5 DP16KD)
 DELAY_POINTER = "delay_wp"
+# No memory of the design is read at an address written in the same clock (a lane's next step reads
+# its state after its last write; a delay line reads behind its pointer; the bus reads a clock after it
+# writes), so Yosys is told not to build logic that emulates read-during-write order: it would sit on
+# the memory's address and data paths
+NO_RW_CHECK = "(* no_rw_check *)"
 
 
 def literal(value: int, width: int) -> str:
@@ -166,7 +171,7 @@ def _delays(signal: Signal, in_memory: dict) -> list[str]:
             registers += range(start + 1, end + 1)
             continue
         target, behind = f"{signal.name}_s{end}", f"{line.name}_read"
-        lines += [f"reg [{signal.width - 1}:0] {line.name} [0:{line.depth - 1}];",
+        lines += [f"{NO_RW_CHECK} reg [{signal.width - 1}:0] {line.name} [0:{line.depth - 1}];",
                   f"reg {signal.declaration} {target};",
                   f"wire [7:0] {behind} = {DELAY_POINTER} - 8'd{end - start - 1};  // wraps at 8 bits",
                   f"always @(posedge clk) if (advance) begin {line.name}[{DELAY_POINTER}] <= {source}; "

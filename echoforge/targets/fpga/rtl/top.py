@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from echoforge.targets.emulator.fixed import FormatConfig
 
 from .datapath import ACC_WIDTH, PARAM_FIELDS, Datapath, Memory
+from .pipeline import NO_RW_CHECK
 
 TOP = "echoforge_bank"
 DATA_BITS = 64
@@ -126,7 +127,7 @@ def verilog(datapath: Datapath, layout: Layout, kind: str, accumulators) -> str:
 def _memory(memory: Memory, layout: Layout) -> str:
     """A 1R1W memory; the register bus owns its ports while the core is idle."""
     n = memory.name
-    lines = [f"reg [{memory.width - 1}:0] {n} [0:{memory.depth - 1}];",
+    lines = [f"{NO_RW_CHECK} reg [{memory.width - 1}:0] {n} [0:{memory.depth - 1}];",
              f"reg signed [{memory.width - 1}:0] {memory.data};"]
     if memory.init:
         lines.append(f'initial $readmemh("{memory.init}", {n});')
