@@ -16,8 +16,8 @@ the core's lane-steps, reading and writing buffers) stays clocks.
 --write replaces this script's section of docs/results.md.
 
 With --images DIR it instead builds the board images for real boards (`echoforge build`'s flow: Yosys,
-nextpnr, the packer; about 40 minutes here) into DIR — the protocol engine alone and a 4-oscillator
-16-bit linear image on the iCEBreaker, the same image on the ULX3S — and tabulates what each uses, its
+nextpnr, the packer; about 20 minutes here) into DIR — the protocol engine alone, a 4- and a 16-oscillator
+16-bit linear image on the iCEBreaker, the 4-oscillator image on the ULX3S — and tabulates what each uses, its
 fmax against the board's clock, or the resources a part lacks (section bench_gateware_images).
 """
 
@@ -117,6 +117,8 @@ def served(serve, *args):
 IMAGES = (("protocol engine alone", "icebreaker", GatewareConfig()),
           ("4-oscillator 16-bit linear", "icebreaker", GatewareConfig(formats=FormatConfig(16), kind="linear",
                                                                       oscillators=4)),
+          ("16-oscillator 16-bit linear", "icebreaker", GatewareConfig(formats=FormatConfig(16), kind="linear",
+                                                                       oscillators=16)),
           ("4-oscillator 16-bit linear", "ulx3s", GatewareConfig(formats=FormatConfig(16), kind="linear",
                                                                  oscillators=4)))
 
