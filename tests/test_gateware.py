@@ -662,7 +662,8 @@ def test_flash_refuses_in_one_line_a_missing_loader_bitstream_or_board_and_a_for
 
 
 def test_an_image_too_large_for_the_board_is_refused_naming_each_resource():
-    """Measured: a 4-oscillator 16-bit linear image maps to 9,205 LUT4, 30 SB_MAC16, 32 SB_RAM40_4K."""
+    """The counts an early 4-oscillator 16-bit linear image mapped to (9,205 LUT4, 30 SB_MAC16, 32 SB_RAM40_4K;
+    today's are in docs/results.md, bench_gateware_images) are refused naming all three; the engine's fit."""
     from echoforge.targets.fpga.gateware.bitstream import BOARDS, check_fit
 
     with pytest.raises(ValueError) as refused:
