@@ -48,7 +48,8 @@ def test_a_link_the_emulator_outran_is_reported_whole_never_negative():
                                                   "replays": 1},
                        "fidelity": {"checks": 2, "device_equals_emulator": True, "warned_checks": 0,
                                     "min_bptt_cosine": {"bank": 0.999}, "min_host_rhel_cosine": {"bank": 1.0},
-                                    "bptt_norm_ratio": {"bank": [0.99, 1.01]}}}}
+                                    "bptt_norm_ratio": {"bank": [0.99, 1.01]},
+                                    "boards": {"u": {"checks": 2, "device_equals_emulator": True, "warned_checks": 0}}}}}
     text = describe(summary, "out")
     assert "link 10.0 ms, transfer and board compute together" in text and not re.search(r"-\d", text)
     assert "1 retry, 0 CRC errors, 1 replay after reboots" in text
