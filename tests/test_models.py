@@ -212,6 +212,22 @@ def test_hssm_gradient_is_the_same_bits_on_one_and_two_kernel_threads():
     assert all(torch.equal(grads[0][name], grads[1][name]) for name in grads[0])
 
 
+def test_ranks_on_one_machine_share_its_cpus_unless_a_thread_count_was_set(monkeypatch):
+    """Ranks side by side each take their share of the CPUs (at least one), not every CPU; a count the
+    user set stays."""
+    monkeypatch.setattr(core_module, "available_cpus", lambda: 8)
+    try:
+        for processes, threads in ((1, 8), (2, 4), (3, 2), (16, 1)):
+            core_module.set_num_threads(None)
+            core_module.share_cpus(processes)
+            assert core_module.get_num_threads() == threads
+        core_module.set_num_threads(5)
+        core_module.share_cpus(2)
+        assert core_module.get_num_threads() == 5
+    finally:
+        core_module.set_num_threads(None)
+
+
 def test_float_core_rejects_a_thread_count_below_one():
     with pytest.raises(ValueError, match="thread count must be ≥ 1"):
         core_module.set_num_threads(0)

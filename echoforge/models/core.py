@@ -152,9 +152,20 @@ def set_num_threads(count: int | None) -> None:
 
 
 def get_num_threads() -> int:
-    if _threads:
-        return _threads
+    return _threads or available_cpus()
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def share_cpus(processes: int) -> None:
+    """Unless a thread count was set: run the kernels on this process's share of the CPUs, when
+    `processes` processes (the ranks on this machine) run them side by side — each taking every CPU
+    would oversubscribe the cores and make every collective wait on a descheduled thread."""
+    if _threads is None:
+        set_num_threads(max(1, available_cpus() // max(1, processes)))
 
 
 def row_groups(batch: int, groups: int) -> list[slice]:

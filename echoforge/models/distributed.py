@@ -44,6 +44,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .core import share_cpus
 from .hssm import TimeBatchNorm
 from .training import ConfigError
 
@@ -336,5 +337,6 @@ def make_trainer(trainer_class: type, ranks: Ranks | None, *args, mixin: type = 
     """A `trainer_class(*args, **kwargs)`, data-parallel over `ranks` (through `mixin`) when there are ranks."""
     if ranks is None:
         return trainer_class(*args, **kwargs)
+    share_cpus(int(os.environ.get("LOCAL_WORLD_SIZE", ranks.size)))  # the ranks on this machine
     parallel = type(f"{mixin.__name__}{trainer_class.__name__}", (mixin, trainer_class), {})
     return parallel(*args, ranks=ranks, **kwargs)
