@@ -65,17 +65,16 @@ class Plan:
 
     multipliers: tuple[tuple[str, int, int], ...]  # (wire, width a, width b), signed
     memories: tuple                                # each with .name, .depth, .width: RAMs, ROMs, delay lines
-    pipeline_depth: int
 
 
 def plan(config: FormatConfig, kind: str, *, lanes: int, oscillators: int) -> Plan:
     """The multipliers and memories ``generate_core`` instantiates for these capacities."""
-    return _plan(_datapath(config, kind, _layout(config, lanes, oscillators), _table(config, kind)))
+    layout = _layout(config, lanes, oscillators)
+    return _plan(datapath.build(config, kind, layout.lane_bits, layout.osc_bits, _table(config, kind)))
 
 
 def _plan(path) -> Plan:
-    return Plan(tuple(path.pipeline.multipliers), (*path.memories, *path.pipeline.delay_lines()),
-                path.min_step_clocks)
+    return Plan(tuple(path.pipeline.multipliers), (*path.memories, *path.pipeline.delay_lines()))
 
 
 def _layout(config: FormatConfig, lanes: int, oscillators: int) -> Layout:
@@ -87,10 +86,6 @@ def _table(config: FormatConfig, kind: str):
     if kind not in ("linear", "nonlinear"):
         raise ValueError(f"unknown bank kind {kind!r}")
     return FixedFunctions(config).tanh_table if kind == "nonlinear" else None
-
-
-def _datapath(config: FormatConfig, kind: str, layout: Layout, table):
-    return datapath.build(config, kind, layout.lane_bits, layout.osc_bits, table)
 
 
 def generate(bank, directory, *, batch: int = 1, lanes: int | None = None,
@@ -112,7 +107,7 @@ def generate_core(config: FormatConfig, kind: str, directory, *, lanes: int, osc
     """The Verilog of a ``kind`` bank at ``config``'s formats with capacity for ``lanes`` lanes (rounded
     up to a power of two, at least 2^MIN_LANE_BITS) and ``oscillators``."""
     layout, table = _layout(config, lanes, oscillators), _table(config, kind)
-    path = _datapath(config, kind, layout, table)
+    path = datapath.build(config, kind, layout.lane_bits, layout.osc_bits, table)
     if path.min_step_clocks > 1 << layout.lane_bits:
         raise ValueError(f"pipeline depth {path.min_step_clocks} exceeds the lane capacity")
     directory = Path(directory)
@@ -122,9 +117,10 @@ def generate_core(config: FormatConfig, kind: str, directory, *, lanes: int, osc
     init_files = _write_init_files(directory, path.memories, table, param_codes, layout)
     regmap = directory / REGMAP
     regmap.write_text(json.dumps(top.register_map(layout, config, kind, path, accumulators), indent=1))
+    instantiated = _plan(path)
     return RtlDesign(directory, TOP, (directory / SOURCE,), init_files, regmap, kind, config.word_bits,
                      1 << layout.lane_bits, 1 << layout.osc_bits, path.min_step_clocks, path.last_stage,
-                     tuple(path.pipeline.multipliers), _plan(path).memories)
+                     instantiated.multipliers, instantiated.memories)
 
 
 def _write_init_files(directory: Path, memories, table, param_codes, layout: Layout) -> tuple[Path, ...]:
