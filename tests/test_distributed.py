@@ -321,7 +321,7 @@ def test_a_killed_board_stops_the_run_with_its_last_step_and_it_resumes_bit_for_
     assert resumed.returncode == 0, resumed.stderr
     assert relative_difference(run, two_boards_run) == 0.0  # bit for bit
     assert torch.equal(checkpoint(run)["rng"], checkpoint(two_boards_run)["rng"])
-    assert [r["step"] for r in checkpoint(run)["records"]] == [5, 10, 12]
+    assert [r["step"] for r in checkpoint(run)["records"]] == [0, 5, 10, 12]
 
 
 def test_the_fidelity_monitor_checks_every_board_and_names_the_one_that_drifted(program_dir, tmp_path):

@@ -11,6 +11,7 @@ others are not, so the comparisons also show that monitoring leaves training unt
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -88,13 +89,14 @@ def echoforge(*args):
 
 def hil_train_process(board, program_dir, run, *options):
     """`echoforge hil train` in a child process, unmonitored; returns once it has written its first
-    checkpoint (eval_every = 2), so that whatever is done to it next happens mid-run."""
+    checkpoint after a step (eval_every = 2; the one at step 0, before any step, does not count), so that
+    whatever is done to it next happens mid-run."""
     command = echoforge("hil", "train", "--device", board, "--program", str(program_dir),
                         *(arg for s in SETTINGS for arg in ("--set", s)), "--fidelity-every", "0",
                         "--output", str(run), "--no-progress", *options)
     process = subprocess.Popen(command, cwd=run.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics, deadline = run / "metrics.jsonl", time.monotonic() + STARTUP_SECONDS
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+    while not (metrics.exists() and re.search(r'"step": [1-9]', metrics.read_text())):
         assert time.monotonic() < deadline and process.poll() is None, process.stderr.read() if process.poll() else ""
         time.sleep(0.005)
     return process
@@ -144,6 +146,25 @@ def test_a_board_that_stops_answering_mid_run_is_one_line_and_the_run_resumes(pr
         resumed = resume(fresh_board, run)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_parameters(run, reference.output)
+
+
+def test_the_program_as_compiled_is_validated_first_and_may_stay_the_best(program_dir, board, reference, tmp_path):
+    """Step 0 is validated before any step (no training loss); a learning rate that wrecks the model
+    leaves the start as the best-validation step: the model tested is the one the program was compiled from."""
+    first = reference.records[0]
+    assert first["step"] == 0 and first["train_loss"] is None and 0 < first["val_metric"] <= 1
+    assert [record["step"] for record in reference.records] == list(range(0, STEPS + 1, 2))
+    program = load_program(program_dir)
+    run = tmp_path / "wrecked"
+    config = hil_config(program, program_dir, overrides=["steps=2", "eval_every=2", "batch_size=8",
+                                                         "optimizer.lr=10", f"output={run}"])
+    with Device(board, timeout=5.0, **FAST_LINK) as device:
+        trainer = HILTrainer(config, run, program, program_dir, device, fidelity_every=0)
+        report = trainer.run(progress=False)
+        assert report["best_step"] == 0 and trainer.records[1]["val_metric"] < trainer.records[0]["val_metric"]
+    best, start = (torch.load(path, weights_only=True)["model"] for path in (run / "best.pt", trainer.source))
+    assert all(torch.equal(best[name], start[name]) for name in start)
+    assert (run / "curves.png").stat().st_size > 10_000  # plotted with step 0's missing training loss
 
 
 # ---- faults -----------------------------------------------------------------------------------------------

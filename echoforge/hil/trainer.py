@@ -5,7 +5,9 @@ and resume — with each HRU's bank on a `DeviceCore` of one `Device` session, c
 program's per-bank formats. Host layers stay in torch. Every forward loads the bank's current
 parameters into its core, which re-quantises them and, when the codes changed (after each optimizer
 step), writes them to the board with WRITE_PARAMS. The model starts from the checkpoint the program
-was compiled from: HIL training fine-tunes the compiled model.
+was compiled from: HIL training fine-tunes the compiled model. That start is validated on the board
+before the first step (metrics.jsonl's step 0, without a training loss), so when fine-tuning does not
+help, the best-validation model is the program as compiled.
 
 The board holds nothing the host needs to resume: a killed run reopens a session, loads the program
 again and continues from last.pt, and since every phase is a pure function of what the host sends, it
@@ -208,11 +210,13 @@ class HILTrainer(Trainer):
 
     # -- steps ------------------------------------------------------------------------------
 
-    def run(self, **options) -> dict:
+    def run(self, *, resume: bool = False, progress: bool | None = None) -> dict:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ECHO_WARNINGS, RuntimeWarning)
             try:
-                return super().run(**options)
+                if not resume:  # the program as compiled: the best step may be the start (module docstring)
+                    self.validate_and_checkpoint(None, time.perf_counter())
+                return super().run(resume=resume, progress=progress)
             except (*BOARD_FAILURES, PeerLeft):
                 self.save_completed()
                 raise
