@@ -103,11 +103,13 @@ def generate(bank, directory, *, batch: int = 1, lanes: int | None = None,
 
 
 def generate_core(config: FormatConfig, kind: str, directory, *, lanes: int, oscillators: int,
-                  param_codes: np.ndarray | None = None) -> RtlDesign:
+                  param_codes: np.ndarray | None = None, fold: int = 1) -> RtlDesign:
     """The Verilog of a ``kind`` bank at ``config``'s formats with capacity for ``lanes`` lanes (rounded
-    up to a power of two, at least 2^MIN_LANE_BITS) and ``oscillators``."""
+    up to a power of two, at least 2^MIN_LANE_BITS) and ``oscillators``. ``fold`` > 1 merges that many
+    pipeline stages into one register stage (pipeline.Pipeline): fewer flip-flops and a shallower
+    pipeline for a slow clock (a board image's), the same arithmetic."""
     layout, table = _layout(config, lanes, oscillators), _table(config, kind)
-    path = datapath.build(config, kind, layout.lane_bits, layout.osc_bits, table)
+    path = datapath.build(config, kind, layout.lane_bits, layout.osc_bits, table, fold)
     if path.min_step_clocks > 1 << layout.lane_bits:
         raise ValueError(f"pipeline depth {path.min_step_clocks} exceeds the lane capacity")
     directory = Path(directory)

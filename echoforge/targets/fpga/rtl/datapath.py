@@ -67,7 +67,8 @@ class Datapath:
 class _Builder:
     """Builds the lane-step; helpers keep one named wire per operation."""
 
-    def __init__(self, config: FormatConfig, kind: str, lane_bits: int, osc_bits: int, table: OddTable | None):
+    def __init__(self, config: FormatConfig, kind: str, lane_bits: int, osc_bits: int, table: OddTable | None,
+                 fold: int = 1, cuts: frozenset = frozenset()):
         self.c = config
         self.kind = kind
         self.w = config.word_bits
@@ -75,7 +76,7 @@ class _Builder:
         if self.lim != (1 << (self.w - 1)) - 1:
             raise ValueError(f"the RTL clamps to ±(2^(W−1) − 1), not ±{self.lim}")
         # a delay of ≥ 4 stages goes into a block RAM where it saves ≥ 64 flip-flops per 16 bits of width
-        self.p = Pipeline(memory_delay=(4, 64))
+        self.p = Pipeline(memory_delay=(4, 64), fold=fold, cuts=cuts)
         self.memories: list[Memory] = []
         self.lane_bits, self.osc_bits = lane_bits, osc_bits
         self.table = table
@@ -88,6 +89,7 @@ class _Builder:
     def read(self, memory: Memory, address: str, stage: int, bits: int | None = None) -> str:
         """Read ``memory`` at the address signal's value in ``stage`` (its low ``bits``); the data is a
         signal of stage + 1."""
+        self.p.boundary(stage)
         memory.read_stage, memory.read_address = stage, self.p.at(address, stage)
         if bits is not None:
             memory.read_address += f"[{bits - 1}:0]"
@@ -201,6 +203,7 @@ class _Builder:
         # and leaves from registers one stage later: no output port hangs off a clamp, and whether the
         # last stage holds a beat (which `advance`, every register's enable, waits on) is one flip-flop
         out_stage = max(write_stage, p.signals[obs].stage)
+        p.boundary(out_stage)
         out = p.at(p.wire("out_beat", w + 1, out_stage, f"{{echo}} ? {{{obs}}} : {{{phi_new}}}"), out_stage + 1)
         out_valid = p.at(p.wire("out_lane", 1, out_stage, "{live} & (~{echo} | {sigma})", signed=False, reset=True),
                          out_stage + 1)
@@ -211,7 +214,9 @@ class _Builder:
                  "preact": [extra["z_sat"]] if extra else [], "accumulator": acc_flags}
         increments = {name: self._count(name, names, acc_last + 1, last) for name, names in flags.items()}
         # a lane's π is read (stage 0) after its previous step wrote it back; an accumulator likewise
-        return Datapath(p, self.memories, last, max(write_stage + 1, acc_reach), out, out_valid, increments)
+        folded = p.register_stage
+        return Datapath(p, self.memories, folded(last), max(folded(write_stage) + 1, acc_reach), out, out_valid,
+                        increments)
 
     def _tanh_force(self, m: str, st: int) -> tuple[str, int, dict]:
         """z, t = T(z), G(z) and R(c·t) from m (ready in stage ``st``). Returns (R(c·t), the stage it is
@@ -324,7 +329,7 @@ class _Builder:
             memory.write = (p.at(update, write_stage), _pair_of(p.at("lane", write_stage), self.lane_bits),
                             p.at(value, write_stage))
         gated = [p.wire(f"{flag}_counted", 1, last, f"{{{update}}} & {{{flag}}}", signed=False) for flag in flags]
-        return last, gated, obs, last - (base - 1) + 1
+        return last, gated, obs, p.register_stage(last) - p.register_stage(base - 1) + 1
 
     def _add_to_accumulator(self, name: str, acc: str, term: str, stage: int) -> tuple[str, str]:
         """clamp(acc + term, ±2^62) over three stages: low part and its carry; high part; the clamp,
@@ -370,6 +375,13 @@ def _pair_of(lane: str, lane_bits: int) -> str:
     return f"{lane}[{lane_bits - 1}:1]"
 
 
-def build(config: FormatConfig, kind: str, lane_bits: int, osc_bits: int, table: OddTable | None) -> Datapath:
-    """The lane-step of one bank kind at ``config``'s formats, for 2^lane_bits lanes and 2^osc_bits oscillators."""
-    return _Builder(config, kind, lane_bits, osc_bits, table).build()
+def build(config: FormatConfig, kind: str, lane_bits: int, osc_bits: int, table: OddTable | None,
+          fold: int = 1) -> Datapath:
+    """The lane-step of one bank kind at ``config``'s formats, for 2^lane_bits lanes and 2^osc_bits
+    oscillators; ``fold`` stages per register stage (Pipeline): the unfolded build finds the stages that
+    must end one (memory reads, the out beat), the folded one is built around them."""
+    path = _Builder(config, kind, lane_bits, osc_bits, table).build()
+    if fold == 1:
+        return path
+    cuts = frozenset(path.pipeline.boundaries)
+    return _Builder(config, kind, lane_bits, osc_bits, table, fold, cuts).build()

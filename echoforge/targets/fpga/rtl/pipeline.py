@@ -7,6 +7,12 @@ signed, in the stage it belongs to. An expression names the signals it reads as 
 schedule is data: moving an operation to another stage cannot leave a stale operand behind, and
 every pipeline register advances on one global enable (``advance``), which is how the core stalls.
 
+Folding (``fold`` = k > 1) merges up to k consecutive stages into one register stage, for a clock that
+can afford k operation groups (a board image's 12 MHz): the operations and their order stay, only the
+registers between stages of one group go. A stage whose value must be registered before the next (a
+memory's read address: its data comes a clock later) ends its group (``cuts``). Stage numbers given to
+the pipeline stay the builder's; register stages name the delayed copies.
+
 A long delay of a wide signal is a delay line in a block RAM instead (``DelayLine``): written every
 advance at a shared pointer and read ``gap − 1`` entries behind it, it holds the value of ``gap``
 advances ago, as ``gap`` registers would — one block instead of width × gap flip-flops, which on a
@@ -44,6 +50,7 @@ class Signal:
     uses: set = field(default_factory=set)   # the stages that read it
     reset: bool = False   # delayed copies clear on reset (valid bits)
     signed: bool = True   # flags and memory addresses are unsigned
+    home: int = 0         # its register stage (``stage`` folded)
 
     @property
     def declaration(self) -> str:
@@ -70,13 +77,32 @@ class Pipeline:
     """Signals by stage, the combinational wires that define them, and raw Verilog per stage.
 
     ``memory_delay``: (least gap, least flip-flops saved per 16 bits of width) for a delay to go into a
-    block RAM; None keeps every delay in registers."""
+    block RAM; None keeps every delay in registers. ``fold``: stages per register stage; ``cuts``: the
+    stages that end a register stage whatever the fold (every ``boundary`` of an unfolded build)."""
 
     signals: dict[str, Signal] = field(default_factory=dict)
     wires: list[tuple[Signal, str]] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     multipliers: list[tuple[str, int, int]] = field(default_factory=list)
     memory_delay: tuple[int, int] | None = None
+    fold: int = 1
+    cuts: frozenset = frozenset()
+    boundaries: set = field(default_factory=set)
+
+    def boundary(self, stage: int) -> None:
+        """Values of ``stage`` are registered before the next stage reads them (a memory's address)."""
+        self.boundaries.add(stage)
+
+    def register_stage(self, stage: int) -> int:
+        """The register stage ``stage`` folds into (itself unfolded)."""
+        if self.fold == 1:
+            return stage
+        folded, run = 0, 0
+        for earlier in range(stage):
+            run += 1
+            if earlier in self.cuts or run == self.fold:
+                folded, run = folded + 1, 0
+        return folded
 
     def input(self, name: str, width: int, stage: int, *, reset: bool = False, signed: bool = True) -> str:
         """A signal defined outside the netlist (issue logic, a memory's read data) at ``stage``."""
@@ -110,8 +136,9 @@ class Pipeline:
         if stage < signal.stage:
             raise ValueError(f"{name} is produced in stage {signal.stage}, read in stage {stage}")
         signal.last_use = max(signal.last_use, stage)
-        signal.uses.add(stage)
-        return name if stage == signal.stage else f"{name}_s{stage}"
+        folded = self.register_stage(stage)
+        signal.uses.add(folded)
+        return name if folded == signal.home else f"{name}_s{folded}"
 
     def resolve(self, text: str, stage: int) -> str:
         return _REFERENCE.sub(lambda match: self.at(match.group(1), stage), text)
@@ -134,7 +161,7 @@ class Pipeline:
     def emit(self) -> str:
         """Declarations, wire definitions, delays and raw text, in that order."""
         lines = ["// ---- pipeline wires (one per operation) ----"]
-        lines += [f"wire {s.declaration} {s.name} = {expression};  // stage {s.stage}"
+        lines += [f"wire {s.declaration} {s.name} = {expression};  // stage {s.home}"
                   for s, expression in self.wires]
         lines.append("// ---- pipeline delays ----")
         in_memory = {(line.signal, line.start): line for line in self.delay_lines()}
@@ -151,21 +178,22 @@ class Pipeline:
             raise ValueError(f"signal {signal.name} defined twice")
         if signal.width < 1:
             raise ValueError(f"signal {signal.name} has width {signal.width}")
+        signal.home = self.register_stage(signal.stage)
         self.signals[signal.name] = signal
         return signal
 
 
 def _segments(signal: Signal) -> list[tuple[int, int]]:
-    """(from, to) between consecutive stages the signal is read in, from the stage it is made in."""
-    taps = sorted(stage for stage in signal.uses if stage > signal.stage)
-    return list(zip([signal.stage, *taps], taps))
+    """(from, to) between consecutive register stages the signal is read in, from the one it is made in."""
+    taps = sorted(stage for stage in signal.uses if stage > signal.home)
+    return list(zip([signal.home, *taps], taps))
 
 
 def _delays(signal: Signal, in_memory: dict) -> list[str]:
     """The signal's delayed copies: registers, or memory delay lines for the segments ``in_memory``."""
     lines, registers = [], []
     for start, end in _segments(signal):
-        source = signal.name if start == signal.stage else f"{signal.name}_s{start}"
+        source = signal.name if start == signal.home else f"{signal.name}_s{start}"
         line = in_memory.get((signal.name, start))
         if line is None:
             registers += range(start + 1, end + 1)
@@ -185,7 +213,7 @@ def _delay_registers(signal: Signal, stages) -> list[str]:
         return []
     names = [f"{signal.name}_s{k}" for k in stages]
     lines = [f"reg {signal.declaration} {', '.join(names)};"]
-    sources = [signal.name if k - 1 == signal.stage else f"{signal.name}_s{k - 1}" for k in stages]
+    sources = [signal.name if k - 1 == signal.home else f"{signal.name}_s{k - 1}" for k in stages]
     moves = " ".join(f"{dst} <= {src};" for dst, src in zip(names, sources))
     if signal.reset:
         clears = " ".join(f"{dst} <= {signal.width}'d0;" for dst in names)
