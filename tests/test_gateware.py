@@ -287,7 +287,7 @@ def test_frame_transmitter_encodes_long_frames_as_the_host_does(tmp_path, buffer
         spec += bytes([frame.type, frame.flags]) + frame.seq.to_bytes(2, "little") + frame.opcode.to_bytes(2, "little")
         spec += len(frame.payload).to_bytes(2, "little") + frame.payload
     (tmp_path / "frames.hex").write_text("\n".join(f"{byte:02x}" for byte in spec) + "\n")
-    sources = [RTL / "ef_frame_tx_tb.v", RTL / "ef_frame_tx.v", RTL / "ef_ram.v"]
+    sources = [RTL / "ef_frame_tx_tb.v", RTL / "ef_frame_tx.v", RTL / "ef_crc32.v", RTL / "ef_ram.v"]
     spram = _spram_model(tmp_path) if buffer == "SPRAM" else []
     subprocess.run(["iverilog", "-g2005", "-o", "tb", "-I", str(RTL), *map(str, sources), *spram], cwd=tmp_path,
                    check=True)

@@ -20,7 +20,7 @@ from echoforge import __version__
 from echoforge.targets.emulator.fixed import FormatConfig
 
 RTL = Path(__file__).parent / "rtl"
-SOURCES = ("ef_ram.v", "ef_uart_rx.v", "ef_uart_tx.v", "ef_frame_rx.v", "ef_frame_tx.v", "ef_engine.v", "ef_board.v")
+SOURCES = ("ef_ram.v", "ef_crc32.v", "ef_uart_rx.v", "ef_uart_tx.v", "ef_frame_rx.v", "ef_frame_tx.v", "ef_engine.v", "ef_board.v")
 CORE_SOURCES = ("ef_commands.v",)
 INCLUDES = ("ef_crc32.vh",)
 SIM_TOP = "ef_sim_top.v"
@@ -62,6 +62,7 @@ class GatewareConfig:
     kind: str = "linear"
     oscillators: int = CORE_OSCILLATORS
     max_chunk_steps: int = 4096
+    fold: int = 3                  # the bank's pipeline stages per register stage (rtl.generate_core)
 
     def __post_init__(self):
         if self.clks_per_bit < 4:
@@ -209,7 +210,7 @@ def write_sources(config: GatewareConfig, directory: Path, *, simulation: bool =
         from echoforge.targets.fpga.rtl import generate_core
 
         design = generate_core(config.formats, config.kind, directory, lanes=2 * config.oscillators,
-                               oscillators=config.oscillators)
+                               oscillators=config.oscillators, fold=config.fold)
         (directory / "ef_core.vh").write_text(core_include(config, json.loads(design.regmap.read_text())))
         verilog += list(design.sources)
     return verilog + ([directory / SIM_TOP] if simulation else [])

@@ -123,7 +123,8 @@ module ef_commands #(
     reg  [CW-1:0] index, count, inner, outer, inner_limit;
     reg  [4:0]  body_at;                   // payload offset of the command's arrays
     reg  [SW-1:0] steps;                   // K of the chunk
-    reg  [31:0] crc;
+    wire [31:0] crc;                       // the program hash (ef_crc32), fed by CRC_HEADER and CRC_BYTE
+    wire        crc_busy;
     reg  [3:0]  emit_index, emit_bytes;
     reg  [31:0] emit_value;                // a CRC or counter; READ_STATE and READ_OBSERVABLES emit rf_data
     wire [63:0] emitted    = (opcode == READ_STATE || opcode == READ_OBSERVABLES) ? rf_data : {32'd0, emit_value};
@@ -192,6 +193,11 @@ module ef_commands #(
             default: image_header = FORMAT_BYTES[8 * (at - 4'd2) +: 8];
         endcase
     endfunction
+
+    ef_crc32 hash (.clk(clk), .init(state == APPLY && index == count),
+                   .feed(!crc_busy && (state == CRC_HEADER || state == CRC_BYTE)),
+                   .data(state == CRC_HEADER ? image_header(index[3:0], program_p) : value[7:0]), .crc(crc),
+                   .busy(crc_busy));
 
     task refuse;                           // answer the error `code`; nothing has changed
         input [15:0] code;
@@ -424,8 +430,7 @@ module ef_commands #(
                 LOAD_PROGRAM, WRITE_PARAMS:
                     if (index == count) begin
                         index <= 32'd0;
-                        crc   <= CRC_INIT;
-                        state <= CRC_HEADER;
+                        state <= CRC_HEADER;               // the hash starts over (ef_crc32's init)
                     end else read(body_at + times(index, WB), WB[3:0], APPLY_NEXT);
                 WRITE_STATE:
                     if (index == count) begin
@@ -452,8 +457,7 @@ module ef_commands #(
                     bus_write(PARAMS_BASE + inner * 8 + outer, sample);
             end
             // ---- the program hash: CRC-32 of the image header and the codes ----
-            CRC_HEADER: begin
-                crc   <= crc32_byte(crc, image_header(index[3:0], program_p));
+            CRC_HEADER: if (!crc_busy) begin                           // the header byte goes into the hash
                 index <= index + 32'd1;
                 if (index == 32'd12) begin
                     index <= body_at;
@@ -462,12 +466,11 @@ module ef_commands #(
             end
             CRC_BODY: if (index == len) state <= CRC_OUT;
                       else read(index, 4'd1, CRC_BYTE);
-            CRC_BYTE: begin
-                crc   <= crc32_byte(crc, value[7:0]);
+            CRC_BYTE: if (!crc_busy) begin                             // the byte read goes into the hash
                 index <= index + 32'd1;
                 state <= CRC_BODY;
             end
-            CRC_OUT: begin
+            CRC_OUT: if (!crc_busy) begin
                 loaded          <= 1'b1;
                 size            <= program_p;
                 phase           <= NONE;

@@ -46,7 +46,7 @@ module ef_frame_rx #(
     reg [7:0]  remaining;    // bytes left in the current COBS block
     reg        in_block;     // a code byte has been read
     reg        block_full;   // the current block's code is 0xFF: no zero follows it
-    reg [31:0] crc;
+    wire [31:0] crc;
 
     genvar g;
     generate
@@ -73,8 +73,10 @@ module ef_frame_rx #(
 
     // The buffer is written while a chunk is collected and read while the engine answers its frame, and
     // a chunk that starts while the engine is busy is discarded: the two never share a clock.
-    wire store = !rst && in_valid && in_data != 8'd0 && mode == COLLECT && encoded < ENC_LIMIT && emit
-                 && decoded >= 18'd11 && payload_index < (18'd1 << AW);
+    wire decode = !rst && in_valid && in_data != 8'd0 && mode == COLLECT && encoded < ENC_LIMIT && emit;
+    wire store  = decode && decoded >= 18'd11 && payload_index < (18'd1 << AW);
+    ef_crc32 check (.clk(clk), .init(in_valid && in_data != 8'd0 && mode == BETWEEN && accept), .feed(decode),
+                    .data(emit_byte), .crc(crc), .busy());
     ef_ram #(.AW(AW)) buffer (.clk(clk), .we(store), .addr(store ? payload_index[AW-1:0] : rd_addr),
                               .wdata(emit_byte), .rdata(rd_data));
 
@@ -98,7 +100,6 @@ module ef_frame_rx #(
                     encoded <= (mode == BETWEEN) ? 18'd1 : encoded + 18'd1;
                     if (mode == BETWEEN) begin
                         decoded   <= 18'd0;
-                        crc       <= CRC_INIT;
                         in_block  <= 1'b1;
                         remaining <= in_data - 8'd1;
                         block_full <= (in_data == 8'hFF);
@@ -109,7 +110,6 @@ module ef_frame_rx #(
                             block_full <= (in_data == 8'hFF);
                         end else remaining <= remaining - 8'd1;
                         if (emit) begin
-                            crc     <= crc32_byte(crc, emit_byte);
                             decoded <= decoded + 18'd1;
                             if (decoded < 18'd11) header[decoded[3:0]] <= emit_byte;
                             else if (decoded < 18'd27) fields[field_index[3:0]] <= emit_byte;  // and the buffer (store)

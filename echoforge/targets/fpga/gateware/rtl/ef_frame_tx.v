@@ -1,7 +1,7 @@
 // Frame transmitter (docs/protocol.md §2–3). The engine writes a response's payload into the buffer
 // at any offsets (an echo chunk's observables come out in reverse time), then starts the frame with
-// its header fields: the header is written, the CRC-32 runs over header and payload (two clocks a
-// byte) and is appended, and the frame goes out COBS-encoded between two 0x00 delimiters. The buffer has two
+// its header fields: the header is written, the CRC-32 runs over header and payload (ef_crc32: nine
+// or ten clocks a byte) and is appended, and the frame goes out COBS-encoded between two 0x00 delimiters. The buffer has two
 // regions: the response region, which keeps the last response's exact bytes (the one-entry response
 // cache of rule D1: `resend` sends it again), and a 16-byte control region for ACK and NACK frames,
 // so that acknowledging a request never overwrites the cache.
@@ -44,7 +44,8 @@ module ef_frame_tx #(
     reg [7:0]  l_type, l_flags;
     reg [15:0] l_seq, l_opcode;
     reg [31:0] l_length;
-    reg [31:0] crc;
+    wire [31:0] crc;
+    wire       crc_busy;
     localparam integer CW = (AW > 8 ? AW : 8) + 1;   // a frame's bytes (≤ 2^AW) or a block's (≤ 254)
     reg [CW-1:0] index;                       // header, payload or trailer byte being written
     reg [CW-1:0] response_len, control_len;   // frame bytes held in each region
@@ -82,13 +83,17 @@ module ef_frame_tx #(
     end
 
     wire        payload_write = (state == IDLE) && pw_we;
-    wire        writing    = (state == HEADER) || (state == TRAILER) || payload_write;
+    wire        crc_ready  = !crc_busy;           // the CRC has taken the last byte fed
+    wire        writing    = ((state == HEADER) || (state == TRAILER)) && crc_ready || payload_write;
     wire [16:0] write_at   = payload_write ? 17'd11 + {{(17 - AW){1'b0}}, pw_addr}
                              : base + (state == HEADER ? index : 17'd11 + l_length[16:0] + index);
     wire [7:0]  write_byte = payload_write ? pw_data : state == HEADER ? header_byte : trailer_byte;
     wire        crc_pass   = (state == CRC_A) || (state == CRC_B);
     wire [16:0] read_at    = base + (crc_pass ? 17'd11 + index
                                      : block_start + ((state == COPY_A || state == COPY_B) ? copied : block_len));
+
+    ef_crc32 check (.clk(clk), .init(state == IDLE), .feed(crc_ready && (state == HEADER || state == CRC_B)),
+                    .data(state == HEADER ? header_byte : rd_data), .crc(crc), .busy(crc_busy));
 
     // No state reads the buffer in the clock after it wrote it, so one port serves both.
     ef_ram #(.AW(AW)) buffer (.clk(clk), .we(writing), .addr(writing ? write_at[AW-1:0] : read_at[AW-1:0]),
@@ -110,21 +115,18 @@ module ef_frame_tx #(
                 l_seq    <= h_seq;
                 l_opcode <= h_opcode;
                 l_length <= h_length;
-                crc      <= CRC_INIT;
                 index    <= 17'd0;
                 state    <= HEADER;
             end else if (resend) begin
                 sel   <= 1'b0;
                 state <= LEAD;
             end
-            HEADER: begin
-                crc   <= crc32_byte(crc, header_byte);
+            HEADER: if (crc_ready) begin                 // header_byte goes into the CRC and the buffer
                 index <= (index == 17'd10) ? 17'd0 : index + 17'd1;
                 if (index == 17'd10) state <= (l_length == 32'd0) ? TRAILER : CRC_A;
             end
             CRC_A: state <= CRC_B;
-            CRC_B: begin
-                crc   <= crc32_byte(crc, rd_data);
+            CRC_B: if (crc_ready) begin                  // rd_data goes into the CRC
                 index <= index + 17'd1;
                 state <= CRC_A;
                 if (index + 17'd1 == l_length[16:0]) begin
@@ -132,7 +134,7 @@ module ef_frame_tx #(
                     state <= TRAILER;
                 end
             end
-            TRAILER: begin
+            TRAILER: if (crc_ready) begin
                 index <= index + 17'd1;
                 if (index == 17'd3) begin
                     if (sel) control_len <= 17'd15 + l_length[16:0];
