@@ -20,7 +20,12 @@ cores between sessions first — autogroup — so K hardly grows with our number
 fraction of a step a stream wants a core (W/σ over T, solved with T), a(N) = (N − 1)·a(2) the latency of
 an all_reduce (gloo's ring, a few kB: latency-bound) and k the collectives a step makes (3 a block:
 batch-norm mean, variance and backward; 1 a bank in the loop: the echo's largest nudge; 1 for the
-gradients).
+gradients). a(2) depends on what the cores do: back to back, with the cores idle, gloo answers in a few
+tenths of a millisecond; when every core is busy with the ranks' work (this machine: as many streams as
+cores), the thread that must answer waits for a core, and a collective costs several times that. So a(2)
+is measured both ways: idle (a core per rank, with cores to spare for gloo's threads: the projections
+for a cluster) and between work (each rank first spends the CPU seconds a 2-rank step spends between two
+collectives, W(B/2)/k: the model of this machine).
 
 K is measured, not fitted: as many processes as cores spin for 0.1 s and K is the sum of their CPU
 seconds over the wall (Spinners), once a turn. The run goes side by side, turn by turn: a 2-rank step,
@@ -30,12 +35,16 @@ steps only: w₀, w₁ by least squares from the CPU seconds of the rank (proces
 simulator (/proc/PID/stat) at batch B/4, B/2 and B; σ(1) as the median CPU seconds over wall of the host
 steps (a host step never waits, so that is the share of a core a stream got); ℓ₀, ℓ₁ from what the wall
 time leaves, T₁ − W/σ(1), at the same batches (a wait is never negative: ℓ below 0 counts as 0); a(2)
-from all_reduces between the two ranks, timed alone. The 2-rank step times fit nothing: the model, given
+from all_reduces between the two ranks outside the steps: 200 back to back at the end (idle, median), and
+k a turn, each after W(B/2)/k of spinning (between work, mean: a step pays every one of them). The 2-rank
+step times fit nothing: the model, given
 the median K, predicts them (tolerance ±25 %). Projections: a core per rank (σ = 1: a cluster, one rank
 a node) for boards on a pty and on a UART (the line adds a row's wire bytes × 10 bits / baud, in place of
-the pty's per-row wait), and this machine's C cores with nothing else running.
+the pty's per-row wait), and this machine's C cores shared by the ranks alone (K = C, a(2) between work).
+--runs repeats the whole side-by-side measurement: the tables show the last run, and a line lists every
+run's measured / model (the machine is shared: one run proves little).
 
-    python benchmarks/bench_scale.py [--batch 16 --steps 20] [--write]
+    python benchmarks/bench_scale.py [--batch 16 --steps 20 --runs 3] [--write]
 """
 
 from __future__ import annotations
@@ -74,6 +83,7 @@ CALIBRATION_ROWS = (4, 8, 16)  # the one-process batches, in 16ths of the global
 BAUD_RATES = (921600, 115200)
 BOARDS = (1, 2, 4, 8, 16)
 TOLERANCE = 0.25
+IDLE, LOADED = "all_reduce", "all_reduce_loaded"  # the model's all_reduce latency: cores idle, or all busy
 PLOT = Path(__file__).resolve().parents[1] / "docs" / "scale.png"
 TICK = 1 / os.sysconf("SC_CLK_TCK")
 
@@ -185,15 +195,24 @@ def summarize(steps: list[dict]) -> dict:
             for key in steps[0]}
 
 
-def all_reduce_seconds(ranks, size: int, repeats: int = 200) -> float:
-    """Median seconds of an all_reduce of `size` float32s between the ranks."""
+def spin(seconds: float) -> None:
+    """Keep this thread's core busy for `seconds` (a rank's work between two collectives)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def all_reduce_seconds(ranks, size: int, repeats: int = 200, work: float = 0.0) -> list[float]:
+    """Seconds of each of `repeats` all_reduces of `size` float32s between the ranks, each after `work` seconds of
+    CPU work (0: back to back, the latency of an idle machine)."""
     tensor = torch.zeros(size)
     times = []
     for _ in range(repeats):
+        spin(work)
         started = time.perf_counter()
         distributed.all_reduce(tensor, ranks)
         times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return times
 
 
 def count_collective_seconds() -> dict:
@@ -229,9 +248,16 @@ class Alone:
         taken = {rows: one_step(trainer, self.pids.get(rows)) for rows, trainer in self.trainers.items()}
         taken["probe"] = taken[max(self.trainers)] if self.probe is self.trainers[max(self.trainers)] else one_step(self.probe)
         taken["cores"] = self.spinners.cores()
+        self.last = taken
         if record:
             for key, value in taken.items():
                 self.steps[key].append(value)
+
+    def work_between_collectives(self, collectives_a_step: int) -> float:
+        """CPU seconds a rank and its board spend between two collectives of a 2-rank step: the last one-process
+        step of half the batch, over the collectives a step makes."""
+        half = self.last[min(self.trainers, key=lambda rows: abs(2 * rows - max(self.trainers)))]
+        return (half["cpu"] + half["board_cpu"]) / collectives_a_step
 
     def results(self) -> dict:
         self.spinners.close()
@@ -249,13 +275,15 @@ def _rank(rank: int, size: int, port: int, kind: str, batch: int, steps: int, wo
     """One rank of the side-by-side run: turn by turn, a 2-rank step, then (rank 0, the other rank waiting at a
     barrier) one step of each one-process trainer and a measure of K, so both see the same machine."""
     quiet()
+    k = collectives(kind, 2)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     ranks = distributed.join()
     barrier = torch.distributed.barrier
     trainer = make(kind, batch, ranks, Path(work), boards[rank] if boards else None)
     alone = Alone(kind, batch, Path(work), alone_boards) if ranks.leader else None
     spent = count_collective_seconds()
-    together = []
+    size = sum(p.numel() for p in trainer.model.parameters())
+    together, loaded = [], []
     for turn in range(steps + 1):  # turn 0 warms up
         barrier()
         before = spent["seconds"]
@@ -263,11 +291,15 @@ def _rank(rank: int, size: int, port: int, kind: str, batch: int, steps: int, wo
         barrier()
         if alone:
             alone.turn(record=turn > 0)
+        if turn > 0:
+            work_between = distributed.from_leader(alone.work_between_collectives(k) if alone else None, ranks)
+            loaded += all_reduce_seconds(ranks, size, repeats=k, work=work_between)
         barrier()
-    reduce = all_reduce_seconds(ranks, sum(p.numel() for p in trainer.model.parameters()))
+    idle = statistics.median(all_reduce_seconds(ranks, size))
     measured = distributed.from_every_rank(summarize(together[1:]), ranks)
     if ranks.leader:
-        Path(work, f"{kind}.json").write_text(json.dumps({"ranks": measured, "all_reduce": reduce} | alone.results()))
+        reduces = {"all_reduce": idle, "all_reduce_loaded": statistics.mean(loaded), "work_between": work_between}
+        Path(work, f"{kind}.json").write_text(json.dumps({"ranks": measured} | reduces | alone.results()))
     barrier()  # no rank tears the group down while another still uses it
     torch.distributed.destroy_process_group()
 
@@ -305,12 +337,13 @@ def share(streams: float, cores: float) -> float:
     return min(1.0, cores / streams)
 
 
-def predict(model: dict, n: int, cores: float, *, line_seconds_per_row: float = 0.0) -> float:
-    """T(N) of the module docstring; d (the fraction of a step a stream wants a core) solved with T."""
+def predict(model: dict, n: int, cores: float, latency: str, *, line_seconds_per_row: float = 0.0) -> float:
+    """T(N) of the module docstring with the all_reduce latency `latency` ("all_reduce": idle cores,
+    "all_reduce_loaded": every core busy); d (the fraction of a step a stream wants a core) solved with T."""
     rows = model["batch"] / n
     work = line(model["work"], rows)
     wait = max(0.0, line(model["wait"], rows)) + line_seconds_per_row * rows  # a wait is never negative
-    sync = model["collectives"] * (n - 1) * model["all_reduce"]
+    sync = model["collectives"] * (n - 1) * model[latency]
     busy, step = 1.0, 0.0
     for _ in range(50):
         computing = work / share(1 + (n - 1) * busy, cores)
@@ -319,22 +352,23 @@ def predict(model: dict, n: int, cores: float, *, line_seconds_per_row: float = 
     return step
 
 
-def calibrate(kind: str, batch: int, one: dict, sigma: float, all_reduce: float) -> dict:
+def calibrate(kind: str, batch: int, one: dict, sigma: float, all_reduces: dict) -> dict:
     """The model's terms from the one-process steps at batch B/4, B/2 and B, during which a stream got `sigma` of a
     core (see the module docstring)."""
     work = {rows: m["cpu"] + m["board_cpu"] for rows, m in one.items()}
     wait = {rows: m["wall"] - work[rows] / sigma for rows, m in one.items()}
     return {"batch": batch, "work": fit_line(work), "wait": fit_line(wait), "collectives": collectives(kind, 2),
-            "all_reduce": all_reduce, "sigma": sigma}
+            "sigma": sigma} | all_reduces
 
 
 def measure(kind: str, batch: int, steps: int, work: Path, boards: list[tuple[str, int]] = ()) -> dict:
     run = side_by_side(kind, batch, steps, work, boards)
-    model = calibrate(kind, batch, run["one"], run["sigma"], run["all_reduce"])
+    model = calibrate(kind, batch, run["one"], run["sigma"],
+                      {key: run[key] for key in ("all_reduce", "all_reduce_loaded")})
     measured_two = max(rank["wall"] for rank in run["ranks"])
-    return run | {"measured_two": measured_two, "model": model, "predicted_two": predict(model, 2, run["cores"]),
-                  "dedicated": {n: predict(model, n, n) for n in BOARDS},
-                  "here": {n: predict(model, n, os.cpu_count()) for n in BOARDS}}
+    return run | {"measured_two": measured_two, "model": model, "predicted_two": predict(model, 2, run["cores"], LOADED),
+                  "dedicated": {n: predict(model, n, n, IDLE) for n in BOARDS},
+                  "here": {n: predict(model, n, os.cpu_count(), LOADED) for n in BOARDS}}
 
 
 def wire_bytes_per_row(work: Path, board: str, batch: int) -> float:
@@ -350,7 +384,7 @@ def wire_bytes_per_row(work: Path, board: str, batch: int) -> float:
 def uart_projection(hil: dict, bytes_row: float) -> dict:
     """In the loop with a board on a UART per rank, a core per rank: the pty's waits replaced by the line's."""
     model = hil["model"] | {"wait": {"fixed": hil["model"]["wait"]["fixed"], "per_row": 0.0}}
-    return {baud: {n: predict(model, n, n, line_seconds_per_row=bytes_row * 10 / baud) for n in BOARDS}
+    return {baud: {n: predict(model, n, n, IDLE, line_seconds_per_row=bytes_row * 10 / baud) for n in BOARDS}
             for baud in BAUD_RATES}
 
 
@@ -384,7 +418,12 @@ def plot(results: dict, uart: dict, batch: int) -> None:
     plt.close(fig)
 
 
-def report(results: dict, uart: dict, bytes_row: float, batch: int, steps: int) -> str:
+def ratio(r: dict) -> float:
+    return r["measured_two"] / r["predicted_two"]
+
+
+def report(runs: list[dict], uart: dict, bytes_row: float, batch: int, steps: int) -> str:
+    results = runs[-1]
     ms = 1e3
     lines = [(f"Global batch {batch}, BasicMotions, 2 blocks of 16 oscillators (16 features), gloo on localhost, "
               f"1 thread a rank, {os.cpu_count()} cores shared with other programs (load average at the end "
@@ -392,7 +431,7 @@ def report(results: dict, uart: dict, bytes_row: float, batch: int, steps: int) 
               "of each one-process trainer and a measure of K; medians. σ(1): the share of a core a stream got at 1 "
               "rank (host steps' CPU over wall); K: the cores this program got (spinners; median, quartiles)."), "",
              ("| | 1 rank (ms) | 2 ranks (ms) | speed-up | efficiency | σ(1) | K (cores) | model, 2 ranks (ms) | "
-              "measured / model | in collectives, 2 ranks (ms a step) | all_reduce alone (ms) |"),
+              "measured / model | in collectives, 2 ranks (ms a step) | all_reduce: idle / between work (ms) |"),
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for kind, label in (("host", "host training"), ("hil", "in the loop (2 simulated boards on ptys)")):
         r = results[kind]
@@ -401,7 +440,7 @@ def report(results: dict, uart: dict, bytes_row: float, batch: int, steps: int) 
         lines.append(f"| {label} | {ms * one:.1f} | {ms * two:.1f} | {one / two:.2f} | {one / two / 2:.2f} | "
                      f"{r['sigma']:.2f} | {r['cores']:.2f} ({r['cores_quartiles'][0]:.2f}–{r['cores_quartiles'][1]:.2f}) | "
                      f"{ms * r['predicted_two']:.1f} | "
-                     f"{two / r['predicted_two']:.2f} | {ms * inside:.1f} | {ms * r['all_reduce']:.3f} |")
+                     f"{ratio(r):.2f} | {ms * inside:.1f} | {ms * r[IDLE]:.3f} / {ms * r[LOADED]:.3f} |")
     lines += ["", "Calibration (one process, batch B/4, B/2 and B; per step):", "",
               "| | rows | wall (ms) | rank CPU (ms) | board CPU (ms) | in link calls (ms) |", "|---|---|---|---|---|---|"]
     for kind, r in results.items():
@@ -418,14 +457,16 @@ def report(results: dict, uart: dict, bytes_row: float, batch: int, steps: int) 
                  f"{ms * m['wait']['per_row']:.2f} | {m['sigma']:.2f} | {m['collectives']}")
         lines.append(f"| {kind}, a core per rank | {terms} | " + " | ".join(f"{ms * r['dedicated'][n]:.1f}" for n in BOARDS)
                      + " |")
-        lines.append(f"| {kind}, {os.cpu_count()} cores shared, nothing else running | | | | | | | "
+        lines.append(f"| {kind}, {os.cpu_count()} cores shared by the ranks | | | | | | | "
                      + " | ".join(f"{ms * r['here'][n]:.1f}" for n in BOARDS) + " |")
     for baud, model in uart.items():
         lines.append(f"| in the loop, UART {baud} Bd, a core per rank | | | | | | | "
                      + " | ".join(f"{ms * model[n]:.0f}" for n in BOARDS) + " |")
-    verdict = {kind: abs(r["measured_two"] / r["predicted_two"] - 1) <= TOLERANCE for kind, r in results.items()}
-    lines += ["", (f"Validation: measured / model at 2 ranks within ±{TOLERANCE:.0%}: "
-                   + ", ".join(f"{kind} {'yes' if ok else 'no'}" for kind, ok in verdict.items()) + "."), "",
+    within = {kind: sum(abs(ratio(run[kind]) - 1) <= TOLERANCE for run in runs) for kind in results}
+    lines += ["", (f"Validation, {len(runs)} runs: measured / model at 2 ranks "
+                   + "; ".join(f"{kind} " + ", ".join(f"{ratio(run[kind]):.2f}" for run in runs) for kind in results)
+                   + f" — within ±{TOLERANCE:.0%}: " + ", ".join(f"{kind} {within[kind]} of {len(runs)}" for kind in results)
+                   + "."), "",
               f"A training step moves {bytes_row:.0f} wire bytes a batch row; on a UART that is "
               + ", ".join(f"{ms * bytes_row * 10 / baud:.1f} ms a row at {baud} Bd" for baud in BAUD_RATES)
               + ": the line divides by the number of boards, so in the loop the step time falls nearly as 1/N until "
@@ -437,6 +478,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=3, help="side-by-side measurements, one after the other")
     parser.add_argument("--write", action="store_true", help="replace this script's section of docs/results.md")
     args = parser.parse_args()
     quiet()
@@ -446,17 +488,17 @@ def main() -> None:
         assert echoforge(["train", *tiny, "-o", str(work / "source")]) == 0
         assert echoforge(["compile", str(work / "source"), "--target", "emulator", "-o", str(work / "program"),
                           "--no-progress"]) == 0
-        results = {"host": measure("host", args.batch, args.steps, work)}
         boards = []  # two for the ranks, one for each one-process trainer
         for _ in range(2 + len(CALIBRATION_ROWS)):
             known = {pid for _, pid in boards} | set(_children())
             uri = stack.enter_context(simulated_board())
             boards.append((uri, new_child(known)))
-        results["hil"] = measure("hil", args.batch, args.steps, work, boards)
+        runs = [{"host": measure("host", args.batch, args.steps, work),
+                 "hil": measure("hil", args.batch, args.steps, work, boards)} for _ in range(args.runs)]
         bytes_row = wire_bytes_per_row(work, boards[0][0], args.batch)
-    uart = uart_projection(results["hil"], bytes_row)
-    plot(results, uart, args.batch)
-    body = report(results, uart, bytes_row, args.batch, args.steps)
+    uart = uart_projection(runs[-1]["hil"], bytes_row)
+    plot(runs[-1], uart, args.batch)
+    body = report(runs, uart, bytes_row, args.batch, args.steps)
     print(body)
     if args.write:
         write_section("bench_scale", "## Scale-out: ranks and boards (bench_scale)\n\n" + body)
