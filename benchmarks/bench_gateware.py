@@ -129,11 +129,13 @@ def image_row(name: str, board_name: str, config: GatewareConfig, directory: Pat
     start = time.perf_counter()
     try:
         image = build_image(config, board_name, directory)
-    except ValueError as refused:   # check_fit: the mapped cells exceed the part
+    except ValueError as refused:   # check_fit: the packed cells exceed the part
         cells = synth.resources(synth.cell_counts(json.loads((directory / "stat.json").read_text())))
-        return (f"| {name} | {board.name} ({board.part.device}) | {cells['lut']:,} LUT4 mapped | {cells['ff']:,} | "
-                f"{cells['dsp']} | {cells['bram']} | {cells['spram']} | refused before placement: {refused} | – | "
-                f"{(time.perf_counter() - start) / 60:.0f} min |")
+        packed = synth.utilization(json.loads((directory / "packed.json").read_text()))
+        used = {resource: f"{u:,}/{a:,}" for resource, (u, a) in packed.items()}
+        return (f"| {name} | {board.name} ({board.part.device}) | {used['logic']} packed ({cells['lut']:,} LUT4) | "
+                f"{cells['ff']:,} | {used['dsp']} | {used['bram']} | {used.get('spram', '–')} | refused before "
+                f"placement: {refused} | – | {(time.perf_counter() - start) / 60:.0f} min |")
     s = image.synthesis
     used = {resource: f"{u:,}/{a:,}" for resource, (u, a) in s.utilization.items()}
     flip_flops = used.get("ff", f"{s.resources['ff']:,}")   # an iCE40 logic cell holds its flip-flop

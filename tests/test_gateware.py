@@ -662,15 +662,18 @@ def test_flash_refuses_in_one_line_a_missing_loader_bitstream_or_board_and_a_for
 
 
 def test_an_image_too_large_for_the_board_is_refused_naming_each_resource():
-    """The counts an early 4-oscillator 16-bit linear image mapped to (9,205 LUT4, 30 SB_MAC16, 32 SB_RAM40_4K;
-    today's are in docs/results.md, bench_gateware_images) are refused naming all three; the engine's fit."""
+    """nextpnr's packing of the 16-oscillator 16-bit linear image at 5e6acca (7,590 logic cells; today's
+    are in docs/results.md, bench_gateware_images) with more DSPs and block RAMs than the part has is
+    refused naming all three; the engine alone fits."""
     from echoforge.targets.fpga.gateware.bitstream import BOARDS, check_fit
 
     with pytest.raises(ValueError) as refused:
-        check_fit({"lut": 9205, "dsp": 30, "bram": 32, "ff": 7442, "carry": 2352, "spram": 0}, BOARDS["icebreaker"])
+        check_fit({"logic": (7590, 5280), "dsp": (30, 8), "bram": (32, 30), "spram": (2, 4), "io": (3, 39)},
+                  BOARDS["icebreaker"])
     assert str(refused.value).startswith("the image does not fit the iCE40UP5K-SG48 of the icebreaker: "
-                                         "9,205 LUT4 of 5,280, 30 DSPs (SB_MAC16) of 8, 32 block RAMs (SB_RAM40_4K) of 30")
-    check_fit({"lut": 1219, "dsp": 0, "bram": 10, "ff": 606, "carry": 437, "spram": 0}, BOARDS["icebreaker"])
+                                         "7,590 logic cells of 5,280, 30 DSPs of 8, 32 block RAMs of 30 — ")
+    check_fit({"logic": (1505, 5280), "dsp": (0, 8), "bram": (1, 30), "spram": (1, 4), "io": (3, 39)},
+              BOARDS["icebreaker"])
 
 
 def test_the_constant_responses_fit_one_block_ram():

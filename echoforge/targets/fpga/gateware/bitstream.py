@@ -6,8 +6,11 @@
 The flow is the FPGA target's (targets/fpga/synth.py: YoWASP's Yosys and nextpnr, its report parsing),
 with a board top (rtl/ef_board_top.v: clock, UART pins, power-on reset) instead of the serial shell,
 the board's pin constraints (iCE40 .pcf, ECP5 .lpf), the board's macros (the iCEBreaker's EF_SPRAM puts
-the frame buffers in the UP5K's SPRAM) and the family's packer at the end (icepack, ecppack). Nothing
-here flashes a board: `echoforge flash out/` (flash.py) does.
+the frame buffers in the UP5K's SPRAM) and the family's packer at the end (icepack, ecppack). Between
+synthesis and placement nextpnr packs the netlist alone (seconds): its count of logic cells — a LUT4,
+its carry and its flip-flop share one, so an image needs more cells than it has LUT4s, 30 % more for a
+pipelined bank — decides whether the image fits, before the minutes placement takes. Nothing here
+flashes a board: `echoforge flash out/` (flash.py) does.
 """
 
 from __future__ import annotations
@@ -72,13 +75,17 @@ class ImageBuild:
                 f"fmax {s.fmax_mhz:.1f} MHz — {verdict} the board's {s.clock_mhz:g} MHz"]
 
 
-def check_fit(resources: dict[str, int], board: Board) -> None:
-    """Refuse, before placement, an image whose mapped cells exceed the part: one line naming each
-    resource over its count."""
+# utilization names (synth.UTILIZATION_BELS) as a refusal says them
+RESOURCE_NAMES = {"logic": "logic cells", "ff": "flip-flops", "dsp": "DSPs", "bram": "block RAMs", "spram": "SPRAMs",
+                  "io": "I/O pins"}
+
+
+def check_fit(utilization: dict[str, tuple[int, int]], board: Board) -> None:
+    """Refuse, before placement, an image whose packed cells exceed the part (`utilization`: nextpnr's
+    (used, available) per resource after packing): one line naming each resource over its count."""
     part = board.part
-    limits = {"LUT4": (resources["lut"], part.logic_cells), f"DSPs ({part.dsp_cell})": (resources["dsp"], part.dsps),
-              f"block RAMs ({part.bram.cell})": (resources["bram"], part.bram.count)}
-    over = [f"{used:,} {name} of {available:,}" for name, (used, available) in limits.items() if used > available]
+    over = [f"{used:,} {RESOURCE_NAMES[name]} of {available:,}" for name, (used, available) in utilization.items()
+            if used > available]
     if over:
         raise ValueError(f"the image does not fit the {part.device} of the {board.name}: {', '.join(over)} — "
                          "a program with fewer oscillators or shorter words, or a larger part")
@@ -105,17 +112,19 @@ def build_image(config: GatewareConfig, board_name: str, output: Path, *, baud: 
     where = synth.Workspace(sources, output)
     seconds = {"synthesis": _synthesize(where, board, config, {**config.parameters(), "CLKS_PER_BIT": clocks_per_bit})}
     cells = synth.cell_counts(json.loads((output / "stat.json").read_text()))
-    check_fit(synth.resources(cells), board)
     family = board.part.family
+    nextpnr = [synth.tool(synth.NEXTPNR[family]), *board.part.nextpnr_args, "--json", where.out("image.json"),
+               f"--{CONSTRAINTS[family]}", board.constraints_file]
+    seconds["pack"] = synth.run_tool([*nextpnr, "--pack-only", "--report", where.out("packed.json"), "-q",
+                                      "-l", where.out("pack.log")], where, "pack.out")
+    check_fit(synth.utilization(json.loads((output / "packed.json").read_text())), board)
     placed_option, placed = PLACED[family]
     seconds["place_and_route"] = synth.run_tool(
-        [synth.tool(synth.NEXTPNR[family]), *board.part.nextpnr_args, "--json", where.out("image.json"),
-         f"--{CONSTRAINTS[family]}", board.constraints_file, placed_option, where.out(placed),
-         "--freq", f"{board.clock_mhz:g}", "--seed", "1", "--timing-allow-fail",
-         "--report", where.out("nextpnr-report.json"), "-q", "-l", where.out("nextpnr.log")],
+        [*nextpnr, placed_option, where.out(placed), "--freq", f"{board.clock_mhz:g}", "--seed", "1",
+         "--timing-allow-fail", "--report", where.out("nextpnr-report.json"), "-q", "-l", where.out("nextpnr.log")],
         where, "nextpnr.out")
-    seconds["pack"] = synth.run_tool([synth.tool(PACKER[family]), where.out(placed), where.out(BITSTREAM[family])],
-                                     where, "pack.log")
+    seconds["bitstream"] = synth.run_tool([synth.tool(PACKER[family]), where.out(placed),
+                                           where.out(BITSTREAM[family])], where, "bitstream.log")
     report = json.loads((output / "nextpnr-report.json").read_text())
     result = synth.Synthesis(TOP, cells, synth.resources(cells), synth.utilization(report), 0,
                              board.clock_mhz, synth.fmax(report), synth.critical_path(report), seconds)
