@@ -71,13 +71,15 @@ module ef_commands #(
     reg                 state_valid, echo_valid;
     reg  [1:0]          phase;
     reg  [31:0]         phase_length, position;
-    reg  [31:0]         counters [0:3];
+    reg                 counters_fresh;     // the phase's saturation counters are 0 (no chunk has run)
     // The registers as 64-bit words (ϕ and π sign-extended), read one clock after the address:
     // ECHO accumulators at p·8 + response row, STATE ϕ at 8·PMAX + p, π at 9·PMAX + p,
-    // ECHO ϕ at 10·PMAX + σ·PMAX + p, π at 12·PMAX + σ·PMAX + p.
+    // ECHO ϕ at 10·PMAX + σ·PMAX + p, π at 12·PMAX + σ·PMAX + p, the phase's four saturation counters
+    // (u32, summed over its chunks) at 14·PMAX + k.
     localparam integer RF_AW = $clog2(16 * PMAX);
-    localparam [RF_AW-1:0] STATE_AT = 8 * PMAX, ECHO_AT = 10 * PMAX, PMAX_AT = PMAX;
-    reg  [63:0]         registers [0:16 * PMAX - 1];
+    localparam [RF_AW-1:0] STATE_AT = 8 * PMAX, ECHO_AT = 10 * PMAX, COUNTERS_AT = 14 * PMAX, PMAX_AT = PMAX;
+    // (no state uses what it reads at an address it writes in the same clock: no read-during-write logic)
+    (* no_rw_check *) reg [63:0] registers [0:16 * PMAX - 1];
     reg  [63:0]         rf_data;
     wire [RF_AW-1:0]    rf_read_at, rf_write_at;
     wire                rf_we;
@@ -109,7 +111,8 @@ module ef_commands #(
                      CLEAR_ACC = 6'd11, SETUP = 6'd12, RUN = 6'd13, COUNT_A = 6'd14, COUNT_B = 6'd15,
                      SAVE_A = 6'd16, SAVE_W = 6'd17, SAVE_B = 6'd18, SAVE_ACC_A = 6'd19, SAVE_ACC_W = 6'd20,
                      SAVE_ACC_B = 6'd21, EMIT = 6'd22, COUNTERS_OUT = 6'd23, FINISH = 6'd24, FAIL = 6'd25,
-                     READ = 6'd26, READ_TAKE = 6'd27, MULTIPLY = 6'd28, FETCH = 6'd29, LOAD_WRITE = 6'd30;
+                     READ = 6'd26, READ_TAKE = 6'd27, MULTIPLY = 6'd28, FETCH = 6'd29, LOAD_WRITE = 6'd30,
+                     COUNTER_NEXT = 6'd31;
     reg  [5:0]  state, resume, after_emit;
     // the request reader: `read_bytes` bytes at payload offset `read_at` into `value`, then `resume`
     reg  [RX_AW-1:0] read_at;
@@ -126,8 +129,10 @@ module ef_commands #(
     wire [31:0] crc;                       // the program hash (ef_crc32), fed by CRC_HEADER and CRC_BYTE
     wire        crc_busy;
     reg  [3:0]  emit_index, emit_bytes;
-    reg  [31:0] emit_value;                // a CRC or counter; READ_STATE and READ_OBSERVABLES emit rf_data
-    wire [63:0] emitted    = (opcode == READ_STATE || opcode == READ_OBSERVABLES) ? rf_data : {32'd0, emit_value};
+    wire        ending     = (opcode == END_FORWARD || opcode == END_ECHO);
+    // what EMIT sends: a register (READ_STATE, READ_OBSERVABLES, a counter at END_*), else the program hash
+    wire [63:0] emitted    = (opcode == READ_STATE || opcode == READ_OBSERVABLES) ? rf_data
+                           : ending ? (counters_fresh ? 64'd0 : rf_data) : {32'd0, ~crc};
     reg  [TX_AW-1:0] emit_at;
     wire        main_tx_we = (state == EMIT);
 `include "ef_crc32.vh"
@@ -219,16 +224,14 @@ module ef_commands #(
             state      <= READ_TAKE;       // the address is presented next clock, its byte the one after
         end
     endtask
-    task emit;                             // the low `bytes` bytes of `data` at response offset `at`, then `next`
-        input [31:0] at;
+    task emit;                             // the low `bytes` bytes of `emitted` at response offset `at`, then `next`
+        input [31:0] at;                   // (a register comes from rf_data, which holds through EMIT)
         input [3:0]  bytes;
-        input [31:0] data;                 // (a register's comes from rf_data, which holds through EMIT)
         input [5:0]  next;
         begin
             emit_at    <= at[TX_AW-1:0];
             emit_bytes <= bytes;
             emit_index <= 4'd0;
-            emit_value <= data;
             after_emit <= next;
             state      <= EMIT;
         end
@@ -273,15 +276,21 @@ module ef_commands #(
     wire [RF_AW-1:0] echo_register  = {{(RF_AW - 1){1'b0}}, index >= twice} * (2 * PMAX_AT)
                                       + lane_of[0] * PMAX_AT + (lane_of >> 1);        // lane 2p + σ → σ·PMAX + p
     wire signed [WORD_BITS:0]   minus_pi    = -$signed(rf_data[WORD_BITS:0]);  // −π of a STATE register: W + 1 bits
-    wire [32:0] counter_sum = {1'b0, counters[index[1:0]]} + {1'b0, reg_rdata[31:0]};
+    wire [32:0] counter_sum = {1'b0, counters_fresh ? 32'd0 : rf_data[31:0]} + {1'b0, reg_rdata[31:0]};
+    wire [RF_AW-1:0] counter_register = COUNTERS_AT + index[1:0];
     assign rf_read_at  = (state == LOAD_LANES) ? STATE_AT + state_register
                        : (opcode == READ_OBSERVABLES) ? inner * 8 + outer
-                       : (field_byte(5) == 8'd0 ? STATE_AT : ECHO_AT) + outer[1:0] * PMAX_AT + inner;
-    assign rf_we       = (state == APPLY_NEXT && opcode == WRITE_STATE) || state == SAVE_B || state == SAVE_ACC_B;
+                       : (opcode == READ_STATE) ? (field_byte(5) == 8'd0 ? STATE_AT : ECHO_AT) + outer[1:0] * PMAX_AT + inner
+                       : counter_register;                                       // chunks (COUNT_*), END_*
+    assign rf_we       = (state == APPLY_NEXT && opcode == WRITE_STATE) || state == SAVE_B || state == SAVE_ACC_B
+                         || state == COUNT_B;
     assign rf_write_at = (state == APPLY_NEXT) ? STATE_AT + outer[0] * PMAX_AT + inner
                        : (state == SAVE_ACC_B) ? outer * 8 + inner
+                       : (state == COUNT_B) ? counter_register
                        : (phase == ECHO) ? ECHO_AT + echo_register : STATE_AT + state_register;
-    assign rf_wdata    = (state == APPLY_NEXT) ? sample : reg_rdata;   // both sign-extended (the bus's words are)
+    assign rf_wdata    = (state == APPLY_NEXT) ? sample                          // both sign-extended (the bus's are)
+                       : (state == COUNT_B) ? {32'd0, counter_sum[32] ? 32'hFFFFFFFF : counter_sum[31:0]}  // saturating
+                       : reg_rdata;
     always @(posedge clk) begin
         if (rf_we) registers[rf_write_at] <= rf_wdata;
         rf_data <= registers[rf_read_at];
@@ -366,7 +375,7 @@ module ef_commands #(
                         phase        <= (opcode == BEGIN_ECHO) ? ECHO : FORWARD;
                         phase_length <= f_u32_8;
                         position     <= (opcode == BEGIN_ECHO) ? f_u32_8 : 32'd0;
-                        for (k = 0; k < 4; k = k + 1) counters[k] <= 32'd0;
+                        counters_fresh <= 1'b1;
                         loop((opcode == BEGIN_ECHO) ? twice << 1 : twice, 32'd1);
                         state <= LOAD_LANES;
                     end
@@ -447,9 +456,10 @@ module ef_commands #(
                 end
                 default: state <= FINISH;
             endcase
-            FETCH:
-                if (opcode == READ_STATE) emit(times(index, WB), WB[3:0], 32'd0, APPLY_NEXT);
-                else emit(index * 8, 4'd8, 32'd0, APPLY_NEXT);
+            FETCH:                                                      // rf_data: the register to send
+                if (opcode == READ_STATE) emit(times(index, WB), WB[3:0], APPLY_NEXT);
+                else if (opcode == READ_OBSERVABLES) emit(index * 8, 4'd8, APPLY_NEXT);
+                else emit(index * 4, 4'd4, COUNTER_NEXT);                  // END_*: counter `index`
             APPLY_NEXT: begin
                 step;
                 state <= APPLY;
@@ -479,7 +489,7 @@ module ef_commands #(
                     state_valid <= 1'b0;
                     echo_valid  <= 1'b0;
                 end
-                emit(32'd0, 4'd4, ~crc, FINISH);
+                emit(32'd0, 4'd4, FINISH);                              // ~crc (emitted)
             end
             // ---- a phase's start: the lanes from the STATE register (or zero); an echo's accumulators 0 ----
             LOAD_LANES: if (index == count) begin
@@ -522,9 +532,9 @@ module ef_commands #(
             end
             COUNT_A: state <= COUNT_B;                                  // the counter arrives next clock
             COUNT_B: begin
-                counters[index[1:0]] <= counter_sum[32] ? 32'hFFFFFFFF : counter_sum[31:0];   // saturating
-                index <= index + 32'd1;
+                index <= index + 32'd1;                                 // the sum into counter `index` (rf_we)
                 if (index == 32'd3) begin
+                    counters_fresh  <= 1'b0;
                     response_length <= is_echo_run ? times(kp, WOB) : times(kp, WB);
                     position        <= is_echo_run ? f_u32_4 : position + steps;
                     state           <= FINISH;
@@ -564,11 +574,11 @@ module ef_commands #(
                 phase <= NONE;
                 if (opcode == END_ECHO) echo_valid <= 1'b1; else state_valid <= 1'b1;
                 response_length <= 32'd16;
-                if (index == 32'd4) state <= FINISH;
-                else begin
-                    emit(index * 4, 4'd4, counters[index[1:0]], COUNTERS_OUT);
-                    index <= index + 32'd1;
-                end
+                state <= (index == 32'd4) ? FINISH : FETCH;             // counter `index` at rf_read_at
+            end
+            COUNTER_NEXT: begin
+                index <= index + 32'd1;
+                state <= COUNTERS_OUT;
             end
             // ---- sub-steps ----
             READ_TAKE: state <= READ;
