@@ -130,9 +130,12 @@ module ef_commands #(
     wire        crc_busy;
     reg  [3:0]  emit_index, emit_bytes;
     wire        ending     = (opcode == END_FORWARD || opcode == END_ECHO);
-    // what EMIT sends: a register (READ_STATE, READ_OBSERVABLES, a counter at END_*), else the program hash
-    wire [63:0] emitted    = (opcode == READ_STATE || opcode == READ_OBSERVABLES) ? rf_data
-                           : ending ? (counters_fresh ? 64'd0 : rf_data) : {32'd0, ~crc};
+    // what EMIT sends: byte emit_index of a register (READ_STATE, READ_OBSERVABLES, a counter at END_*),
+    // else of the program hash (bytes selected before the sources: an 8-bit multiplexer, not a 64-bit one)
+    wire [7:0]  register_byte = rf_data[8 * emit_index[2:0] +: 8];
+    wire [31:0] program_hash  = ~crc;
+    wire [7:0]  emitted    = (opcode == READ_STATE || opcode == READ_OBSERVABLES || (ending && !counters_fresh))
+                             ? register_byte : ending ? 8'd0 : program_hash[8 * emit_index[1:0] +: 8];
     reg  [TX_AW-1:0] emit_at;
     wire        main_tx_we = (state == EMIT);
 `include "ef_crc32.vh"
@@ -173,7 +176,7 @@ module ef_commands #(
     assign rx_addr = read_address[RX_AW-1:0];
     assign tx_we   = main_tx_we || out_busy;
     assign tx_addr = out_busy ? out_offset[TX_AW-1:0] : emit_at + {{(TX_AW - 4){1'b0}}, emit_index};
-    assign tx_data = out_busy ? out_value[8 * out_index +: 8] : emitted[8 * emit_index +: 8];
+    assign tx_data = out_busy ? out_value[8 * out_index +: 8] : emitted;
 
     // x · c for a constant c, as shifts and adds: no multiplier (the bank needs every DSP of a UP5K).
     function [47:0] times;
