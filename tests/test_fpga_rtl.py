@@ -83,6 +83,21 @@ def test_fifty_random_programs_equal_the_emulator(kind, word_bits):
     assert sum(not any(s.values()) for s in saturations) >= 5
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("kind, word_bits", DEFAULT_BANKS)
+def test_a_folded_pipeline_equals_the_emulator(kind, word_bits):
+    """generate_core(fold=3), the board image's bank (three stages a register stage for its 12 MHz
+    clock: fewer flip-flops, a shallower pipeline), on random programs with stalls and saturation."""
+    rng = np.random.default_rng(40 + word_bits)
+    saturations = [check_random_program(rng, kind, word_bits, fold=3) for _ in range(12)]
+    assert sum(s["state"] > 0 for s in saturations) >= 1 and sum(s["force"] > 0 for s in saturations) >= 1
+    depths = []
+    for fold in (1, 3):
+        _, rtl = cores(kind, word_bits, random_params(rng, kind, 3), fold=fold)
+        depths.append(rtl.simulation().design.pipeline_depth)
+    assert depths[1] <= depths[0] // 2 + 1   # the folded bank is the shallower one
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("kind, word_bits", SWEEP)

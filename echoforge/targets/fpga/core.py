@@ -29,18 +29,22 @@ LANES, MIN_OSCILLATORS = 256, 16  # the capacities built (a power of two ≥ 2P 
 
 
 @cache
-def _simulation(config: FormatConfig, kind: str, lanes: int, oscillators: int, simulator: str) -> sim.Simulation:
-    return sim.build(config, kind, lanes=lanes, oscillators=oscillators, simulator=simulator)
+def _simulation(config: FormatConfig, kind: str, lanes: int, oscillators: int, simulator: str,
+                fold: int = 1) -> sim.Simulation:
+    return sim.build(config, kind, lanes=lanes, oscillators=oscillators, simulator=simulator, fold=fold)
 
 
 class RTLCore(EmulatorCore):
-    """The fixed-point core on the generated RTL (``simulator``: "verilator" or "icarus")."""
+    """The fixed-point core on the generated RTL (``simulator``: "verilator" or "icarus"; ``fold``: the
+    pipeline stages per register stage, rtl.generate_core)."""
 
-    def __init__(self, config: FormatConfig | None = None, *, simulator: str = "verilator", stall_seed: int = 0):
+    def __init__(self, config: FormatConfig | None = None, *, simulator: str = "verilator", stall_seed: int = 0,
+                 fold: int = 1):
         super().__init__(config)
         sim.require(simulator)
         self.simulator = simulator
         self.stall_seed = stall_seed   # random gaps on both streams (the bits must not change)
+        self.fold = fold
         self.last_run: sim.RunResult | None = None
 
     def simulation(self) -> sim.Simulation:
@@ -49,7 +53,7 @@ class RTLCore(EmulatorCore):
             raise RuntimeError("no parameters loaded into the core; call load() first")
         size = self.param_codes.shape[1]
         return _simulation(self.config, self.params.kind, max(LANES, _power_of_two(2 * size)),
-                           max(MIN_OSCILLATORS, _power_of_two(size)), self.simulator)
+                           max(MIN_OSCILLATORS, _power_of_two(size)), self.simulator, self.fold)
 
     def _row_groups(self, rows: int, size: int):
         """Slices of batch rows whose echo pairs fit the design's lanes."""

@@ -134,13 +134,14 @@ class Simulation:
 
 
 def build(config: FormatConfig, kind: str, *, lanes: int, oscillators: int, simulator: str = "verilator",
-          cache: str | Path | None = None) -> Simulation:
+          cache: str | Path | None = None, fold: int = 1) -> Simulation:
     """A simulator of the ``kind`` bank at ``config`` with the given capacities, built once per source hash."""
     require(simulator)
     root = Path(cache or os.environ.get("ECHOFORGE_RTL_CACHE") or Path.home() / ".cache" / "echoforge" / "rtl")
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root, prefix="generate-") as scratch:
-        design = generate_core(config, kind, Path(scratch) / "design", lanes=lanes, oscillators=oscillators)
+        design = generate_core(config, kind, Path(scratch) / "design", lanes=lanes, oscillators=oscillators,
+                               fold=fold)
         accumulators = tuple(_accumulator_rows(design))
         (design.directory / TESTBENCH).write_text(testbench(design, accumulators))
         key = _source_hash(design, simulator)
