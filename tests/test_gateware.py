@@ -604,6 +604,25 @@ def test_the_protocol_engine_builds_into_an_icebreaker_bitstream(tmp_path):
     assert (flashed.returncode, flashed.stdout) == (0, f"iceprog {tmp_path / 'image.bin'}\n")
 
 
+@pytest.mark.slow
+def test_an_image_over_the_icebreaker_is_refused_after_packing(tmp_path):
+    """The 16-oscillator 16-bit linear image (the BasicMotions shape): Yosys maps it, nextpnr packs it
+    (seconds) and the build stops before placement, naming the logic cells the packing counted — more
+    than the LUT4s Yosys mapped, the measure that once let too large an image through."""
+    from echoforge.targets.fpga import synth
+    from echoforge.targets.fpga.gateware.bitstream import build_image
+
+    config = GatewareConfig(formats=FormatConfig(16), kind="linear", oscillators=16)
+    with pytest.raises(ValueError) as refused:
+        build_image(config, "icebreaker", tmp_path, baud=3_000_000)
+    luts = synth.resources(synth.cell_counts(json.loads((tmp_path / "stat.json").read_text())))["lut"]
+    cells, available = synth.utilization(json.loads((tmp_path / "packed.json").read_text()))["logic"]
+    assert str(refused.value) == (f"the image does not fit the iCE40UP5K-SG48 of the icebreaker: {cells:,} logic "
+                                  f"cells of {available:,} — a program with fewer oscillators or shorter words, "
+                                  "or a larger part")
+    assert cells > luts and not (tmp_path / "image.asc").exists()   # refused before placement
+
+
 # ---- echoforge flash: the CLI in a subprocess; nothing here runs a loader that could reach a board ----
 
 ICE40_OPENING = b"\xff\x00\x00\xff\x7e\xaa\x99\x7e"   # icepack's: an empty comment, the sync word
