@@ -618,8 +618,7 @@ def test_an_image_over_the_icebreaker_is_refused_after_packing(tmp_path):
     luts = synth.resources(synth.cell_counts(json.loads((tmp_path / "stat.json").read_text())))["lut"]
     cells, available = synth.utilization(json.loads((tmp_path / "packed.json").read_text()))["logic"]
     assert str(refused.value) == (f"the image does not fit the iCE40UP5K-SG48 of the icebreaker: {cells:,} logic "
-                                  f"cells of {available:,} — a program with fewer oscillators or shorter words, "
-                                  "or a larger part")
+                                  f"cells of {available:,} — a board with a larger part, --board ulx3s")
     assert cells > luts and not (tmp_path / "image.asc").exists()   # refused before placement
 
 
@@ -690,7 +689,11 @@ def test_an_image_too_large_for_the_board_is_refused_naming_each_resource():
         check_fit({"logic": (7590, 5280), "dsp": (30, 8), "bram": (32, 30), "spram": (2, 4), "io": (3, 39)},
                   BOARDS["icebreaker"])
     assert str(refused.value).startswith("the image does not fit the iCE40UP5K-SG48 of the icebreaker: "
-                                         "7,590 logic cells of 5,280, 30 DSPs of 8, 32 block RAMs of 30 — ")
+                                         "7,590 logic cells of 5,280, 30 DSPs of 8, 32 block RAMs of 30 — "
+                                         "a board with a larger part, --board ulx3s")
+    with pytest.raises(ValueError) as refused:        # block RAM alone: a smaller bank helps
+        check_fit({"logic": (4000, 5280), "dsp": (8, 8), "bram": (32, 30)}, BOARDS["icebreaker"])
+    assert str(refused.value).endswith(": 32 block RAMs of 30 — a program with fewer oscillators or shorter words")
     check_fit({"logic": (1505, 5280), "dsp": (0, 8), "bram": (1, 30), "spram": (1, 4), "io": (3, 39)},
               BOARDS["icebreaker"])
 

@@ -84,11 +84,16 @@ def check_fit(utilization: dict[str, tuple[int, int]], board: Board) -> None:
     """Refuse, before placement, an image whose packed cells exceed the part (`utilization`: nextpnr's
     (used, available) per resource after packing): one line naming each resource over its count."""
     part = board.part
-    over = [f"{used:,} {RESOURCE_NAMES[name]} of {available:,}" for name, (used, available) in utilization.items()
-            if used > available]
+    over = {name: f"{used:,} {RESOURCE_NAMES[name]} of {available:,}"
+            for name, (used, available) in utilization.items() if used > available}
     if over:
-        raise ValueError(f"the image does not fit the {part.device} of the {board.name}: {', '.join(over)} — "
-                         "a program with fewer oscillators or shorter words, or a larger part")
+        # a bank's block RAMs and DSPs shrink with its oscillators and words; the logic hardly does
+        larger = "".join(f", --board {other.name}" for other in BOARDS.values()
+                         if other.part.logic_cells > part.logic_cells)
+        hint = (f"a board with a larger part{larger}" if "logic" in over
+                else "a program with fewer oscillators or shorter words")
+        raise ValueError(f"the image does not fit the {part.device} of the {board.name}: {', '.join(over.values())} "
+                         f"— {hint}")
 
 
 def board_named(name: str) -> Board:
