@@ -214,7 +214,7 @@ def main(argv=None) -> int:
         f"The board's own work is {work_cycles:,} clocks ({work_cycles / CLOCK_HZ * 1e3:.1f} ms at 12 MHz), of "
         f"which the core's lane-steps are {core_cycles:,} (a row at a time: max(lanes, pipeline depth) a step); "
         "the rest is the engine's byte-serial work — the range pass over every sample before a chunk runs, "
-        "the feeder, the CRC pass and the COBS scan, a few clocks a byte each. The line dominates at either "
+        "the feeder, the CRC pass (bit-serial: ~10 clocks a byte) and the COBS scan. The line dominates at either "
         "baud rate. The image declares batch 1 and 4 kB buffers, so the "
         "host sends a batch row by row; the software board takes the batch in one group. Boards: "
         f"{gateware['board']}; {software['board']}.",
