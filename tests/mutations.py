@@ -126,7 +126,7 @@ MUTATIONS = (
              "echoforge/targets/fpga/rtl/pipeline.py",
              "            if earlier in self.cuts or run == self.fold:",
              "            if run == self.fold:",
-             _t("test_fpga_rtl.py::test_a_folded_pipeline_equals_the_emulator[linear-16]")),
+             _t("test_fpga_rtl.py::test_a_folded_pipeline_equals_the_emulator")),
     Mutation("fold-norm-shift-sign", "compiler",
              "folding batch norm adds the mean instead of subtracting it",
              "echoforge/compiler/passes/fold_norm.py",
