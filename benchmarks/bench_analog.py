@@ -211,6 +211,9 @@ def report(rows: list[dict], args, train_seconds: dict) -> str:
     lines = ["| task | σ | Q | seeds | " + " | ".join(LABELS[s] for s in STAGES) + " | recovery by HIL | by calibration "
              "+ HIL | seeds that lost: recovery by HIL | HIL kept the start (uncal. / cal.) | " + " | ".join(f"{name} s" for name in timed) + " |",
              "|---" * (8 + len(STAGES) + len(timed)) + "|"]
+    reduced = [f"{row['task']} σ {100 * row['sigma']:g} % Q {row['quality']:g} ({len(row['results'])} seeds)"
+               for row in rows if len(row["results"]) < FULL_SEEDS]
+    rows = [row for row in rows if row["results"]]
     for row in rows:
         results = row["results"]
         means = {s: float(np.mean([r[s] for r in results])) for s in STAGES}
@@ -222,9 +225,6 @@ def report(rows: list[dict], args, train_seconds: dict) -> str:
                      + " | ".join(times) + " |")
     trained = ", ".join(f"{task} {seconds:.0f} s" for task, seconds in train_seconds.items())
     rates = ", ".join(f"{task} {hil_lr(task, args):g}" for task in train_seconds)
-    reduced = [f"{row['task']} σ {100 * row['sigma']:g} % Q {row['quality']:g} ({len(row['results'])} seeds)"
-               for row in rows if len(row["results"]) < FULL_SEEDS]
-    rows = [row for row in rows if row["results"]]
     return "\n\n".join([
         "## Analog board: deployed, calibrated, fine-tuned in the loop (benchmarks/bench_analog.py)",
         "Test accuracy (%, mean ± std over fabrication seeds) of a model trained offline (`echoforge train`, "

@@ -123,6 +123,11 @@ IMAGES = (("protocol engine alone", "icebreaker", GatewareConfig()),
                                                                  oscillators=4)))
 
 
+def used_of(utilization: dict) -> dict:
+    """resource → "used/available", as the table shows it."""
+    return {resource: f"{u:,}/{a:,}" for resource, (u, a) in utilization.items()}
+
+
 def image_row(name: str, board_name: str, config: GatewareConfig, directory: Path) -> str:
     """One table row: the build's utilization and fmax, or what the fit check refused before placement."""
     board = BOARDS[board_name]
@@ -131,13 +136,12 @@ def image_row(name: str, board_name: str, config: GatewareConfig, directory: Pat
         image = build_image(config, board_name, directory)
     except ValueError as refused:   # check_fit: the packed cells exceed the part
         cells = synth.resources(synth.cell_counts(json.loads((directory / "stat.json").read_text())))
-        packed = synth.utilization(json.loads((directory / "packed.json").read_text()))
-        used = {resource: f"{u:,}/{a:,}" for resource, (u, a) in packed.items()}
+        used = used_of(synth.utilization(json.loads((directory / "packed.json").read_text())))
         return (f"| {name} | {board.name} ({board.part.device}) | {used['logic']} packed ({cells['lut']:,} LUT4) | "
                 f"{cells['ff']:,} | {used['dsp']} | {used['bram']} | {used.get('spram', '–')} | refused before "
                 f"placement: {refused} | – | {(time.perf_counter() - start) / 60:.0f} min |")
     s = image.synthesis
-    used = {resource: f"{u:,}/{a:,}" for resource, (u, a) in s.utilization.items()}
+    used = used_of(s.utilization)
     flip_flops = used.get("ff", f"{s.resources['ff']:,}")   # an iCE40 logic cell holds its flip-flop
     return (f"| {name} | {board.name} ({board.part.device}) | {used['logic']} | {flip_flops} | "
             f"{used.get('dsp', '0')} | {used.get('bram', '0')} | {used.get('spram', '–')} | "

@@ -120,13 +120,14 @@ MUTATIONS = (
              "echoforge/targets/emulator/fixed.py",
              "        saturated += clamped\n", "",
              _t("test_emulator.py")),
-    # ---- compiler ------------------------------------------------------------------------------------------
+    # ---- fpga ----------------------------------------------------------------------------------------------
     Mutation("fold-ignores-memory-reads", "fpga",
              "a folded pipeline merges the stage that addresses a memory with the stage that reads its data",
              "echoforge/targets/fpga/rtl/pipeline.py",
              "            if earlier in self.cuts or run == self.fold:",
              "            if run == self.fold:",
              _t("test_fpga_rtl.py::test_a_folded_pipeline_equals_the_emulator")),
+    # ---- compiler ------------------------------------------------------------------------------------------
     Mutation("fold-norm-shift-sign", "compiler",
              "folding batch norm adds the mean instead of subtracting it",
              "echoforge/compiler/passes/fold_norm.py",
