@@ -481,6 +481,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="side-by-side measurements, one after the other")
     parser.add_argument("--write", action="store_true", help="replace this script's section of docs/results.md")
     args = parser.parse_args()
+    if args.runs < 1:
+        parser.error(f"--runs {args.runs}: at least one run")
     quiet()
     with tempfile.TemporaryDirectory() as temporary, ExitStack() as stack:
         work = Path(temporary)

@@ -19,7 +19,7 @@ from echoforge.models.core import OscillatorParams
 from echoforge.targets.emulator import EmulatorCore, FormatConfig
 from echoforge.targets.fpga import sim
 from echoforge.targets.fpga.core import RTLCore
-from echoforge.targets.fpga.rtl import generate
+from echoforge.targets.fpga.rtl import generate, generate_core
 
 DEFAULT_BANKS = [("linear", 16), ("nonlinear", 24)]
 SWEEP = [(kind, word) for kind in ("linear", "nonlinear") for word in (*range(12, 25), 28, 32)
@@ -85,7 +85,7 @@ def test_fifty_random_programs_equal_the_emulator(kind, word_bits):
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("kind, word_bits", DEFAULT_BANKS)
-def test_a_folded_pipeline_equals_the_emulator(kind, word_bits):
+def test_a_folded_pipeline_equals_the_emulator(kind, word_bits, tmp_path):
     """generate_core(fold=3), the board image's bank (three stages a register stage for its 12 MHz
     clock: fewer flip-flops, a shallower pipeline), on random programs with stalls and saturation."""
     rng = np.random.default_rng(40 + word_bits)
@@ -96,6 +96,8 @@ def test_a_folded_pipeline_equals_the_emulator(kind, word_bits):
         _, rtl = cores(kind, word_bits, random_params(rng, kind, 3), fold=fold)
         depths.append(rtl.simulation().design.pipeline_depth)
     assert depths[1] <= depths[0] // 2 + 1   # the folded bank is the shallower one
+    with pytest.raises(ValueError, match="fold = 0: at least one pipeline stage per register stage"):
+        generate_core(FormatConfig(word_bits), kind, tmp_path, lanes=32, oscillators=16, fold=0)
 
 
 @pytest.mark.slow

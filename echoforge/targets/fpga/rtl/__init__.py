@@ -108,6 +108,8 @@ def generate_core(config: FormatConfig, kind: str, directory, *, lanes: int, osc
     up to a power of two, at least 2^MIN_LANE_BITS) and ``oscillators``. ``fold`` > 1 merges that many
     pipeline stages into one register stage (pipeline.Pipeline): fewer flip-flops and a shallower
     pipeline for a slow clock (a board image's), the same arithmetic."""
+    if fold < 1:
+        raise ValueError(f"fold = {fold}: at least one pipeline stage per register stage")
     layout, table = _layout(config, lanes, oscillators), _table(config, kind)
     path = datapath.build(config, kind, layout.lane_bits, layout.osc_bits, table, fold)
     if path.min_step_clocks > 1 << layout.lane_bits:
