@@ -17,10 +17,14 @@ seed, every stage through the echoforge commands, timed:
 Recovery = (stage − deployed) / (ideal − deployed), over the seeds' means.
 
     python benchmarks/bench_analog.py [--tasks basicmotions scp1] [--sigmas 0.01 0.05] [--qualities 100 1000]
-        [--seeds 0 1 2 3 4] [--hil-steps 60] [--hil-lr LR (default: the task's)] [--work runs/bench-analog] [--write]
+        [--seeds 0 1 2 3 4] [--hil-steps N] [--hil-lr LR (defaults: the task's)] [--work runs/bench-analog]
+        [--select] [--report-only] [--write]
 
 --write replaces this script's section of docs/results.md and writes docs/analog-headline.png; results
 are kept per board instance in --work, so a rerun continues, and --report-only tabulates them.
+--select measures only the deployed program and HIL from it (the grid reuses them) and tabulates, per
+learning rate measured in --work at --hil-steps and per budget of 60, 90, ... steps (a run's prefix: a
+shorter run is the same run stopped earlier), the validation accuracy that chooses the HIL settings.
 """
 
 from __future__ import annotations
@@ -54,17 +58,18 @@ PLOT = Path(__file__).resolve().parents[1] / "docs" / "analog-headline.png"
 @dataclass(frozen=True)
 class Task:
     """How a task is trained (the train command's arguments), the board it is deployed on (all its banks
-    side by side) and its HIL learning rate (chosen on the validation split: docs/analog.md)."""
+    side by side) and its HIL learning rate and steps (chosen on the validation split: docs/analog.md)."""
 
     train: list[str]
     board: str
     hil_lr: float
+    hil_steps: int
 
 
 # BasicMotions with banks of 8 (2 × 8 of lc-tank-pcb's 16 oscillators), SCP1 (length 896) as its config
 # says (3 × 16 of on-chip-array's 64).
-TASKS = {"basicmotions": Task(["--set", "model.state_size=8"], "lc-tank-pcb", 1e-3),
-         "scp1": Task(["configs/scp1-linear.yaml"], "on-chip-array", 3e-4)}
+TASKS = {"basicmotions": Task(["--set", "model.state_size=8"], "lc-tank-pcb", 1e-3, 60),
+         "scp1": Task(["configs/scp1-linear.yaml"], "on-chip-array", 3e-4, 60)}
 STAGES = ("ideal", "deployed", "hil_raw", "calibrated", "hil")
 LABELS = {"ideal": "ideal", "deployed": "deployed", "hil_raw": "HIL (uncalibrated)", "calibrated": "calibrated",
           "hil": "calibrated + HIL"}
@@ -104,9 +109,10 @@ def on_twin(program_dir: Path, board_path: Path, seed: int, calibration: Path | 
     return result.float, result.fixed
 
 
-def one_board(run: Path, work: Path, board_path: Path, seed: int, hil_steps: int, hil_lr: float) -> dict:
-    """Every stage on one board instance: accuracies and wall times, kept in WORK/result.json stage by
-    stage, so an interrupted grid continues where it stopped."""
+def one_board(run: Path, work: Path, board_path: Path, seed: int, hil_steps: int, hil_lr: float,
+              stages=STAGES) -> dict:
+    """The stages (through `stages`' last) on one board instance: accuracies and wall times, kept in
+    WORK/result.json stage by stage, so an interrupted grid continues where it stopped."""
     work.mkdir(parents=True, exist_ok=True)
     saved = work / RESULT
     result = json.loads(saved.read_text()) if saved.exists() else {"seconds": {}}
@@ -144,10 +150,10 @@ def one_board(run: Path, work: Path, board_path: Path, seed: int, hil_steps: int
         result.setdefault("best_step", {})[output.name] = summary["best_step"]
         return summary["test"]["accuracy"]
 
-    stage("deployed", deploy)
-    stage("hil_raw", lambda: fine_tune("deployed"))
-    stage("calibrated", calibrate)
-    stage("hil", lambda: fine_tune("calibrated", "--calibration", str(calibration)))
+    measures = {"deployed": deploy, "hil_raw": lambda: fine_tune("deployed"), "calibrated": calibrate,
+                "hil": lambda: fine_tune("calibrated", "--calibration", str(calibration))}
+    for name in stages[1:]:
+        stage(name, measures[name])
     return result
 
 
@@ -156,15 +162,25 @@ def hil_lr(task: str, args) -> float:
     return TASKS[task].hil_lr if args.hil_lr is None else args.hil_lr
 
 
-def instance(task: str, sigma: float, quality: float, args, seed) -> str:
+def hil_steps(task: str, args) -> int:
+    """--hil-steps, else the task's own."""
+    return TASKS[task].hil_steps if args.hil_steps is None else args.hil_steps
+
+
+def instance(sigma: float, quality: float, lr: str, steps: int, seed) -> str:
     """The folder of one board instance's results: the grid cell, the HIL settings, the seed."""
-    return f"s{sigma:g}-q{quality:g}-lr{hil_lr(task, args):g}-steps{args.hil_steps}-seed{seed}"
+    return f"s{sigma:g}-q{quality:g}-lr{lr}-steps{steps}-seed{seed}"
+
+
+def task_instance(task: str, sigma: float, quality: float, args, seed) -> str:
+    """An instance at the task's HIL settings (or --hil-lr/--hil-steps)."""
+    return instance(sigma, quality, f"{hil_lr(task, args):g}", hil_steps(task, args), seed)
 
 
 def measured(work: Path, task: str, sigma: float, quality: float, args) -> list[dict]:
     """Every seed's complete result.json of one grid cell (--report-only: what earlier runs measured)."""
     results = [json.loads(path.read_text())
-               for path in sorted((work / task).glob(f"{instance(task, sigma, quality, args, '*')}/{RESULT}"))]
+               for path in sorted((work / task).glob(f"{task_instance(task, sigma, quality, args, '*')}/{RESULT}"))]
     return [result for result in results if all(stage in result for stage in STAGES)]
 
 
@@ -224,14 +240,15 @@ def report(rows: list[dict], args, train_seconds: dict) -> str:
                      f"{kept_start(results)} | "
                      + " | ".join(times) + " |")
     trained = ", ".join(f"{task} {seconds:.0f} s" for task, seconds in train_seconds.items())
-    rates = ", ".join(f"{task} {hil_lr(task, args):g}" for task in train_seconds)
+    settings = ", ".join(f"{task} {hil_steps(task, args)} steps at learning rate {hil_lr(task, args):g}"
+                         for task in train_seconds)
     return "\n\n".join([
         "## Analog board: deployed, calibrated, fine-tuned in the loop (benchmarks/bench_analog.py)",
         "Test accuracy (%, mean ± std over fabrication seeds) of a model trained offline (`echoforge train`, "
         f"float, RHEL; {trained}) on twins with mismatch σ and quality factor Q — BasicMotions (length 100, "
         "2 banks of 8) on lc-tank-pcb, SCP1 (length 896, 3 banks of 16) on on-chip-array, the shipped board files "
         "at the grid's σ and Q: *ideal* the float model; *deployed* compiled for the board and run on its twin; "
-        f"*HIL (uncalibrated)* after `echoforge hil train` ({args.hil_steps} steps, learning rate {rates}, RHEL "
+        f"*HIL (uncalibrated)* after `echoforge hil train` ({settings}, RHEL "
         "through the device protocol: the served echo compensated for the loss on lc-tank-pcb, which has echo "
         "gain, plain on on-chip-array, which has none) on the served twin, from the deployed "
         "program; *calibrated* after `echoforge calibrate` through the served twin and `compile --calibration`, "
@@ -243,6 +260,44 @@ def report(rows: list[dict], args, train_seconds: dict) -> str:
         + (f"Reduced cells (fewer than {FULL_SEEDS} seeds, for want of session time): {'; '.join(reduced)}; the full "
            "grid is `python benchmarks/bench_analog.py --tasks basicmotions scp1 --write`." if reduced else ""),
         "\n".join(lines), "![headline](analog-headline.png)"])
+
+
+def best_record(records: list[dict]) -> dict:
+    """The best-validation record as the trainer keeps it: highest accuracy, then lowest loss, earliest."""
+    best = records[0]
+    for record in records[1:]:
+        if (record["val_metric"], -record["val_loss"]) > (best["val_metric"], -best["val_loss"]):
+            best = record
+    return best
+
+
+def selection(work: Path, task: str, sigma: float, quality: float, steps: int, seeds: list[int]) -> str:
+    """Per learning rate measured in WORK at `steps` HIL steps (from the deployed program) and per budget of
+    60, 90, ... steps: the seeds' mean best validation accuracy (each seed's), the mean validation loss and
+    step there, and — for information only, never for the choice — the test accuracy of the full runs."""
+    runs = {}
+    folders = [folder for seed in seeds for folder in (work / task).glob(instance(sigma, quality, "*", steps, seed))]
+    for folder in sorted(folders):
+        if (folder / "hil-raw" / "summary.json").exists():
+            lr = float(folder.name.split("-lr")[1].split("-steps")[0])
+            records = [json.loads(line) for line in (folder / "hil-raw" / "metrics.jsonl").read_text().splitlines()]
+            runs.setdefault(lr, []).append((folder.name.rsplit("seed", 1)[1], records,
+                                            json.loads((folder / RESULT).read_text())["hil_raw"]))
+    starts = {seed: records[0]["val_metric"] for seeds in runs.values() for seed, records, _ in seeds}
+    lines = [f"{task} σ {100 * sigma:g} % Q {quality:g}, {steps}-step HIL runs from the deployed program (validation "
+             f"accuracy of the program as compiled, step 0: {100 * np.mean(list(starts.values()) or [np.nan]):.1f} % "
+             f"on average over seeds {', '.join(sorted(starts))})",
+             "| learning rate | steps | seeds | mean best validation accuracy (per seed) | mean validation loss there "
+             "| mean best step | test accuracy at the best step (information only) |", "|---" * 7 + "|"]
+    for lr, seeds in sorted(runs.items()):
+        for budget in sorted({*range(60, steps, 30), steps}):
+            bests = [best_record([r for r in records if r["step"] <= budget]) for _, records, _ in seeds]
+            each = ", ".join(f"{100 * b['val_metric']:.1f}" for b in bests)
+            test = f"{100 * np.mean([t for _, _, t in seeds]):.1f} %" if budget == steps else "—"
+            lines.append(f"| {lr:g} | {budget} | {', '.join(seed for seed, _, _ in seeds)} | "
+                         f"{100 * np.mean([b['val_metric'] for b in bests]):.1f} % ({each}) | "
+                         f"{np.mean([b['val_loss'] for b in bests]):.3f} | {np.mean([b['step'] for b in bests]):.0f} | {test} |")
+    return "\n".join(lines)
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -270,9 +325,12 @@ def main() -> None:
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.01, 0.05])
     parser.add_argument("--qualities", type=float, nargs="+", default=[100.0, 1000.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--hil-steps", type=int, default=60)
+    parser.add_argument("--hil-steps", type=int, help="hil train's steps (default: the task's, "
+                        + ", ".join(f"{name} {task.hil_steps}" for name, task in TASKS.items()) + ")")
     parser.add_argument("--hil-lr", type=float, help="hil train's learning rate (default: the task's, "
                         + ", ".join(f"{name} {task.hil_lr:g}" for name, task in TASKS.items()) + ")")
+    parser.add_argument("--select", action="store_true",
+                        help="measure the deployed program and HIL from it only; tabulate validation per learning rate")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-analog"))
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: tabulate the results earlier runs left in --work")
@@ -281,6 +339,7 @@ def main() -> None:
     torch.set_num_threads(1)
     work = args.work.resolve()
     rows, train_seconds = [], {}
+    stages = STAGES[:3] if args.select else STAGES
     for task in args.tasks:
         if args.report_only:
             train_seconds[task] = json.loads((work / task / "train" / "summary.json").read_text())["seconds"]
@@ -294,12 +353,16 @@ def main() -> None:
                 board_path = board_file(work, task, sigma, quality)
                 results = []
                 for seed in args.seeds:
-                    result = one_board(run, work / task / instance(task, sigma, quality, args, seed), board_path,
-                                       seed, args.hil_steps, hil_lr(task, args))
+                    result = one_board(run, work / task / task_instance(task, sigma, quality, args, seed),
+                                       board_path, seed, hil_steps(task, args), hil_lr(task, args), stages)
                     print(json.dumps({"task": task, "sigma": sigma, "quality": quality, "seed": seed, **result}),
                           file=sys.stderr, flush=True)
                     results.append(result)
                 rows.append({"task": task, "sigma": sigma, "quality": quality, "results": results})
+    if args.select:
+        print("\n\n".join(selection(work, task, sigma, quality, hil_steps(task, args), args.seeds)
+                          for task in args.tasks for sigma in args.sigmas for quality in args.qualities))
+        return
     text = report(rows, args, train_seconds)
     print(text)
     if args.write:
