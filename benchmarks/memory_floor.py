@@ -2,11 +2,12 @@
 of the stack is loaded, every layer in a fresh process, so the floor under bench_reference's peak memory
 is measured, not guessed.
 
-Layers, cumulative: the interpreter; `import torch`; `import numba`; the first call of a trivial
-`@njit(cache=True)` function (numba's typing and LLVM start up, the code loads from its cache); echoforge's
-HSSM of bench_reference's 16k configuration (2 blocks, hidden 16, state 16, batch 8, 6 inputs, 4
-classes, float32, dropout off) after a warm-up gradient step of 64 time steps (the kernels it runs
-loaded), then after glibc's malloc_trim (what of that is freed heap).
+Layers, cumulative: the interpreter; `import torch`; echoforge's compiled C kernels loaded (both stream
+types, from their cache: models/kernels.py); echoforge's HSSM of bench_reference's 16k configuration (2
+blocks, hidden 16, state 16, batch 8, 6 inputs, 4 classes, float32, dropout off) after a warm-up
+gradient step of 64 time steps, then after glibc's malloc_trim (what of that is freed heap). The probe
+also reports whether numba (the emulator's JIT, ~115 MiB resident once it has compiled anything) was
+imported on the way: a model's gradient step must not need it.
 
     python benchmarks/memory_floor.py [--hru linear nonlinear] [--write]
 """
@@ -32,13 +33,9 @@ layers = {"python": rss()}
 import torch
 torch.set_num_threads(1)
 layers["+ torch"] = rss()
-import numba, numpy as np
-layers["+ numba"] = rss()
-@numba.njit(cache=True)
-def trivial(x):
-    return x.sum()
-trivial(np.zeros(3))
-layers["+ a first numba call"] = rss()
+from echoforge.models import kernels
+kernels.library("float"), kernels.library("double")
+layers["+ echoforge's compiled kernels"] = rss()
 from echoforge.models import HSSM
 torch.manual_seed(0)
 options = {"complex_state": False} if sys.argv[1] == "linear" else {}
@@ -49,16 +46,15 @@ torch.nn.functional.cross_entropy(model(x), y).backward()
 layers["+ echoforge HSSM, warm"] = rss()
 ctypes.CDLL("libc.so.6").malloc_trim(0)
 layers["after malloc_trim"] = rss()
-print(json.dumps(layers))
+print(json.dumps({"layers": layers, "numba imported": "numba" in sys.modules}))
 """
 
 
 def floor(hru: str, cache: Path) -> dict:
-    """MiB resident after each layer, in a fresh process (numba's cache in `cache`, filled by a first run)."""
-    probe = cache / "probe.py"  # a file: numba caches only functions defined in one
-    probe.write_text(PROBE)
-    run = subprocess.run([sys.executable, str(probe), hru], capture_output=True, text=True,
-                         env={**os.environ, "NUMBA_CACHE_DIR": str(cache)})
+    """MiB resident after each layer, in a fresh process (the kernels' cache in `cache`, filled by a first
+    run), and whether numba was imported."""
+    run = subprocess.run([sys.executable, "-c", PROBE, hru], capture_output=True, text=True,
+                         env={**os.environ, "ECHOFORGE_KERNEL_CACHE": str(cache)})
     if run.returncode:
         raise SystemExit(f"memory_floor: the {hru} probe failed: {run.stderr.strip().splitlines()[-1]}")
     return json.loads(run.stdout)
@@ -71,17 +67,19 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as cache:
         for hru in args.hru:
-            floor(hru, Path(cache))  # fills numba's cache: the measured runs load, as a user's second run does
+            floor(hru, Path(cache))  # fills the kernels' cache: the measured runs load, as a user's second run does
         measured = {hru: floor(hru, Path(cache)) for hru in args.hru}
-    layers = list(measured[args.hru[0]])
+    layers = list(measured[args.hru[0]]["layers"])
     lines = ["| layer (cumulative) | " + " | ".join(f"{hru} HRU (MiB)" for hru in args.hru) + " |",
              "|---|" + "---:|" * len(args.hru)]
-    lines += [f"| {layer} | " + " | ".join(f"{measured[hru][layer]:.0f}" for hru in args.hru) + " |"
+    lines += [f"| {layer} | " + " | ".join(f"{measured[hru]['layers'][layer]:.0f}" for hru in args.hru) + " |"
               for layer in layers]
+    lines += ["| numba imported | " + " | ".join("yes" if measured[hru]["numba imported"] else "no"
+                                                 for hru in args.hru) + " |"]
     body = "\n".join([
         "## What a step's process holds before its first step (benchmarks/memory_floor.py)", "",
-        "Resident set (VmRSS) after each layer of the stack, each HRU in a fresh process, numba's cache filled by "
-        "an earlier run. bench_reference's peak memory counts all of it: against the reference's 586 MiB at "
+        "Resident set (VmRSS) after each layer of the stack, each HRU in a fresh process, the compiled kernels' "
+        "cache filled by an earlier run. bench_reference's peak memory counts all of it: against the reference's 586 MiB at "
         "nonlinear 16k, ½ is 293 MiB.", "", *lines])
     print(body)
     if args.write:
