@@ -420,6 +420,7 @@ def _core_requests():
         request(Opcode.BEGIN_FORWARD, (0, 0x02, 1, 4)),                                    # undefined flag
         request(Opcode.FORWARD_CHUNK, (0, 2), samples(2 * size)),                          # NO_PHASE
         request(Opcode.WRITE_STATE, (0, 1, 0, 1), samples(2 * size)[:-3] + pack_samples(big, width)),
+        request(Opcode.WRITE_STATE, (0, 1, 1, 1), samples(2 * size)),                      # rows past the batch
         request(Opcode.WRITE_STATE, (0, 1, 0, 1), samples(2 * size)),
         request(Opcode.BEGIN_FORWARD, (0, state, 1, 10)),
         request(Opcode.FORWARD_CHUNK, (1, 2), samples(2 * size)),                          # OUT_OF_ORDER

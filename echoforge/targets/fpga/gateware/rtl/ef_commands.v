@@ -273,6 +273,110 @@ module ef_commands #(
     wire [CW-1:0] lane_of   = (index < twice) ? index : index - twice;   // LOAD_LANES / SAVE_* of an echo: lane 2p + σ
     wire [CW-1:0] forward_p = (index < {16'd0, size}) ? index : index - size;
 
+    // ---- CHECK: the command's rules, one a clock in the simulator's order (`index` numbers them). A rule
+    // is a condition and the error it refuses with; every opcode draws on the same few terms below (one
+    // adder or comparator each serves all), so the rules cost a multiplexer, not a comparator apiece.
+    wire        is_begin    = (opcode == BEGIN_FORWARD || opcode == BEGIN_ECHO);
+    wire        doubled     = (opcode == BEGIN_ECHO || opcode == END_ECHO
+                               || (opcode == READ_STATE && field_byte(5) != 8'd0));   // 2 × 2P lanes
+    wire [PW+2:0] lanes_of  = doubled ? twice << 1 : twice;                           // 2P, or 4P
+    wire [15:0] request_p   = loading ? value[15:0] : {{(16 - PW){1'b0}}, size};      // the P a request is sized by
+    // samples the request carries (kp is 0 but for chunks)
+    wire [47:0] samples     = (loading || opcode == WRITE_PARAMS) ? times({32'd0, request_p}, 5)
+                            : (opcode == WRITE_STATE) ? {{(47 - PW){1'b0}}, twice}
+                            : is_echo_run ? {kp, 1'b0} : {1'b0, kp};
+    wire [4:0]  header      = loading ? 5'd17 : (opcode == WRITE_PARAMS) ? 5'd5 : (opcode == WRITE_STATE) ? 5'd11
+                            : (opcode == READ_STATE) ? 5'd10 : (opcode == READ_OBSERVABLES) ? 5'd9 : ending ? 5'd4 : 5'd12;
+    wire        length_bad  = {16'd0, len} != {43'd0, header} + times(samples, WB);
+    wire [47:0] acc_values  = times({32'd0, request_p}, ACC_ROWS);                    // (A, P) observables
+    wire [47:0] response    = (opcode == READ_STATE) ? times({41'd0, lanes_of}, WB)
+                            : (opcode == READ_OBSERVABLES) ? acc_values << 3 : is_echo_run ? times(kp, WOB) : times(kp, WB);
+    wire [47:0] loop_total  = (opcode == READ_STATE || is_begin || ending) ? {{(45 - PW){1'b0}}, lanes_of}
+                            : (opcode == READ_OBSERVABLES) ? acc_values : samples;
+    // a range within the batch (or phase): first + count ≤ limit, count ≠ 0
+    wire [31:0] range_first = (opcode == WRITE_STATE) ? {16'd0, f_u16_7} : (opcode == READ_STATE) ? {16'd0, f_u16_6}
+                            : (opcode == READ_OBSERVABLES) ? {16'd0, f_u16_5} : f_u32_4;
+    wire [31:0] range_count = (opcode == WRITE_STATE) ? {16'd0, f_u16_9} : (opcode == READ_STATE) ? {16'd0, f_u16_8}
+                            : (opcode == READ_OBSERVABLES) ? {16'd0, f_u16_7} : f_u32_8;
+    wire [32:0] range_end   = {1'b0, range_first} + {1'b0, range_count};
+    wire [32:0] range_limit = (opcode == WRITE_STATE) ? {17'd0, f_u16_5}
+                            : (opcode == FORWARD_CHUNK) ? {1'b0, phase_length} : {17'd0, MAX_BATCH};
+    wire        range_bad   = range_count == 32'd0 || range_end > range_limit;
+    wire [15:0] batch       = is_begin ? f_u16_6 : f_u16_5;                             // a batch size field
+    wire        batch_bad   = batch == 16'd0 || batch > MAX_BATCH;
+    wire        phase_bad   = phase != ((opcode == END_ECHO || is_echo_run) ? ECHO : FORWARD);
+    reg         rule_broken, rule_last;
+    reg  [15:0] rule_code;
+    always @* begin
+        {rule_broken, rule_code, rule_last} = {1'b1, 16'h0001, 1'b1};               // UNKNOWN_OPCODE
+        case (opcode)
+            LOAD_PROGRAM: case (index[2:0])                                        // `value` holds P
+                3'd0: {rule_broken, rule_code, rule_last} = {len < 32'd6 || field_byte(4) != 8'd1 || field_byte(5) != 8'd1,
+                                                             BAD_PROGRAM, 1'b0};
+                3'd1: {rule_broken, rule_code, rule_last} = {len < 32'd17 || field_byte(6) > 8'd1 || request_p == 16'd0,
+                                                             BAD_PROGRAM, 1'b0};
+                3'd2: {rule_broken, rule_code, rule_last} = {fields[119:56] != FORMAT_BYTES[71:8], BAD_PROGRAM, 1'b0};
+                3'd3: {rule_broken, rule_code, rule_last} = {length_bad, BAD_PROGRAM, 1'b0};
+                3'd4: {rule_broken, rule_code, rule_last} = {request_p > MAX_OSCILLATORS, OVER_CAPACITY, 1'b0};
+                default: {rule_broken, rule_code, rule_last} = {field_byte(6) != FORMAT_BYTES[7:0], BAD_PROGRAM, 1'b1};
+            endcase
+            WRITE_PARAMS: case (index[2:0])
+                3'd0: {rule_broken, rule_code, rule_last} = {!loaded, NO_PROGRAM, 1'b0};
+                3'd1: {rule_broken, rule_code, rule_last} = {f_bank != 8'd0, BAD_BANK, 1'b0};
+                default: {rule_broken, rule_code, rule_last} = {length_bad, BAD_PAYLOAD, 1'b1};
+            endcase
+            WRITE_STATE: case (index[2:0])
+                3'd0: {rule_broken, rule_code, rule_last} = {!loaded, NO_PROGRAM, 1'b0};
+                3'd1: {rule_broken, rule_code, rule_last} = {f_bank != 8'd0, BAD_BANK, 1'b0};
+                3'd2: {rule_broken, rule_code, rule_last} = {batch_bad, OVER_CAPACITY, 1'b0};
+                3'd3: {rule_broken, rule_code, rule_last} = {range_bad, BAD_PAYLOAD, 1'b0};
+                default: {rule_broken, rule_code, rule_last} = {length_bad, BAD_PAYLOAD, 1'b1};
+            endcase
+            READ_STATE: case (index[2:0])
+                3'd0: {rule_broken, rule_code, rule_last} = {length_bad, BAD_PAYLOAD, 1'b0};
+                3'd1: {rule_broken, rule_code, rule_last} = {!loaded, NO_PROGRAM, 1'b0};
+                3'd2: {rule_broken, rule_code, rule_last} = {f_bank != 8'd0, BAD_BANK, 1'b0};
+                3'd3: {rule_broken, rule_code, rule_last} = {field_byte(5) > 8'd1, BAD_PAYLOAD, 1'b0};
+                3'd4: {rule_broken, rule_code, rule_last} = {doubled ? !echo_valid : !state_valid, NO_STATE, 1'b0};
+                3'd5: {rule_broken, rule_code, rule_last} = {range_bad, BAD_PAYLOAD, 1'b0};
+                default: {rule_broken, rule_code, rule_last} = {response > MAX_RESPONSE, RESPONSE_TOO_LARGE, 1'b1};
+            endcase
+            BEGIN_FORWARD, BEGIN_ECHO: case (index[2:0])
+                3'd0: {rule_broken, rule_code, rule_last} = {length_bad, BAD_PAYLOAD, 1'b0};
+                3'd1: {rule_broken, rule_code, rule_last} = {!loaded, NO_PROGRAM, 1'b0};
+                3'd2: {rule_broken, rule_code, rule_last} = {f_bank != 8'd0, BAD_BANK, 1'b0};
+                3'd3: {rule_broken, rule_code, rule_last} = {doubled && f_u32_8 == 32'd0, BAD_PAYLOAD, 1'b0};
+                3'd4: {rule_broken, rule_code, rule_last} = {fields[47:41] != 7'd0, BAD_PAYLOAD, 1'b0};  // undefined flags
+                3'd5: {rule_broken, rule_code, rule_last} = {batch_bad, OVER_CAPACITY, 1'b0};
+                default: {rule_broken, rule_code, rule_last} = {!zero_state && !state_valid, NO_STATE, 1'b1};
+            endcase
+            FORWARD_CHUNK, ECHO_CHUNK: case (index[2:0])                            // `kp` holds K · P
+                3'd0: {rule_broken, rule_code, rule_last} = {phase_bad, NO_PHASE, 1'b0};
+                3'd1: {rule_broken, rule_code, rule_last} = {f_u32_8 == 32'd0 || f_u32_8 > MAX_CHUNK_STEPS
+                                                             || samples > BUFFER_SAMPLES, OVER_CAPACITY, 1'b0};
+                3'd2: {rule_broken, rule_code, rule_last} = {response > MAX_RESPONSE, RESPONSE_TOO_LARGE, 1'b0};
+                3'd3: {rule_broken, rule_code, rule_last} = {is_echo_run ? range_end != {1'b0, position}     // the next chunk back
+                                                             : f_u32_4 != position || range_bad, OUT_OF_ORDER, 1'b0};
+                default: {rule_broken, rule_code, rule_last} = {length_bad, BAD_PAYLOAD, 1'b1};
+            endcase
+            END_FORWARD, END_ECHO: case (index[2:0])
+                3'd0: {rule_broken, rule_code, rule_last} = {length_bad, BAD_PAYLOAD, 1'b0};
+                3'd1: {rule_broken, rule_code, rule_last} = {phase_bad, NO_PHASE, 1'b0};
+                default: {rule_broken, rule_code, rule_last} = {position != (opcode == END_ECHO ? 32'd0 : phase_length),
+                                                                OUT_OF_ORDER, 1'b1};
+            endcase
+            READ_OBSERVABLES: case (index[2:0])
+                3'd0: {rule_broken, rule_code, rule_last} = {length_bad, BAD_PAYLOAD, 1'b0};
+                3'd1: {rule_broken, rule_code, rule_last} = {!loaded, NO_PROGRAM, 1'b0};
+                3'd2: {rule_broken, rule_code, rule_last} = {f_bank != 8'd0, BAD_BANK, 1'b0};
+                3'd3: {rule_broken, rule_code, rule_last} = {!echo_valid, NO_STATE, 1'b0};
+                3'd4: {rule_broken, rule_code, rule_last} = {range_bad, BAD_PAYLOAD, 1'b0};
+                default: {rule_broken, rule_code, rule_last} = {response > MAX_RESPONSE, RESPONSE_TOO_LARGE, 1'b1};
+            endcase
+            default: ;
+        endcase
+    end
+
     // ---- the register file's ports ----
     wire [RF_AW-1:0] state_register = {{(RF_AW - 1){1'b0}}, index >= (phase == ECHO ? twice : {16'd0, size})} * PMAX_AT
                                       + (phase == ECHO ? lane_of >> 1 : forward_p);     // STATE ϕ or π of a lane
@@ -324,104 +428,25 @@ module ef_commands #(
                 kp_bit <= kp_bit + 5'd1;
                 if (kp_bit == PW - 1) state <= CHECK;
             end
-            CHECK: case (opcode)
-                LOAD_PROGRAM: begin                                     // `value` holds P
-                    new_size <= value[15:0];
-                    if (len < 32'd6 || field_byte(4) != 8'd1 || field_byte(5) != 8'd1) refuse(BAD_PROGRAM);
-                    else if (len < 32'd17 || field_byte(6) > 8'd1 || value[15:0] == 16'd0) refuse(BAD_PROGRAM);
-                    else if ({field_byte(14), field_byte(13), field_byte(12), field_byte(11), field_byte(10),
-                              field_byte(9), field_byte(8), field_byte(7)} != FORMAT_BYTES[71:8]) refuse(BAD_PROGRAM);
-                    else if ({16'd0, len} != 48'd17 + times({32'd0, value[15:0]}, 5 * WB)) refuse(BAD_PROGRAM);
-                    else if (value[15:0] > MAX_OSCILLATORS) refuse(OVER_CAPACITY);
-                    else if (field_byte(6) != FORMAT_BYTES[7:0]) refuse(BAD_PROGRAM);  // the other kind
-                    else begin
-                        loop(times({32'd0, value[15:0]}, 5), {16'd0, value[15:0]});
-                        body_at <= 32'd17;
-                        state   <= RANGE;
-                    end
-                end
-                WRITE_PARAMS:
-                    if (!loaded) refuse(NO_PROGRAM);
-                    else if (f_bank != 8'd0) refuse(BAD_BANK);
-                    else if ({16'd0, len} != 48'd5 + times({32'd0, size}, 5 * WB)) refuse(BAD_PAYLOAD);
-                    else begin loop(times({32'd0, size}, 5), {16'd0, size}); body_at <= 32'd5; state <= RANGE; end
-                WRITE_STATE:
-                    if (!loaded) refuse(NO_PROGRAM);
-                    else if (f_bank != 8'd0) refuse(BAD_BANK);
-                    else if (f_u16_5 == 16'd0 || f_u16_5 > MAX_BATCH) refuse(OVER_CAPACITY);
-                    else if (f_u16_9 == 16'd0 || {16'd0, f_u16_7} + {16'd0, f_u16_9} > {16'd0, f_u16_5}) refuse(BAD_PAYLOAD);
-                    else if ({16'd0, len} != 48'd11 + times({32'd0, size}, 2 * WB)) refuse(BAD_PAYLOAD);
-                    else begin loop(twice, {16'd0, size}); body_at <= 32'd11; state <= RANGE; end
-                READ_STATE:
-                    if (len != 32'd10) refuse(BAD_PAYLOAD);
-                    else if (!loaded) refuse(NO_PROGRAM);
-                    else if (f_bank != 8'd0) refuse(BAD_BANK);
-                    else if (field_byte(5) > 8'd1) refuse(BAD_PAYLOAD);
-                    else if (field_byte(5) == 8'd0 ? !state_valid : !echo_valid) refuse(NO_STATE);
-                    else if (f_u16_8 == 16'd0 || {16'd0, f_u16_6} + {16'd0, f_u16_8} > MAX_BATCH) refuse(BAD_PAYLOAD);
-                    else if (times({16'd0, field_byte(5) == 8'd0 ? twice : twice << 1}, WB) > MAX_RESPONSE)
-                        refuse(RESPONSE_TOO_LARGE);
-                    else begin
-                        loop(field_byte(5) == 8'd0 ? twice : twice << 1, {16'd0, size});
-                        response_length <= times({16'd0, field_byte(5) == 8'd0 ? twice : twice << 1}, WB);
-                        state <= APPLY;
-                    end
-                BEGIN_FORWARD, BEGIN_ECHO:
-                    if (len != 32'd12) refuse(BAD_PAYLOAD);
-                    else if (!loaded) refuse(NO_PROGRAM);
-                    else if (f_bank != 8'd0) refuse(BAD_BANK);
-                    else if (opcode == BEGIN_ECHO && f_u32_8 == 32'd0) refuse(BAD_PAYLOAD);
-                    else if (fields[47:41] != 7'd0) refuse(BAD_PAYLOAD);            // undefined flags
-                    else if (f_u16_6 == 16'd0 || f_u16_6 > MAX_BATCH) refuse(OVER_CAPACITY);
-                    else if (!zero_state && !state_valid) refuse(NO_STATE);
-                    else begin
-                        phase        <= (opcode == BEGIN_ECHO) ? ECHO : FORWARD;
-                        phase_length <= f_u32_8;
-                        position     <= (opcode == BEGIN_ECHO) ? f_u32_8 : 32'd0;
+            CHECK: begin
+                if (loading) new_size <= value[15:0];                   // `value` holds P
+                if (rule_broken) refuse(rule_code);
+                else if (!rule_last) index <= index + 32'd1;
+                else begin                                              // every rule holds: accepted
+                    loop(loop_total, (is_begin || ending || opcode == FORWARD_CHUNK || is_echo_run) ? 32'd1
+                                     : {16'd0, request_p});
+                    body_at <= header;                                  // where the samples start
+                    if (opcode == READ_STATE || opcode == READ_OBSERVABLES) response_length <= response;
+                    if (is_begin) begin
+                        phase          <= doubled ? ECHO : FORWARD;
+                        phase_length   <= f_u32_8;
+                        position       <= doubled ? f_u32_8 : 32'd0;
                         counters_fresh <= 1'b1;
-                        loop((opcode == BEGIN_ECHO) ? twice << 1 : twice, 32'd1);
-                        state <= LOAD_LANES;
                     end
-                FORWARD_CHUNK, ECHO_CHUNK: begin                        // `kp` holds K · P
-                    if (phase != (is_echo_run ? ECHO : FORWARD)) refuse(NO_PHASE);
-                    else if (f_u32_8 == 32'd0 || f_u32_8 > MAX_CHUNK_STEPS
-                             || (is_echo_run ? kp << 1 : kp) > BUFFER_SAMPLES)
-                        refuse(OVER_CAPACITY);
-                    else if ((is_echo_run ? times(kp, WOB) : times(kp, WB)) > MAX_RESPONSE)
-                        refuse(RESPONSE_TOO_LARGE);
-                    else if (is_echo_run ? ({1'b0, f_u32_4} + {1'b0, f_u32_8} != {1'b0, position})
-                                         : (f_u32_4 != position || {1'b0, f_u32_4} + {1'b0, f_u32_8} > {1'b0, phase_length}))
-                        refuse(OUT_OF_ORDER);
-                    else if ({16'd0, len} != 48'd12 + times(is_echo_run ? kp << 1 : kp, WB))
-                        refuse(BAD_PAYLOAD);
-                    else begin
-                        loop(is_echo_run ? kp << 1 : kp, 32'd1);
-                        body_at <= 32'd12;
-                        state   <= RANGE;
-                    end
+                    state <= (opcode == READ_STATE || opcode == READ_OBSERVABLES) ? APPLY : is_begin ? LOAD_LANES
+                           : ending ? SAVE_A : RANGE;
                 end
-                END_FORWARD, END_ECHO:
-                    if (len != 32'd4) refuse(BAD_PAYLOAD);
-                    else if (phase != (opcode == END_ECHO ? ECHO : FORWARD)) refuse(NO_PHASE);
-                    else if (position != (opcode == END_ECHO ? 32'd0 : phase_length)) refuse(OUT_OF_ORDER);
-                    else begin
-                        loop((opcode == END_ECHO) ? twice << 1 : twice, 32'd1);
-                        state <= SAVE_A;
-                    end
-                READ_OBSERVABLES:
-                    if (len != 32'd9) refuse(BAD_PAYLOAD);
-                    else if (!loaded) refuse(NO_PROGRAM);
-                    else if (f_bank != 8'd0) refuse(BAD_BANK);
-                    else if (!echo_valid) refuse(NO_STATE);
-                    else if (f_u16_7 == 16'd0 || {16'd0, f_u16_5} + {16'd0, f_u16_7} > MAX_BATCH) refuse(BAD_PAYLOAD);
-                    else if (times({32'd0, size}, ACC_ROWS) << 3 > MAX_RESPONSE) refuse(RESPONSE_TOO_LARGE);
-                    else begin
-                        loop(times({32'd0, size}, ACC_ROWS), {16'd0, size});
-                        response_length <= times({32'd0, size}, ACC_ROWS) << 3;
-                        state <= APPLY;
-                    end
-                default: refuse(16'h0001);
-            endcase
+            end
             // ---- every sample of the request within range, before anything changes ----
             RANGE: if (index == count) begin
                 loop(count, {16'd0, program_p});
@@ -538,7 +563,7 @@ module ef_commands #(
                 index <= index + 32'd1;                                 // the sum into counter `index` (rf_we)
                 if (index == 32'd3) begin
                     counters_fresh  <= 1'b0;
-                    response_length <= is_echo_run ? times(kp, WOB) : times(kp, WB);
+                    response_length <= response;
                     position        <= is_echo_run ? f_u32_4 : position + steps;
                     state           <= FINISH;
                 end else begin
