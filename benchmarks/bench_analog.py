@@ -180,10 +180,11 @@ def task_instance(task: str, sigma: float, quality: float, args, seed) -> str:
 
 
 def measured(work: Path, task: str, sigma: float, quality: float, args) -> list[dict]:
-    """Every seed's complete result.json of one grid cell (--report-only: what earlier runs measured)."""
+    """Every seed's result.json of one grid cell that got as far as HIL from the deployed program (--report-only:
+    what earlier runs measured; the calibration stages may be missing on some seeds, and are tabulated apart)."""
     results = [json.loads(path.read_text())
                for path in sorted((work / task).glob(f"{task_instance(task, sigma, quality, args, '*')}/{RESULT}"))]
-    return [result for result in results if all(stage in result for stage in STAGES)]
+    return [result for result in results if all(stage in result for stage in STAGES[:3])]
 
 
 def train(task: str, work: Path) -> tuple[Path, float]:
@@ -206,9 +207,27 @@ HIL_CHOICE = ("SCP1's HIL settings were chosen on the validation split only, by 
 LOST = 1e-9  # accuracies are fractions of a test split: below this, deployment lost nothing
 
 
-def recovery(means: dict, stage: str) -> str:
+def having(results: list[dict], stage: str) -> list[dict]:
+    """The seeds' results that measured the stage."""
+    return [r for r in results if stage in r]
+
+
+def recovery(results: list[dict], stage: str) -> str:
+    """(stage − deployed)/(ideal − deployed) of the means over the seeds that measured the stage."""
+    means = {s: np.mean([r[s] for r in having(results, stage)] or [np.nan]) for s in ("ideal", "deployed", stage)}
     lost = means["ideal"] - means["deployed"]
+    if np.isnan(lost):
+        return "not measured"
     return "—" if lost <= LOST else f"{100 * (means[stage] - means['deployed']) / lost:.0f} %"
+
+
+def stage_cell(results: list[dict], stage: str) -> str:
+    """Mean ± std over the seeds that measured the stage, and how many those were if not all."""
+    values = [100 * r[stage] for r in having(results, stage)]
+    if not values:
+        return "not measured"
+    return f"{np.mean(values):.1f} ± {np.std(values):.1f}" + (f" ({len(values)} of {len(results)} seeds)"
+                                                               if len(values) < len(results) else "")
 
 
 def recovery_per_seed(results: list[dict]) -> str:
@@ -222,7 +241,8 @@ def kept_start(results: list[dict]) -> str:
     """How many HIL runs (uncalibrated / calibrated) kept the program as compiled (best step 0)."""
     if not all("best_step" in r for r in results):
         return "not recorded"
-    return " / ".join(str(sum(r["best_step"][run] == 0 for r in results)) for run in ("hil-raw", "hil"))
+    runs = [[r["best_step"][run] for r in results if run in r["best_step"]] for run in ("hil-raw", "hil")]
+    return " / ".join(f"{steps.count(0)} of {len(steps)}" if steps else "—" for steps in runs)
 
 
 def report(rows: list[dict], args, train_seconds: dict) -> str:
@@ -233,13 +253,13 @@ def report(rows: list[dict], args, train_seconds: dict) -> str:
     reduced = [f"{row['task']} σ {100 * row['sigma']:g} % Q {row['quality']:g} ({len(row['results'])} seeds)"
                for row in rows if len(row["results"]) < FULL_SEEDS]
     rows = [row for row in rows if row["results"]]
+    partial = any(len(having(row["results"], "hil")) < len(row["results"]) for row in rows)
     for row in rows:
         results = row["results"]
-        means = {s: float(np.mean([r[s] for r in results])) for s in STAGES}
-        cells = [f"{100 * means[s]:.1f} ± {100 * np.std([r[s] for r in results]):.1f}" for s in STAGES]
-        times = [f"{np.median([r['seconds'][k] for r in results]):.0f}" for k in timed]
+        cells = [stage_cell(results, s) for s in STAGES]
+        times = [f"{np.median([r['seconds'][k] for r in results if k in r['seconds']] or [np.nan]):.0f}" for k in timed]
         lines.append(f"| {row['task']} | {100 * row['sigma']:g} % | {row['quality']:g} | {len(results)} | "
-                     + " | ".join(cells) + f" | {recovery(means, 'hil_raw')} | {recovery(means, 'hil')} | {recovery_per_seed(results)} | "
+                     + " | ".join(cells) + f" | {recovery(results, 'hil_raw')} | {recovery(results, 'hil')} | {recovery_per_seed(results)} | "
                      f"{kept_start(results)} | "
                      + " | ".join(times) + " |")
     trained = ", ".join(f"{task} {seconds:.0f} s" for task, seconds in train_seconds.items())
@@ -260,6 +280,9 @@ def report(rows: list[dict], args, train_seconds: dict) -> str:
         f"not improve validation keeps its start. {HIL_CHOICE} Recovery = (stage − deployed)/(ideal − deployed) of the "
         "means ('—' where deployment lost nothing), and per fabrication seed that lost accuracy (a loss of a few "
         "test sequences makes the ratio of means large and noisy). Times: median wall seconds per stage (2 shared cores). "
+        + ("Where the calibration stages ran on fewer seeds than HIL from the deployed program (session time), the "
+           "cell says on how many, and recovery by calibration + HIL is over those seeds' own ideal and deployed means. "
+           if partial else "")
         + (f"Reduced cells (fewer than {FULL_SEEDS} seeds, for want of session time): {'; '.join(reduced)}; the full "
            "grid is `python benchmarks/bench_analog.py --tasks basicmotions scp1 --write`." if reduced else ""),
         "\n".join(lines), "![headline](analog-headline.png)"])
@@ -310,8 +333,8 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(rows)), 4))
     width = 0.16
     for i, stage in enumerate(STAGES):
-        means = [100 * np.mean([r[stage] for r in row["results"]]) for row in rows]
-        errors = [100 * np.std([r[stage] for r in row["results"]]) for row in rows]
+        measured_ = [[100 * r[stage] for r in having(row["results"], stage)] or [np.nan] for row in rows]
+        means, errors = [np.mean(values) for values in measured_], [np.std(values) for values in measured_]
         ax.bar(np.arange(len(rows)) + (i - 2) * width, means, width, yerr=errors, label=LABELS[stage], capsize=2)
     ax.set_xticks(range(len(rows)), [f"{r['task']}\nσ {100 * r['sigma']:g} %, Q {r['quality']:g}" for r in rows],
                   fontsize=8)
