@@ -237,6 +237,12 @@ def recovery_per_seed(results: list[dict]) -> str:
     return f"{len(losing)} of {len(results)}" + (f": {each}" if losing else "")
 
 
+def median_time(results: list[dict], step: str) -> str:
+    """The median wall seconds of a timed step over the seeds that ran it."""
+    seconds = [r["seconds"][step] for r in results if step in r["seconds"]]
+    return f"{np.median(seconds):.0f}" if seconds else "—"
+
+
 def kept_start(results: list[dict]) -> str:
     """How many HIL runs (uncalibrated / calibrated) kept the program as compiled (best step 0)."""
     if not all("best_step" in r for r in results):
@@ -257,7 +263,7 @@ def report(rows: list[dict], args, train_seconds: dict) -> str:
     for row in rows:
         results = row["results"]
         cells = [stage_cell(results, s) for s in STAGES]
-        times = [f"{np.median([r['seconds'][k] for r in results if k in r['seconds']] or [np.nan]):.0f}" for k in timed]
+        times = [median_time(results, k) for k in timed]
         lines.append(f"| {row['task']} | {100 * row['sigma']:g} % | {row['quality']:g} | {len(results)} | "
                      + " | ".join(cells) + f" | {recovery(results, 'hil_raw')} | {recovery(results, 'hil')} | {recovery_per_seed(results)} | "
                      f"{kept_start(results)} | "
