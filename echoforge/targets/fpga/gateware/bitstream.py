@@ -32,9 +32,6 @@ CONSTRAINTS = {"ice40": "pcf", "ecp5": "lpf"}
 PLACED = {"ice40": ("--asc", "image.asc"), "ecp5": ("--textcfg", "image.config")}
 BITSTREAM = {"ice40": "image.bin", "ecp5": "image.bit"}
 SPRAM_BITS = 15               # an SB_SPRAM256KA holds 2^15 bytes (rtl/ef_ram.v)
-# Synthesis options beyond the FPGA target's: on the iCE40, ABC maps with the flip-flops in view (-dff),
-# which leaves ~100 fewer LUT4s (and logic cells) in the 16-oscillator image
-SYNTH_OPTIONS = {"ice40": " -dff", "ecp5": ""}
 
 
 @dataclass(frozen=True)
@@ -146,5 +143,5 @@ def _synthesize(where: synth.Workspace, board: Board, config: GatewareConfig, pa
     defines = " ".join(f"-D{name}" for name in (*config.defines(), *board.defines))
     read = where.read(options=f"{defines} -I.")
     return synth.run_tool([synth.tool(synth.YOSYS), "-q", "-p", f"{read}; chparam {chparam} {TOP}; "
-                       f"{synth.SYNTH[board.part.family]}{SYNTH_OPTIONS[board.part.family]} -top {TOP} -json {where.out('image.json')}; "
+                       f"{synth.SYNTH[board.part.family]} -top {TOP} -json {where.out('image.json')}; "
                        f"tee -q -o {where.out('stat.json')} stat -json"], where, "yosys.log")
