@@ -283,13 +283,13 @@ module ef_commands #(
     wire [15:0] request_p   = loading ? value[15:0] : {{(16 - PW){1'b0}}, size};      // the P a request is sized by
     // samples the request carries (kp is 0 but for chunks)
     wire [47:0] samples     = (loading || opcode == WRITE_PARAMS) ? times({32'd0, request_p}, 5)
-                            : (opcode == WRITE_STATE) ? {{(47 - PW){1'b0}}, twice}
+                            : (opcode == WRITE_STATE) ? {{(46 - PW){1'b0}}, twice}
                             : is_echo_run ? {kp, 1'b0} : {1'b0, kp};
     wire [4:0]  header      = loading ? 5'd17 : (opcode == WRITE_PARAMS) ? 5'd5 : (opcode == WRITE_STATE) ? 5'd11
                             : (opcode == READ_STATE) ? 5'd10 : (opcode == READ_OBSERVABLES) ? 5'd9 : ending ? 5'd4 : 5'd12;
     wire        length_bad  = {16'd0, len} != {43'd0, header} + times(samples, WB);
     wire [47:0] acc_values  = times({32'd0, request_p}, ACC_ROWS);                    // (A, P) observables
-    wire [47:0] response    = (opcode == READ_STATE) ? times({41'd0, lanes_of}, WB)
+    wire [47:0] response    = (opcode == READ_STATE) ? times({{(45 - PW){1'b0}}, lanes_of}, WB)
                             : (opcode == READ_OBSERVABLES) ? acc_values << 3 : is_echo_run ? times(kp, WOB) : times(kp, WB);
     wire [47:0] loop_total  = (opcode == READ_STATE || is_begin || ending) ? {{(45 - PW){1'b0}}, lanes_of}
                             : (opcode == READ_OBSERVABLES) ? acc_values : samples;
