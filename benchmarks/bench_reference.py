@@ -273,6 +273,16 @@ def load_range(rows: list[dict]) -> str:
     return f"{min(loads):.1f}–{max(loads):.1f}" if loads else "not recorded"
 
 
+def rounds_text(rows: list[dict]) -> str:
+    """How many rounds each size ran (saved results of several runs may be merged)."""
+    per_size = {}
+    for row in rows:
+        per_size.setdefault(len(row["runs"]["echoforge"]), []).append(row["size"])
+    if len(per_size) == 1:
+        return f"{next(iter(per_size))} round(s)"
+    return "; ".join(f"{n} round(s) at {', '.join(dict.fromkeys(sizes))}" for n, sizes in per_size.items())
+
+
 def report(rows: list[dict], args) -> str:
     ours = next((side_stats(r["runs"]["echoforge"]) for r in rows if side_stats(r["runs"]["echoforge"])), None)
     threads = ours["threads"] if ours else {}
@@ -283,7 +293,7 @@ def report(rows: list[dict], args) -> str:
         f"sizes: 16k / 50k = 2 blocks, hidden 16, state 16, batch 8, 6 inputs, 4 classes at length "
         f"16,000 / 50,000; scp1 = the paper's SCP1 model (6 blocks, hidden 64, 256 oscillators, batch 32, "
         f"length 896, 7 inputs, 2 classes). Each side runs each configuration in a fresh process, "
-        f"{args.rounds} rounds, the two sides taking turns (order alternating); seconds: median over "
+        f"{rounds_text(rows)}, the two sides taking turns (order alternating); seconds: median over "
         f"rounds of each process's median wall time of up to {args.repeats} steps; speed-up: median of "
         f"the rounds' ratios (their range in brackets: how noisy the shared 2-core machine was). Memory: "
         f"peak resident set (VmHWM) from just before the first full step (compiled code and the "
