@@ -7,45 +7,29 @@ resident and fragment it: a 16,000-step HSSM gradient step rose ~170 MiB above i
 ~80. Setting the threshold keeps it fixed (glibc then stops adjusting it), at 1 MiB: above the glue's
 chunk-sized temporaries (hssm.GLUE_CHUNK_ELEMENTS), which stay on the heap and are reused; a mapping
 costs page faults (~+5 % CPU time on that step). The trim threshold is raised so that those
-temporaries are not given back and faulted in again at every chunk. Once a pass over all chunks is
-done, `give_back_free_pages` returns the free pages they leave inside the heap (~24 MiB after a
-16,000-step step, which the top-of-heap trim never reaches: the heap is fragmented, not empty at its top).
+temporaries are not given back and faulted in again at every chunk.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-from functools import cache
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 MMAP_THRESHOLD = 2 ** 20
 TRIM_THRESHOLD = 32 * 2 ** 20
 
 
-@cache
-def _glibc() -> bool:
-    try:
-        return hasattr(os, "confstr") and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
-    except (ValueError, OSError):
-        return False
-
-
-def _user_tuned() -> bool:
-    return "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ
-
-
 def return_large_buffers() -> bool:
     """Set glibc's mmap and trim thresholds; False where the C library is not glibc or the user set
     them (MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ in the environment win)."""
-    if not _glibc() or _user_tuned():
+    if not hasattr(os, "confstr") or "MALLOC_MMAP_THRESHOLD_" in os.environ or \
+            "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return False
+    try:
+        if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
+            return False
+    except (ValueError, OSError):
         return False
     mallopt = ctypes.CDLL(None).mallopt
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-
-
-def give_back_free_pages() -> None:
-    """Return the heap's whole free pages to the OS (glibc's malloc_trim(0); a walk of the free lists,
-    well under a millisecond here), unless the user tunes glibc's thresholds themselves."""
-    if _glibc() and not _user_tuned():
-        ctypes.CDLL(None).malloc_trim(0)

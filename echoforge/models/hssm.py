@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .heap import give_back_free_pages
 from .hru import LinHRU, NonlinHRU
 
 HRU_KINDS = {"linear": LinHRU, "nonlinear": NonlinHRU}
@@ -78,7 +77,6 @@ class ChunkedRecompute(torch.autograd.Function):
         with torch.no_grad():
             for s in _chunks(residual, chunk):
                 torch.add(residual[:, s], fn(*(t[:, s] for t in inputs)), out=output[:, s])
-        give_back_free_pages()  # what the chunks' temporaries leave inside the heap
         return output
 
     @staticmethod
@@ -102,7 +100,6 @@ class ChunkedRecompute(torch.autograd.Function):
                     grad = next(grads) if p.requires_grad else None
                     if grad is not None:
                         param_grads[i] += grad
-        give_back_free_pages()
         return (None, None, None, grad_output, *input_grads, *param_grads)
 
 
