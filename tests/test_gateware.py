@@ -414,6 +414,10 @@ def _core_requests():
         request(Opcode.LOAD_PROGRAM, body=image),                                          # the program hash
         request(Opcode.WRITE_PARAMS, (1,), pack_samples(codes.param_codes, width)),        # BAD_BANK
         request(Opcode.WRITE_PARAMS, (0,), pack_samples(codes.param_codes, width)[:-1]),   # BAD_PAYLOAD
+        request(Opcode.WRITE_STATE, (1, 1, 0, 1), samples(2 * size)),                      # BAD_BANK
+        request(Opcode.READ_STATE, (1, Register.STATE, 0, 1)),                             # BAD_BANK
+        request(Opcode.BEGIN_FORWARD, (1, zero, 1, 4)),                                    # BAD_BANK
+        request(Opcode.READ_OBSERVABLES, (1, 0, 1)),                                       # BAD_BANK
         request(Opcode.READ_STATE, (0, Register.STATE, 0, 1)),                             # NO_STATE
         request(Opcode.BEGIN_FORWARD, (0, state, 1, 4)),                                   # NO_STATE
         request(Opcode.BEGIN_FORWARD, (0, zero, 2, 4)),                                    # batch 2: OVER_CAPACITY
