@@ -114,7 +114,8 @@ module ef_commands #(
                      READ = 6'd26, READ_TAKE = 6'd27, MULTIPLY = 6'd28, FETCH = 6'd29, LOAD_WRITE = 6'd30,
                      COUNTER_NEXT = 6'd31;
     reg  [5:0]  state, resume, after_emit;
-    // the request reader: `read_bytes` bytes at payload offset `read_at` into `value`, then `resume`
+    // the request reader: `read_bytes` bytes at payload offset `read_at` into `value`, then `resume`;
+    // `read_at` moves on a byte a byte, so a loop over the samples reads on where the last read ended
     reg  [RX_AW-1:0] read_at;
     reg  [3:0]       read_bytes, read_index;
     reg  [8*WB-1:0]  value;                // a sample (or P: WB ≥ 2)
@@ -156,8 +157,16 @@ module ef_commands #(
     reg         feed_wait;                                    // the address of byte feed_index is presented
     reg  [3:0]  feed_index;
     reg  [8*WB-1:0] feed_f, feed_q;
-    reg  [KW-1:0] feed_row_base;                                // samples before the current step's row
-    wire [47:0] feed_offset = 48'd12 + times(feed_row_base + feed_osc, WB) + (feed_state[0] ? times(kp, WB) : 48'd0);
+    // Running pointers, a byte a byte: f's and q's next byte in the request. A forward run reads its f row by row
+    // from offset 12 on; an echo runs its steps last first, so after each row both go back two rows (2P·WB
+    // bytes). They start at the last row: q's ends the request (its length was checked), f's is K·P·WB before.
+    reg  [RX_AW-1:0] feed_f_at, feed_q_at;
+    wire [47:0] feed_row    = times({32'd0, size}, WB);
+    wire [47:0] feed_q_last = {{(48 - RX_AW){1'b0}}, len} - feed_row;
+    wire [RX_AW-1:0] feed_back = ~times({32'd0, twice}, WB) + 1'b1;       // −2P·WB
+    wire        feed_row_end = feed_state == 2'd2 && feed_osc + 1'b1 == size;
+    wire [RX_AW-1:0] feed_move = feed_row_end ? feed_back : {{(RX_AW - 1){1'b0}}, 1'b1};
+    wire [47:0] feed_offset = feed_state[0] ? feed_q_at : feed_f_at;
     assign in_data = {feed_q[WORD_BITS-1:0], feed_f[WORD_BITS-1:0]};
     // ---- the stream collector: out beats to the response, at forward time indices ----
     reg         collecting;
@@ -166,16 +175,20 @@ module ef_commands #(
     reg  [3:0]  out_index;
     reg  [8*WOB-1:0] out_value;
     reg         out_busy;
-    reg  [KW-1:0] out_row_base;
+    // the response byte written next, a running pointer: an echo's rows go back two rows (2P·WOB bytes) after
+    // each, from the last row (the response's end, less a row)
+    reg  [TX_AW-1:0] out_at;
     wire [3:0]  out_bytes   = is_echo_run ? WOB[3:0] : WB[3:0];
-    wire [47:0] out_offset  = (is_echo_run ? times(out_row_base + out_osc, WOB) : times(out_row_base + out_osc, WB))
-                              + {44'd0, out_index};
+    wire [TX_AW-1:0] out_back = ~times({32'd0, twice}, WOB) + 1'b1;       // −2P·WOB
+    wire [47:0] out_last    = response - times({32'd0, size}, WOB);
+    wire        out_row_end = is_echo_run && out_osc + 1'b1 == size;
+    wire [47:0] out_offset  = {{(48 - TX_AW){1'b0}}, out_at};
     assign out_ready = collecting && !out_busy;
 
-    wire [47:0] read_address = feeding ? feed_offset + {44'd0, feed_index} : {{(48 - RX_AW){1'b0}}, read_at} + {44'd0, read_index};
+    wire [47:0] read_address = feeding ? feed_offset : {{(48 - RX_AW){1'b0}}, read_at};
     assign rx_addr = read_address[RX_AW-1:0];
     assign tx_we   = main_tx_we || out_busy;
-    assign tx_addr = out_busy ? out_offset[TX_AW-1:0] : emit_at + {{(TX_AW - 4){1'b0}}, emit_index};
+    assign tx_addr = out_busy ? out_offset[TX_AW-1:0] : emit_at;                 // emit_at moves on a byte a byte
     assign tx_data = out_busy ? out_value[8 * out_index +: 8] : emitted;
 
     // x · c for a constant c, as shifts and adds: no multiplier (the bank needs every DSP of a UP5K).
@@ -225,6 +238,16 @@ module ef_commands #(
             value      <= 64'd0;
             resume     <= next;
             state      <= READ_TAKE;       // the address is presented next clock, its byte the one after
+        end
+    endtask
+    task read_next;                        // the next sample, where the last read ended
+        input [5:0]  next;
+        begin
+            read_bytes <= WB[3:0];
+            read_index <= 4'd0;
+            value      <= 64'd0;
+            resume     <= next;
+            state      <= READ_TAKE;
         end
     endtask
     task emit;                             // the low `bytes` bytes of `emitted` at response offset `at`, then `next`
@@ -436,6 +459,7 @@ module ef_commands #(
                     loop(loop_total, (is_begin || ending || opcode == FORWARD_CHUNK || is_echo_run) ? 32'd1
                                      : {16'd0, request_p});
                     body_at <= header;                                  // where the samples start
+                    read_at <= {{(RX_AW - 5){1'b0}}, header};
                     if (opcode == READ_STATE || opcode == READ_OBSERVABLES) response_length <= response;
                     if (is_begin) begin
                         phase          <= doubled ? ECHO : FORWARD;
@@ -450,8 +474,9 @@ module ef_commands #(
             // ---- every sample of the request within range, before anything changes ----
             RANGE: if (index == count) begin
                 loop(count, {16'd0, program_p});
+                read_at <= {{(RX_AW - 5){1'b0}}, body_at};               // APPLY reads them again
                 state <= APPLY;
-            end else read(body_at + times(index, WB), WB[3:0], RANGE_NEXT);
+            end else read_next(RANGE_NEXT);
             RANGE_NEXT:
                 if (!in_range)
                     refuse((opcode == LOAD_PROGRAM || opcode == WRITE_PARAMS) ? BAD_PROGRAM : BAD_PAYLOAD);
@@ -468,12 +493,12 @@ module ef_commands #(
                     if (index == count) begin
                         index <= 32'd0;
                         state <= CRC_HEADER;               // the hash starts over (ef_crc32's init)
-                    end else read(body_at + times(index, WB), WB[3:0], APPLY_NEXT);
+                    end else read_next(APPLY_NEXT);
                 WRITE_STATE:
                     if (index == count) begin
                         state_valid <= 1'b1;
                         state       <= FINISH;
-                    end else read(body_at + times(index, WB), WB[3:0], APPLY_NEXT);
+                    end else read_next(APPLY_NEXT);
                 READ_STATE:                                              // STATE ϕ, π; ECHO ϕ (2, P), π (2, P)
                     state <= (index == count) ? FINISH : FETCH;        // the register at rf_read_at
                 READ_OBSERVABLES:                                        // (A, P): outer the row, inner p
@@ -564,7 +589,7 @@ module ef_commands #(
                 if (index == 32'd3) begin
                     counters_fresh  <= 1'b0;
                     response_length <= response;
-                    position        <= is_echo_run ? f_u32_4 : position + steps;
+                    position        <= is_echo_run ? f_u32_4 : range_end[31:0];    // first + K (first was position)
                     state           <= FINISH;
                 end else begin
                     reg_addr <= CONTROL_BASE + R_COUNTER_STATE + index[1:0] + 1'b1;
@@ -613,6 +638,7 @@ module ef_commands #(
             READ: begin
                 for (k = 0; k < WB; k = k + 1)                         // constant selects: no shifter
                     if (read_index == k) value[8 * k +: 8] <= rx_data;
+                read_at <= read_at + 1'b1;
                 if (read_index + 4'd1 == read_bytes) state <= resume;
                 else begin
                     read_index <= read_index + 4'd1;
@@ -620,6 +646,7 @@ module ef_commands #(
                 end
             end
             EMIT: begin                                                 // main_tx_we writes byte emit_index
+                emit_at <= emit_at + 1'b1;
                 if (emit_index + 4'd1 == emit_bytes) state <= after_emit;
                 else emit_index <= emit_index + 4'd1;
             end
@@ -645,7 +672,8 @@ module ef_commands #(
             feeding    <= 1'b1;
             feed_step  <= 32'd0;
             feed_osc   <= 32'd0;
-            feed_row_base <= is_echo_run ? kp - size : {KW{1'b0}};    // an echo runs its steps last first
+            feed_q_at  <= feed_q_last[RX_AW-1:0];
+            feed_f_at  <= is_echo_run ? feed_q_last[RX_AW-1:0] - times(kp, WB) : 12;
             feed_state <= 2'd0;
             feed_index <= 4'd0;
             feed_wait  <= 1'b0;
@@ -655,6 +683,8 @@ module ef_commands #(
                 if (feed_wait) begin
                     if (feed_state == 2'd0) feed_f <= {rx_data, feed_f[8*WB-1:8]};   // byte 0 ends lowest
                     else feed_q <= {rx_data, feed_q[8*WB-1:8]};
+                    if (feed_state == 2'd0) feed_f_at <= feed_f_at + feed_move;
+                    else feed_q_at <= feed_q_at + feed_move;
                     if (feed_index + 4'd1 != WB[3:0]) feed_index <= feed_index + 4'd1;
                     else begin
                         feed_index <= 4'd0;
@@ -672,7 +702,10 @@ module ef_commands #(
                 else begin
                     feed_osc  <= 32'd0;
                     feed_step <= feed_step + 32'd1;
-                    feed_row_base <= is_echo_run ? feed_row_base - size : feed_row_base + size;
+                    if (is_echo_run) begin
+                        feed_f_at <= feed_f_at + feed_move;
+                        feed_q_at <= feed_q_at + feed_move;
+                    end
                     if (feed_step + 32'd1 == steps) feeding <= 1'b0;
                 end
             end
@@ -688,7 +721,7 @@ module ef_commands #(
             collecting <= 1'b1;
             out_step   <= 32'd0;
             out_osc    <= 32'd0;
-            out_row_base <= is_echo_run ? kp - size : {KW{1'b0}};
+            out_at     <= is_echo_run ? out_last[TX_AW-1:0] : {TX_AW{1'b0}};
             out_busy   <= 1'b0;
         end else if (collecting) begin
             if (!out_busy) begin
@@ -697,14 +730,16 @@ module ef_commands #(
                     out_index <= 4'd0;
                     out_busy  <= 1'b1;
                 end
-            end else if (out_index + 4'd1 != out_bytes) out_index <= out_index + 4'd1;
-            else begin
+            end else if (out_index + 4'd1 != out_bytes) begin
+                out_index <= out_index + 4'd1;
+                out_at    <= out_at + 1'b1;
+            end else begin
                 out_busy <= 1'b0;
+                out_at   <= out_at + (out_row_end ? out_back + 1'b1 : {{(TX_AW - 1){1'b0}}, 1'b1});
                 if (out_osc + 32'd1 != {16'd0, size}) out_osc <= out_osc + 32'd1;
                 else begin
                     out_osc  <= 32'd0;
                     out_step <= out_step + 32'd1;
-                    out_row_base <= is_echo_run ? out_row_base - size : out_row_base + size;
                     if (out_step + 32'd1 == steps) collecting <= 1'b0;
                 end
             end
