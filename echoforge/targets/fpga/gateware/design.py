@@ -49,6 +49,11 @@ ERROR_MESSAGES = {
 CORE_OSCILLATORS = 16          # oscillators an image's bank holds (its lanes: twice as many)
 
 
+# What ef_commands reads on the bank's bus (its only reader): a chunk's saturation counters, the lanes at a
+# phase's end, the accumulators at END_ECHO. The bank's read-back multiplexer (64 bits a source) keeps only these.
+EXECUTOR_READS = frozenset({"COUNTER_STATE", "COUNTER_FORCE", "COUNTER_PREACT", "COUNTER_ACCUMULATOR", "phi", "pi", "acc"})
+
+
 @dataclass(frozen=True)
 class GatewareConfig:
     """Sizes of one board image. Buffers are powers of two (block RAM); the limits the image
@@ -210,7 +215,8 @@ def write_sources(config: GatewareConfig, directory: Path, *, simulation: bool =
         from echoforge.targets.fpga.rtl import generate_core
 
         design = generate_core(config.formats, config.kind, directory, lanes=2 * config.oscillators,
-                               oscillators=config.oscillators, fold=config.fold)
+                               oscillators=config.oscillators, fold=config.fold, readback=EXECUTOR_READS,
+                               max_steps=config.max_chunk_steps)
         (directory / "ef_core.vh").write_text(core_include(config, json.loads(design.regmap.read_text())))
         verilog += list(design.sources)
     return verilog + ([directory / SIM_TOP] if simulation else [])

@@ -101,23 +101,29 @@ def register_map(layout: Layout, config: FormatConfig, kind: str, datapath: Data
     }
 
 
-def verilog(datapath: Datapath, layout: Layout, kind: str, accumulators) -> str:
-    """The whole top module (Verilog-2005)."""
+def verilog(datapath: Datapath, layout: Layout, kind: str, accumulators, readback=None,
+            max_steps: int | None = None) -> str:
+    """The whole top module (Verilog-2005). ``readback``: the control registers (CONTROL_VALUES names) and
+    memory regions the bus reads, the others reading 0 (None: all). ``max_steps``: the largest STEPS the
+    bus ever writes (None: any u32): STEPS and the step count are that wide, and the saturation counters
+    as wide as a run can count (≤ 15 a lane-step), so they never saturate and read as the u32 ones would."""
     w, lb, ob = layout.word_bits, layout.lane_bits, layout.osc_bits
     ib, ab = layout.index_bits, layout.address_bits
     config_word = w | (int(kind == "nonlinear") << 8) | (lb << 16) | (ob << 24)
     controls = "\n".join(f"localparam R_{name} = {index};" for name, (index, _, _) in CONTROL.items())
+    step_bits = 32 if max_steps is None else max(1, max_steps.bit_length())
+    counter_bits = 32 if max_steps is None else min(32, (15 * (1 << lb) * max_steps).bit_length())
     sections = [
         _HEADER.replace("@W@", str(w)).replace("@AB@", str(ab)),
         (f"localparam W = {w};\nlocalparam LB = {lb};\nlocalparam OB = {ob};\nlocalparam IB = {ib};\n"
          f"localparam DEPTH = {datapath.min_step_clocks};\nlocalparam LAST = {datapath.last_stage};\n"
-         f"localparam [31:0] CONFIG_WORD = 32'h{config_word:08x};\n{controls}"),
+         f"localparam [31:0] CONFIG_WORD = 32'h{config_word:08x};\nlocalparam SB = {step_bits};\n{controls}"),
         _CONTROL,
         datapath.pipeline.emit(),
         "// ---- memories ----",
         *(_memory(m, layout) for m in datapath.memories),
-        _readback(datapath.memories),
-        _counters(datapath),
+        _readback(datapath.memories, readback),
+        _counters(datapath, counter_bits),
         f"assign out_data = {datapath.out_data};\nassign out_pending = {datapath.out_valid};",
         "endmodule",
     ]
@@ -157,16 +163,16 @@ def _bus_port(memory: Memory, layout: Layout) -> tuple[str, str]:
     return f"reg_index[{bits + 2}:3]", f"{hit} && reg_index[2:0] == 3'd{memory.field}"
 
 
-def _readback(memories: list[Memory]) -> str:
+def _readback(memories: list[Memory], readback=None) -> str:
     """reg_rdata: the addressed register or memory word, sign-extended, one clock after reg_addr. The
     address is decoded into one select register per source as it arrives, so the read data is an
     AND-OR of registered selects and registers (control registers are read as they are in that clock,
     memories as they were read at the address): a few logic levels, whatever the sources."""
     lines = ["// ---- register read-back ----"]
     sources = [(f"read_{name.lower()}", f"reg_region == 3'd0 && reg_index == R_{name}", value)
-               for name, value in CONTROL_VALUES.items()]
+               for name, value in CONTROL_VALUES.items() if readback is None or name in readback]
     for m in memories:
-        if m.region is None or not m.readable:
+        if m.region is None or not m.readable or (readback is not None and m.region not in readback):
             continue
         lines.append(f"wire signed [63:0] {m.name}_bus = {m.data};")
         hit = f"reg_region == 3'd{REGIONS.index(m.region)}"
@@ -176,13 +182,19 @@ def _readback(memories: list[Memory]) -> str:
     for select, hit, _ in sources:
         lines.append(f"reg {select};\nalways @(posedge clk) {select} <= {hit};")
     terms = " |\n    ".join(f"({{64{{{select}}}}} & {value})" for select, _, value in sources)
-    lines.append(f"assign reg_rdata = {terms};")
+    lines.append(f"assign reg_rdata = {terms};" if terms else "assign reg_rdata = 64'd0;")
     return "\n".join(lines)
 
 
-def _counters(datapath: Datapath) -> str:
+def _counters(datapath: Datapath, bits: int = 32) -> str:
     lines = ["// ---- saturation counters (saturating u32, cleared by START) ----"]
     for name in COUNTERS:
+        if bits < 32:   # a bound on the run: the count never reaches 2^bits − 1, so it never saturates
+            lines += [f"wire [3:0] count_{name}_inc = {datapath.increments[name]};",
+                      f"wire [{bits - 1}:0] count_{name}_sum = count_{name}[{bits - 1}:0] + {{{bits - 4}'d0, count_{name}_inc}};",
+                      (f"always @(posedge clk) if (rst || start) count_{name} <= 32'd0; "
+                       f"else if (busy && advance) count_{name} <= {{{32 - bits}'d0, count_{name}_sum}};")]
+            continue
         lines += [f"wire [3:0] count_{name}_inc = {datapath.increments[name]};",
                   f"wire [32:0] count_{name}_sum = {{1'b0, count_{name}}} + {{29'd0, count_{name}_inc}};",
                   (f"always @(posedge clk) if (rst || start) count_{name} <= 32'd0; "
@@ -219,7 +231,7 @@ wire control_write = reg_we && reg_region == 3'd0;
 reg mode, flip_setting;
 reg [OB:0] oscillators;
 reg [LB:0] lanes;
-reg [31:0] steps;
+reg [SB-1:0] steps;
 reg steps_zero, steps_one;  // STEPS == 0, == 1, and slots = max(LANES, DEPTH): decided as they are written,
 reg [LB:0] slots;           // so a start acts on registers only
 reg [31:0] count_state, count_force, count_preact, count_accumulator, cycles;
@@ -241,7 +253,7 @@ always @(posedge clk) begin
             R_OSCILLATORS: oscillators <= reg_wdata[OB:0];
             R_LANES: begin lanes <= reg_wdata[LB:0]; slots <= (reg_wdata[LB:0] > DEPTH) ? reg_wdata[LB:0] : DEPTH; end
             R_STEPS: begin
-                steps <= reg_wdata[31:0]; steps_zero <= reg_wdata[31:0] == 32'd0; steps_one <= reg_wdata[31:0] == 32'd1;
+                steps <= reg_wdata[SB-1:0]; steps_zero <= reg_wdata[SB-1:0] == 0; steps_one <= reg_wdata[SB-1:0] == 1;
             end
             default: ;
         endcase
@@ -250,7 +262,7 @@ end
 
 // ---- lane issue (limits registered at START, so no compare against a subtraction sits on the issue path) ----
 reg [LB:0] slot, slot_before_last, lane_last;
-reg [31:0] steps_left;  // after the current step
+reg [SB-1:0] steps_left;  // after the current step
 reg [OB-1:0] osc_count, osc_last;
 reg sigma_count, slot_live, first_step, last_step;
 reg last_slot;  // the slot issuing now is the step's last (a register: it enables the step's counters)
