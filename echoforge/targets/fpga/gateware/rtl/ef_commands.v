@@ -293,8 +293,8 @@ module ef_commands #(
     endtask
 
     wire signed [63:0] zero = 64'sd0;
-    wire [CW-1:0] lane_of   = (index < twice) ? index : index - twice;   // LOAD_LANES / SAVE_* of an echo: lane 2p + σ
-    wire [CW-1:0] forward_p = (index < {16'd0, size}) ? index : index - size;
+    // LOAD_LANES / SAVE_*: the loop runs over (outer: ϕ 0 or π 1, inner: the lane — 2p + σ in an echo, p forward)
+    wire          lane_pi   = outer[0];
 
     // ---- CHECK: the command's rules, one a clock in the simulator's order (`index` numbers them). A rule
     // is a condition and the error it refuses with; every opcode draws on the same few terms below (one
@@ -401,23 +401,25 @@ module ef_commands #(
     end
 
     // ---- the register file's ports ----
-    wire [RF_AW-1:0] state_register = {{(RF_AW - 1){1'b0}}, index >= (phase == ECHO ? twice : {16'd0, size})} * PMAX_AT
-                                      + (phase == ECHO ? lane_of >> 1 : forward_p);     // STATE ϕ or π of a lane
-    wire [RF_AW-1:0] echo_register  = {{(RF_AW - 1){1'b0}}, index >= twice} * (2 * PMAX_AT)
-                                      + lane_of[0] * PMAX_AT + (lane_of >> 1);        // lane 2p + σ → σ·PMAX + p
+    // (Addresses as ORs where the fields cannot overlap — a p below PMAX, a row below 8, an offset below its
+    // aligned base — so that they cost no adder.)
+    wire [RF_AW-1:0] state_register = (lane_pi ? PMAX_AT : {RF_AW{1'b0}})
+                                      | (phase == ECHO ? inner >> 1 : inner);           // STATE ϕ or π of a lane
+    wire [RF_AW-1:0] echo_register  = (lane_pi ? 2 * PMAX_AT : {RF_AW{1'b0}}) | (inner[0] ? PMAX_AT : {RF_AW{1'b0}})
+                                      | (inner >> 1);                                   // lane 2p + σ → σ·PMAX + p
     wire signed [WORD_BITS:0]   minus_pi    = -$signed(rf_data[WORD_BITS:0]);  // −π of a STATE register: W + 1 bits
     wire [32:0] counter_sum = {1'b0, counters_fresh ? 32'd0 : rf_data[31:0]} + {1'b0, reg_rdata[31:0]};
-    wire [RF_AW-1:0] counter_register = COUNTERS_AT + index[1:0];
-    assign rf_read_at  = (state == LOAD_LANES) ? STATE_AT + state_register
-                       : (opcode == READ_OBSERVABLES) ? inner * 8 + outer
-                       : (opcode == READ_STATE) ? (field_byte(5) == 8'd0 ? STATE_AT : ECHO_AT) + outer[1:0] * PMAX_AT + inner
+    wire [RF_AW-1:0] counter_register = COUNTERS_AT | index[1:0];
+    assign rf_read_at  = (state == LOAD_LANES) ? STATE_AT | state_register
+                       : (opcode == READ_OBSERVABLES) ? (inner << 3) | outer[2:0]
+                       : (opcode == READ_STATE) ? ((field_byte(5) == 8'd0 ? STATE_AT : ECHO_AT) + outer[1:0] * PMAX_AT) | inner
                        : counter_register;                                       // chunks (COUNT_*), END_*
     assign rf_we       = (state == APPLY_NEXT && opcode == WRITE_STATE) || state == SAVE_B || state == SAVE_ACC_B
                          || state == COUNT_B;
-    assign rf_write_at = (state == APPLY_NEXT) ? STATE_AT + outer[0] * PMAX_AT + inner
-                       : (state == SAVE_ACC_B) ? outer * 8 + inner
+    assign rf_write_at = (state == APPLY_NEXT) ? STATE_AT | (outer[0] ? PMAX_AT : {RF_AW{1'b0}}) | inner
+                       : (state == SAVE_ACC_B) ? (outer << 3) | inner[2:0]
                        : (state == COUNT_B) ? counter_register
-                       : (phase == ECHO) ? ECHO_AT + echo_register : STATE_AT + state_register;
+                       : (phase == ECHO) ? ECHO_AT + echo_register : STATE_AT | state_register;
     assign rf_wdata    = (state == APPLY_NEXT) ? sample                          // both sign-extended (the bus's are)
                        : (state == COUNT_B) ? {32'd0, counter_sum[32] ? 32'hFFFFFFFF : counter_sum[31:0]}  // saturating
                        : reg_rdata;
@@ -456,8 +458,8 @@ module ef_commands #(
                 if (rule_broken) refuse(rule_code);
                 else if (!rule_last) index <= index + 32'd1;
                 else begin                                              // every rule holds: accepted
-                    loop(loop_total, (is_begin || ending || opcode == FORWARD_CHUNK || is_echo_run) ? 32'd1
-                                     : {16'd0, request_p});
+                    loop(loop_total, (is_begin || ending) ? (doubled ? {30'd0, twice} : {16'd0, size})
+                                     : (opcode == FORWARD_CHUNK || is_echo_run) ? 32'd1 : {16'd0, request_p});
                     body_at <= header;                                  // where the samples start
                     read_at <= {{(RX_AW - 5){1'b0}}, header};
                     if (opcode == READ_STATE || opcode == READ_OBSERVABLES) response_length <= response;
@@ -517,7 +519,7 @@ module ef_commands #(
                 step;
                 state <= APPLY;
                 if (opcode == LOAD_PROGRAM || opcode == WRITE_PARAMS)    // codes (5, P): outer the field, inner p
-                    bus_write(PARAMS_BASE + inner * 8 + outer, sample);
+                    bus_write(PARAMS_BASE | (inner << 3) | outer[2:0], sample);
             end
             // ---- the program hash: CRC-32 of the image header and the codes ----
             CRC_HEADER: if (!crc_busy) begin                           // the header byte goes into the hash
@@ -550,17 +552,15 @@ module ef_commands #(
                 state <= (phase == ECHO) ? CLEAR_ACC : FINISH;
             end else state <= LOAD_WRITE;                            // ϕ lanes, then π lanes
             LOAD_WRITE: begin                                        // rf_data: the lane's STATE register
-                if (phase == ECHO)                                   // both echoes start at (ϕ, −π)
-                    bus_write((index < twice ? PHI_BASE : PI_BASE) + lane_of,
-                              zero_state ? zero : index < twice ? rf_data : {{(63 - WORD_BITS){minus_pi[WORD_BITS]}}, minus_pi});
-                else
-                    bus_write((index < {16'd0, size} ? PHI_BASE : PI_BASE) + forward_p, zero_state ? zero : rf_data);
-                index <= index + 32'd1;
+                bus_write((lane_pi ? PI_BASE : PHI_BASE) | inner,      // both echoes start at (ϕ, −π)
+                          zero_state ? zero : (phase == ECHO && lane_pi)
+                                              ? {{(63 - WORD_BITS){minus_pi[WORD_BITS]}}, minus_pi} : rf_data);
+                step;
                 state <= LOAD_LANES;
             end
             CLEAR_ACC: if (index == count) state <= FINISH;
                        else begin
-                           bus_write(ACC_BASE + outer * 8 + inner, zero);
+                           bus_write(ACC_BASE | (outer << 3) | inner[2:0], zero);
                            step;
                        end
             // ---- a chunk: settings, START, the streams, the counters ----
@@ -602,20 +602,19 @@ module ef_commands #(
                 state <= (phase == ECHO) ? SAVE_ACC_A : COUNTERS_OUT;
                 if (phase != ECHO) index <= 32'd0;
             end else begin
-                reg_addr <= (phase == ECHO) ? (index < twice ? PHI_BASE : PI_BASE) + lane_of
-                                            : (index < {16'd0, size} ? PHI_BASE : PI_BASE) + forward_p;
+                reg_addr <= (lane_pi ? PI_BASE : PHI_BASE) | inner;
                 state    <= SAVE_W;
             end
             SAVE_W: state <= SAVE_B;
             SAVE_B: begin                                                // the lane into its register (rf_we)
-                index <= index + 32'd1;
+                step;
                 state <= SAVE_A;
             end
             SAVE_ACC_A: if (index == count) begin                       // outer p, inner the response row
                 index <= 32'd0;
                 state <= COUNTERS_OUT;
             end else begin
-                reg_addr <= ACC_BASE + outer * 8 + acc_row(inner[2:0]);
+                reg_addr <= ACC_BASE | (outer << 3) | acc_row(inner[2:0]);
                 state    <= SAVE_ACC_W;
             end
             SAVE_ACC_W: state <= SAVE_ACC_B;
