@@ -240,22 +240,21 @@ module ef_commands #(
             state      <= READ_TAKE;       // the address is presented next clock, its byte the one after
         end
     endtask
-    task read_next;                        // the next sample, where the last read ended
+    task read_next;                        // `bytes` bytes where the last read ended (the next sample)
+        input [3:0]  bytes;
         input [5:0]  next;
         begin
-            read_bytes <= WB[3:0];
+            read_bytes <= bytes;
             read_index <= 4'd0;
             value      <= 64'd0;
             resume     <= next;
             state      <= READ_TAKE;
         end
     endtask
-    task emit;                             // the low `bytes` bytes of `emitted` at response offset `at`, then `next`
-        input [31:0] at;                   // (a register comes from rf_data, which holds through EMIT)
-        input [3:0]  bytes;
-        input [5:0]  next;
-        begin
-            emit_at    <= at[TX_AW-1:0];
+    task emit;                             // the low `bytes` bytes of `emitted`, then `next`: a command's
+        input [3:0]  bytes;                // response is emitted in order from offset 0 (emit_at), so each
+        input [5:0]  next;                 // emit goes where the last one ended (a register comes from rf_data,
+        begin                              // which holds through EMIT)
             emit_bytes <= bytes;
             emit_index <= 4'd0;
             after_emit <= next;
@@ -441,6 +440,7 @@ module ef_commands #(
             IDLE: if (start) begin
                 failed          <= 1'b0;
                 response_length <= 32'd0;
+                emit_at         <= {TX_AW{1'b0}};                    // the response from offset 0
                 loop(32'd0, 32'd1);
                 steps  <= f_u32_8;
                 kp     <= {KW{1'b0}};
@@ -478,7 +478,7 @@ module ef_commands #(
                 loop(count, {16'd0, program_p});
                 read_at <= {{(RX_AW - 5){1'b0}}, body_at};               // APPLY reads them again
                 state <= APPLY;
-            end else read_next(RANGE_NEXT);
+            end else read_next(WB[3:0], RANGE_NEXT);
             RANGE_NEXT:
                 if (!in_range)
                     refuse((opcode == LOAD_PROGRAM || opcode == WRITE_PARAMS) ? BAD_PROGRAM : BAD_PAYLOAD);
@@ -495,12 +495,12 @@ module ef_commands #(
                     if (index == count) begin
                         index <= 32'd0;
                         state <= CRC_HEADER;               // the hash starts over (ef_crc32's init)
-                    end else read_next(APPLY_NEXT);
+                    end else read_next(WB[3:0], APPLY_NEXT);
                 WRITE_STATE:
                     if (index == count) begin
                         state_valid <= 1'b1;
                         state       <= FINISH;
-                    end else read_next(APPLY_NEXT);
+                    end else read_next(WB[3:0], APPLY_NEXT);
                 READ_STATE:                                              // STATE ϕ, π; ECHO ϕ (2, P), π (2, P)
                     state <= (index == count) ? FINISH : FETCH;        // the register at rf_read_at
                 READ_OBSERVABLES:                                        // (A, P): outer the row, inner p
@@ -512,9 +512,9 @@ module ef_commands #(
                 default: state <= FINISH;
             endcase
             FETCH:                                                      // rf_data: the register to send
-                if (opcode == READ_STATE) emit(times(index, WB), WB[3:0], APPLY_NEXT);
-                else if (opcode == READ_OBSERVABLES) emit(index * 8, 4'd8, APPLY_NEXT);
-                else emit(index * 4, 4'd4, COUNTER_NEXT);                  // END_*: counter `index`
+                if (opcode == READ_STATE) emit(WB[3:0], APPLY_NEXT);
+                else if (opcode == READ_OBSERVABLES) emit(4'd8, APPLY_NEXT);
+                else emit(4'd4, COUNTER_NEXT);                              // END_*: counter `index`
             APPLY_NEXT: begin
                 step;
                 state <= APPLY;
@@ -525,16 +525,13 @@ module ef_commands #(
             CRC_HEADER: if (!crc_busy) begin                           // the header byte goes into the hash
                 index <= index + 32'd1;
                 if (index == 32'd12) begin
-                    index <= body_at;
-                    state <= CRC_BODY;
+                    read_at <= {{(RX_AW - 5){1'b0}}, body_at};
+                    state   <= CRC_BODY;
                 end
             end
-            CRC_BODY: if (index == len) state <= CRC_OUT;
-                      else read(index, 4'd1, CRC_BYTE);
-            CRC_BYTE: if (!crc_busy) begin                             // the byte read goes into the hash
-                index <= index + 32'd1;
-                state <= CRC_BODY;
-            end
+            CRC_BODY: if (read_at == len) state <= CRC_OUT;
+                      else read_next(4'd1, CRC_BYTE);
+            CRC_BYTE: if (!crc_busy) state <= CRC_BODY;                // the byte read goes into the hash
             CRC_OUT: if (!crc_busy) begin
                 loaded          <= 1'b1;
                 size            <= program_p;
@@ -544,7 +541,7 @@ module ef_commands #(
                     state_valid <= 1'b0;
                     echo_valid  <= 1'b0;
                 end
-                emit(32'd0, 4'd4, FINISH);                              // ~crc (emitted)
+                emit(4'd4, FINISH);                                     // ~crc (emitted)
             end
             // ---- a phase's start: the lanes from the STATE register (or zero); an echo's accumulators 0 ----
             LOAD_LANES: if (index == count) begin
