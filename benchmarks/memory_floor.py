@@ -79,8 +79,8 @@ def main() -> None:
     body = "\n".join([
         "## What a step's process holds before its first step (benchmarks/memory_floor.py)", "",
         "Resident set (VmRSS) after each layer of the stack, each HRU in a fresh process, the compiled kernels' "
-        "cache filled by an earlier run. bench_reference's peak memory counts all of it: against the reference's 586 MiB at "
-        "nonlinear 16k, ½ is 293 MiB.", "", *lines])
+        "cache filled by an earlier run. bench_reference's peak memory counts all of it (its section of this file has the "
+        "reference's peaks, ½ of which is the goal).", "", *lines])
     print(body)
     if args.write:
         write_section("memory_floor", body)
