@@ -145,8 +145,8 @@ module ef_commands #(
     wire [15:0] program_p   = loading ? new_size : size;
     wire        is_echo_run = (opcode == ECHO_CHUNK);
     wire        zero_state  = fields[40];                     // BEGIN_* flags bit 0: ZERO_STATE
-    reg  [KW-1:0] kp;                                         // K·P of a chunk, by shift-and-add (MULTIPLY)
-    reg  [4:0]  kp_bit;
+    reg  [KW-1:0] kp;                                         // K·P of a chunk: K added P times (MULTIPLY)
+    reg  [PW-1:0] kp_bit;
     wire [PW+1:0] twice     = {size, 1'b0};                   // 2P (and room for 4P)
 
     // ---- the stream feeder: beats {q, f} from the request, in processing order (RUN) ----
@@ -444,15 +444,16 @@ module ef_commands #(
                 loop(32'd0, 32'd1);
                 steps  <= f_u32_8;
                 kp     <= {KW{1'b0}};
-                kp_bit <= 5'd0;
+                kp_bit <= {PW{1'b0}};
                 if (opcode == LOAD_PROGRAM) read(32'd15, 4'd2, CHECK);  // P, beyond the captured fields
                 else state <= (opcode == FORWARD_CHUNK || opcode == ECHO_CHUNK) ? MULTIPLY : CHECK;
             end
-            MULTIPLY: begin                                             // kp = K · P, a bit of P a clock
-                if (size[kp_bit]) kp <= kp + (steps << kp_bit);
-                kp_bit <= kp_bit + 5'd1;
-                if (kp_bit == PW - 1) state <= CHECK;
-            end
+            MULTIPLY:                                                   // kp = K · P: P ≤ PMAX clocks, no shifter
+                if (kp_bit == size) state <= CHECK;
+                else begin
+                    kp     <= kp + steps;
+                    kp_bit <= kp_bit + 1'b1;
+                end
             CHECK: begin
                 if (loading) new_size <= value[15:0];                   // `value` holds P
                 if (rule_broken) refuse(rule_code);
