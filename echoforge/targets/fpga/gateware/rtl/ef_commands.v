@@ -419,9 +419,14 @@ module ef_commands #(
                        : (state == SAVE_ACC_B) ? (outer << 3) | inner[2:0]
                        : (state == COUNT_B) ? counter_register
                        : (phase == ECHO) ? ECHO_AT + echo_register : STATE_AT | state_register;
-    assign rf_wdata    = (state == APPLY_NEXT) ? sample                          // both sign-extended (the bus's are)
-                       : (state == COUNT_B) ? {32'd0, counter_sum[32] ? 32'hFFFFFFFF : counter_sum[31:0]}  // saturating
-                       : reg_rdata;
+    // What is ever read of a register: an accumulator all 64 bits (written from the bus only), a counter its
+    // low 32, STATE and ECHO ϕ/π their low READ_BITS (READ_STATE's WB bytes, LOAD_LANES's bus word and −π).
+    // So WRITE_STATE's sample and a counter fill only those bits; the rest take the bus's (read nowhere).
+    localparam integer READ_BITS = 8 * WB > BUS_BITS ? 8 * WB : BUS_BITS;
+    localparam [63:0]  SAMPLE_BITS = (64'd1 << READ_BITS) - 64'd1;
+    assign rf_wdata    = (state == APPLY_NEXT) ? (sample & SAMPLE_BITS) | (reg_rdata & ~SAMPLE_BITS)  // sign-extended
+                       : (state == COUNT_B) ? {reg_rdata[63:32], counter_sum[32] ? 32'hFFFFFFFF : counter_sum[31:0]}
+                       : reg_rdata;                                                                  // (saturating)
     always @(posedge clk) begin
         if (rf_we) registers[rf_write_at] <= rf_wdata;
         rf_data <= registers[rf_read_at];
