@@ -34,10 +34,27 @@ module ef_commands #(
     output wire [7:0]       tx_data
 );
 `include "ef_core.vh"
-    localparam [15:0] LOAD_PROGRAM = 16'h0010, WRITE_PARAMS = 16'h0011, WRITE_STATE = 16'h0012,
-                      READ_STATE = 16'h0013, BEGIN_FORWARD = 16'h0020, FORWARD_CHUNK = 16'h0021,
-                      END_FORWARD = 16'h0022, BEGIN_ECHO = 16'h0030, ECHO_CHUNK = 16'h0031, END_ECHO = 16'h0032,
-                      READ_OBSERVABLES = 16'h0033;
+    // The command as a 4-bit code (0: none of these), so that each of the many compares below is one LUT
+    localparam [3:0]  LOAD_PROGRAM = 4'd1, WRITE_PARAMS = 4'd2, WRITE_STATE = 4'd3, READ_STATE = 4'd4,
+                      BEGIN_FORWARD = 4'd5, FORWARD_CHUNK = 4'd6, END_FORWARD = 4'd7, BEGIN_ECHO = 4'd8,
+                      ECHO_CHUNK = 4'd9, END_ECHO = 4'd10, READ_OBSERVABLES = 4'd11;
+    reg  [3:0]        op;
+    always @* begin
+        case (opcode)
+            16'h0010: op = LOAD_PROGRAM;
+            16'h0011: op = WRITE_PARAMS;
+            16'h0012: op = WRITE_STATE;
+            16'h0013: op = READ_STATE;
+            16'h0020: op = BEGIN_FORWARD;
+            16'h0021: op = FORWARD_CHUNK;
+            16'h0022: op = END_FORWARD;
+            16'h0030: op = BEGIN_ECHO;
+            16'h0031: op = ECHO_CHUNK;
+            16'h0032: op = END_ECHO;
+            16'h0033: op = READ_OBSERVABLES;
+            default:  op = 4'd0;
+        endcase
+    end
     localparam [15:0] BAD_PAYLOAD = 16'h0002, RESPONSE_TOO_LARGE = 16'h0003, NO_PROGRAM = 16'h0101,
                       BAD_PROGRAM = 16'h0102, BAD_BANK = 16'h0103, NO_STATE = 16'h0104, NO_PHASE = 16'h0105,
                       OUT_OF_ORDER = 16'h0106, OVER_CAPACITY = 16'h0107;
@@ -125,25 +142,25 @@ module ef_commands #(
     wire        in_range = (word <= BOUND) && (word >= -BOUND);
     // loops: `index` counts; `inner`/`outer` split it where an address needs (row, column) without a divider
     reg  [CW-1:0] index, count, inner, outer, inner_limit;
-    reg  [4:0]  body_at;                   // payload offset of the command's arrays
-    reg  [SW-1:0] steps;                   // K of the chunk
+    // (the request's fields hold while it executes: ef_frame_rx takes no frame until the engine lets it go)
+    wire [SW-1:0] steps = f_u32_8[SW-1:0];  // K of a chunk (below 2^SW once CHECK passed it)
     wire [31:0] crc;                       // the program hash (ef_crc32), fed by CRC_HEADER and CRC_BYTE
     wire        crc_busy;
     reg  [3:0]  emit_index, emit_bytes;
-    wire        ending     = (opcode == END_FORWARD || opcode == END_ECHO);
+    wire        ending     = (op == END_FORWARD || op == END_ECHO);
     // what EMIT sends: byte emit_index of a register (READ_STATE, READ_OBSERVABLES, a counter at END_*),
     // else of the program hash (bytes selected before the sources: an 8-bit multiplexer, not a 64-bit one)
     wire [7:0]  register_byte = rf_data[8 * emit_index[2:0] +: 8];
     wire [31:0] program_hash  = ~crc;
-    wire [7:0]  emitted    = (opcode == READ_STATE || opcode == READ_OBSERVABLES || (ending && !counters_fresh))
+    wire [7:0]  emitted    = (op == READ_STATE || op == READ_OBSERVABLES || (ending && !counters_fresh))
                              ? register_byte : ending ? 8'd0 : program_hash[8 * emit_index[1:0] +: 8];
     reg  [TX_AW-1:0] emit_at;
     wire        main_tx_we = (state == EMIT);
 `include "ef_crc32.vh"
 
-    wire        loading     = (opcode == LOAD_PROGRAM);
+    wire        loading     = (op == LOAD_PROGRAM);
     wire [15:0] program_p   = loading ? new_size : size;
-    wire        is_echo_run = (opcode == ECHO_CHUNK);
+    wire        is_echo_run = (op == ECHO_CHUNK);
     wire        zero_state  = fields[40];                     // BEGIN_* flags bit 0: ZERO_STATE
     reg  [KW-1:0] kp;                                         // K·P of a chunk: K added P times (MULTIPLY)
     reg  [PW-1:0] kp_bit;
@@ -298,40 +315,40 @@ module ef_commands #(
     // ---- CHECK: the command's rules, one a clock in the simulator's order (`index` numbers them). A rule
     // is a condition and the error it refuses with; every opcode draws on the same few terms below (one
     // adder or comparator each serves all), so the rules cost a multiplexer, not a comparator apiece.
-    wire        is_begin    = (opcode == BEGIN_FORWARD || opcode == BEGIN_ECHO);
-    wire        doubled     = (opcode == BEGIN_ECHO || opcode == END_ECHO
-                               || (opcode == READ_STATE && field_byte(5) != 8'd0));   // 2 × 2P lanes
+    wire        is_begin    = (op == BEGIN_FORWARD || op == BEGIN_ECHO);
+    wire        doubled     = (op == BEGIN_ECHO || op == END_ECHO
+                               || (op == READ_STATE && field_byte(5) != 8'd0));   // 2 × 2P lanes
     wire [PW+2:0] lanes_of  = doubled ? twice << 1 : twice;                           // 2P, or 4P
     wire [15:0] request_p   = loading ? value[15:0] : {{(16 - PW){1'b0}}, size};      // the P a request is sized by
     // samples the request carries (kp is 0 but for chunks)
-    wire [47:0] samples     = (loading || opcode == WRITE_PARAMS) ? times({32'd0, request_p}, 5)
-                            : (opcode == WRITE_STATE) ? {{(46 - PW){1'b0}}, twice}
+    wire [47:0] samples     = (loading || op == WRITE_PARAMS) ? times({32'd0, request_p}, 5)
+                            : (op == WRITE_STATE) ? {{(46 - PW){1'b0}}, twice}
                             : is_echo_run ? {kp, 1'b0} : {1'b0, kp};
-    wire [4:0]  header      = loading ? 5'd17 : (opcode == WRITE_PARAMS) ? 5'd5 : (opcode == WRITE_STATE) ? 5'd11
-                            : (opcode == READ_STATE) ? 5'd10 : (opcode == READ_OBSERVABLES) ? 5'd9 : ending ? 5'd4 : 5'd12;
+    wire [4:0]  header      = loading ? 5'd17 : (op == WRITE_PARAMS) ? 5'd5 : (op == WRITE_STATE) ? 5'd11
+                            : (op == READ_STATE) ? 5'd10 : (op == READ_OBSERVABLES) ? 5'd9 : ending ? 5'd4 : 5'd12;
     wire        length_bad  = {16'd0, len} != {43'd0, header} + times(samples, WB);
     wire [47:0] acc_values  = times({32'd0, request_p}, ACC_ROWS);                    // (A, P) observables
-    wire [47:0] response    = (opcode == READ_STATE) ? times({{(45 - PW){1'b0}}, lanes_of}, WB)
-                            : (opcode == READ_OBSERVABLES) ? acc_values << 3 : is_echo_run ? times(kp, WOB) : times(kp, WB);
-    wire [47:0] loop_total  = (opcode == READ_STATE || is_begin || ending) ? {{(45 - PW){1'b0}}, lanes_of}
-                            : (opcode == READ_OBSERVABLES) ? acc_values : samples;
+    wire [47:0] response    = (op == READ_STATE) ? times({{(45 - PW){1'b0}}, lanes_of}, WB)
+                            : (op == READ_OBSERVABLES) ? acc_values << 3 : is_echo_run ? times(kp, WOB) : times(kp, WB);
+    wire [47:0] loop_total  = (op == READ_STATE || is_begin || ending) ? {{(45 - PW){1'b0}}, lanes_of}
+                            : (op == READ_OBSERVABLES) ? acc_values : samples;
     // a range within the batch (or phase): first + count ≤ limit, count ≠ 0
-    wire [31:0] range_first = (opcode == WRITE_STATE) ? {16'd0, f_u16_7} : (opcode == READ_STATE) ? {16'd0, f_u16_6}
-                            : (opcode == READ_OBSERVABLES) ? {16'd0, f_u16_5} : f_u32_4;
-    wire [31:0] range_count = (opcode == WRITE_STATE) ? {16'd0, f_u16_9} : (opcode == READ_STATE) ? {16'd0, f_u16_8}
-                            : (opcode == READ_OBSERVABLES) ? {16'd0, f_u16_7} : f_u32_8;
+    wire [31:0] range_first = (op == WRITE_STATE) ? {16'd0, f_u16_7} : (op == READ_STATE) ? {16'd0, f_u16_6}
+                            : (op == READ_OBSERVABLES) ? {16'd0, f_u16_5} : f_u32_4;
+    wire [31:0] range_count = (op == WRITE_STATE) ? {16'd0, f_u16_9} : (op == READ_STATE) ? {16'd0, f_u16_8}
+                            : (op == READ_OBSERVABLES) ? {16'd0, f_u16_7} : f_u32_8;
     wire [32:0] range_end   = {1'b0, range_first} + {1'b0, range_count};
-    wire [32:0] range_limit = (opcode == WRITE_STATE) ? {17'd0, f_u16_5}
-                            : (opcode == FORWARD_CHUNK) ? {1'b0, phase_length} : {17'd0, MAX_BATCH};
+    wire [32:0] range_limit = (op == WRITE_STATE) ? {17'd0, f_u16_5}
+                            : (op == FORWARD_CHUNK) ? {1'b0, phase_length} : {17'd0, MAX_BATCH};
     wire        range_bad   = range_count == 32'd0 || range_end > range_limit;
     wire [15:0] batch       = is_begin ? f_u16_6 : f_u16_5;                             // a batch size field
     wire        batch_bad   = batch == 16'd0 || batch > MAX_BATCH;
-    wire        phase_bad   = phase != ((opcode == END_ECHO || is_echo_run) ? ECHO : FORWARD);
+    wire        phase_bad   = phase != ((op == END_ECHO || is_echo_run) ? ECHO : FORWARD);
     reg         rule_broken, rule_last;
     reg  [15:0] rule_code;
     always @* begin
         {rule_broken, rule_code, rule_last} = {1'b1, 16'h0001, 1'b1};               // UNKNOWN_OPCODE
-        case (opcode)
+        case (op)
             LOAD_PROGRAM: case (index[2:0])                                        // `value` holds P
                 3'd0: {rule_broken, rule_code, rule_last} = {len < 32'd6 || field_byte(4) != 8'd1 || field_byte(5) != 8'd1,
                                                              BAD_PROGRAM, 1'b0};
@@ -384,7 +401,7 @@ module ef_commands #(
             END_FORWARD, END_ECHO: case (index[2:0])
                 3'd0: {rule_broken, rule_code, rule_last} = {length_bad, BAD_PAYLOAD, 1'b0};
                 3'd1: {rule_broken, rule_code, rule_last} = {phase_bad, NO_PHASE, 1'b0};
-                default: {rule_broken, rule_code, rule_last} = {position != (opcode == END_ECHO ? 32'd0 : phase_length),
+                default: {rule_broken, rule_code, rule_last} = {position != (op == END_ECHO ? 32'd0 : phase_length),
                                                                 OUT_OF_ORDER, 1'b1};
             endcase
             READ_OBSERVABLES: case (index[2:0])
@@ -410,10 +427,10 @@ module ef_commands #(
     wire [32:0] counter_sum = {1'b0, counters_fresh ? 32'd0 : rf_data[31:0]} + {1'b0, reg_rdata[31:0]};
     wire [RF_AW-1:0] counter_register = COUNTERS_AT | index[1:0];
     assign rf_read_at  = (state == LOAD_LANES) ? STATE_AT | state_register
-                       : (opcode == READ_OBSERVABLES) ? (inner << 3) | outer[2:0]
-                       : (opcode == READ_STATE) ? ((field_byte(5) == 8'd0 ? STATE_AT : ECHO_AT) + outer[1:0] * PMAX_AT) | inner
+                       : (op == READ_OBSERVABLES) ? (inner << 3) | outer[2:0]
+                       : (op == READ_STATE) ? ((field_byte(5) == 8'd0 ? STATE_AT : ECHO_AT) + outer[1:0] * PMAX_AT) | inner
                        : counter_register;                                       // chunks (COUNT_*), END_*
-    assign rf_we       = (state == APPLY_NEXT && opcode == WRITE_STATE) || state == SAVE_B || state == SAVE_ACC_B
+    assign rf_we       = (state == APPLY_NEXT && op == WRITE_STATE) || state == SAVE_B || state == SAVE_ACC_B
                          || state == COUNT_B;
     assign rf_write_at = (state == APPLY_NEXT) ? STATE_AT | (outer[0] ? PMAX_AT : {RF_AW{1'b0}}) | inner
                        : (state == SAVE_ACC_B) ? (outer << 3) | inner[2:0]
@@ -447,11 +464,10 @@ module ef_commands #(
                 response_length <= 32'd0;
                 emit_at         <= {TX_AW{1'b0}};                    // the response from offset 0
                 loop(32'd0, 32'd1);
-                steps  <= f_u32_8;
                 kp     <= {KW{1'b0}};
                 kp_bit <= {PW{1'b0}};
-                if (opcode == LOAD_PROGRAM) read(32'd15, 4'd2, CHECK);  // P, beyond the captured fields
-                else state <= (opcode == FORWARD_CHUNK || opcode == ECHO_CHUNK) ? MULTIPLY : CHECK;
+                if (op == LOAD_PROGRAM) read(32'd15, 4'd2, CHECK);  // P, beyond the captured fields
+                else state <= (op == FORWARD_CHUNK || op == ECHO_CHUNK) ? MULTIPLY : CHECK;
             end
             MULTIPLY:                                                   // kp = K · P: P ≤ PMAX clocks, no shifter
                 if (kp_bit == size) state <= CHECK;
@@ -465,30 +481,29 @@ module ef_commands #(
                 else if (!rule_last) index <= index + 32'd1;
                 else begin                                              // every rule holds: accepted
                     loop(loop_total, (is_begin || ending) ? (doubled ? {30'd0, twice} : {16'd0, size})
-                                     : (opcode == FORWARD_CHUNK || is_echo_run) ? 32'd1 : {16'd0, request_p});
-                    body_at <= header;                                  // where the samples start
+                                     : (op == FORWARD_CHUNK || is_echo_run) ? 32'd1 : {16'd0, request_p});
                     read_at <= {{(RX_AW - 5){1'b0}}, header};
-                    if (opcode == READ_STATE || opcode == READ_OBSERVABLES) response_length <= response;
+                    if (op == READ_STATE || op == READ_OBSERVABLES) response_length <= response;
                     if (is_begin) begin
                         phase          <= doubled ? ECHO : FORWARD;
                         phase_length   <= f_u32_8;
                         position       <= doubled ? f_u32_8 : 32'd0;
                         counters_fresh <= 1'b1;
                     end
-                    state <= (opcode == READ_STATE || opcode == READ_OBSERVABLES) ? APPLY : is_begin ? LOAD_LANES
+                    state <= (op == READ_STATE || op == READ_OBSERVABLES) ? APPLY : is_begin ? LOAD_LANES
                            : ending ? SAVE_A : RANGE;
                 end
             end
             // ---- every sample of the request within range, before anything changes ----
             RANGE: if (index == count) begin
                 loop(count, {16'd0, program_p});
-                read_at <= {{(RX_AW - 5){1'b0}}, body_at};               // APPLY reads them again
+                read_at <= {{(RX_AW - 5){1'b0}}, header};                // APPLY reads them again
                 state <= APPLY;
             end else read_next(WB[3:0], RANGE_NEXT);
             RANGE_NEXT:
                 if (!in_range)
-                    refuse((opcode == LOAD_PROGRAM || opcode == WRITE_PARAMS) ? BAD_PROGRAM : BAD_PAYLOAD);
-                else if (KIND == 1 && (opcode == LOAD_PROGRAM || opcode == WRITE_PARAMS)
+                    refuse((op == LOAD_PROGRAM || op == WRITE_PARAMS) ? BAD_PROGRAM : BAD_PAYLOAD);
+                else if (KIND == 1 && (op == LOAD_PROGRAM || op == WRITE_PARAMS)
                          && outer == 32'd2 && word == 0)
                     refuse(BAD_PROGRAM);                                 // a nonlinear bank's w = 0
                 else begin
@@ -496,7 +511,7 @@ module ef_commands #(
                     state <= RANGE;
                 end
             // ---- execute ----
-            APPLY: case (opcode)
+            APPLY: case (op)
                 LOAD_PROGRAM, WRITE_PARAMS:
                     if (index == count) begin
                         index <= 32'd0;
@@ -518,20 +533,20 @@ module ef_commands #(
                 default: state <= FINISH;
             endcase
             FETCH:                                                      // rf_data: the register to send
-                if (opcode == READ_STATE) emit(WB[3:0], APPLY_NEXT);
-                else if (opcode == READ_OBSERVABLES) emit(4'd8, APPLY_NEXT);
+                if (op == READ_STATE) emit(WB[3:0], APPLY_NEXT);
+                else if (op == READ_OBSERVABLES) emit(4'd8, APPLY_NEXT);
                 else emit(4'd4, COUNTER_NEXT);                              // END_*: counter `index`
             APPLY_NEXT: begin
                 step;
                 state <= APPLY;
-                if (opcode == LOAD_PROGRAM || opcode == WRITE_PARAMS)    // codes (5, P): outer the field, inner p
+                if (op == LOAD_PROGRAM || op == WRITE_PARAMS)    // codes (5, P): outer the field, inner p
                     bus_write(PARAMS_BASE | (inner << 3) | outer[2:0], sample);
             end
             // ---- the program hash: CRC-32 of the image header and the codes ----
             CRC_HEADER: if (!crc_busy) begin                           // the header byte goes into the hash
                 index <= index + 32'd1;
                 if (index == 32'd12) begin
-                    read_at <= {{(RX_AW - 5){1'b0}}, body_at};
+                    read_at <= {{(RX_AW - 5){1'b0}}, header};   // the codes
                     state   <= CRC_BODY;
                 end
             end
@@ -627,7 +642,7 @@ module ef_commands #(
             end
             COUNTERS_OUT: begin
                 phase <= NONE;
-                if (opcode == END_ECHO) echo_valid <= 1'b1; else state_valid <= 1'b1;
+                if (op == END_ECHO) echo_valid <= 1'b1; else state_valid <= 1'b1;
                 response_length <= 32'd16;
                 state <= (index == 32'd4) ? FINISH : FETCH;             // counter `index` at rf_read_at
             end
