@@ -102,11 +102,13 @@ def register_map(layout: Layout, config: FormatConfig, kind: str, datapath: Data
 
 
 def verilog(datapath: Datapath, layout: Layout, kind: str, accumulators, readback=None,
-            max_steps: int | None = None) -> str:
+            max_steps: int | None = None, flip: bool = True) -> str:
     """The whole top module (Verilog-2005). ``readback``: the control registers (CONTROL_VALUES names) and
     memory regions the bus reads, the others reading 0 (None: all). ``max_steps``: the largest STEPS the
     bus ever writes (None: any u32): STEPS and the step count are that wide, and the saturation counters
-    as wide as a run can count (≤ 15 a lane-step), so they never saturate and read as the u32 ones would."""
+    as wide as a run can count (≤ 15 a lane-step), so they never saturate and read as the u32 ones would.
+    ``flip`` False: FLIP stays 0 whatever is written (for a writer that negates π itself), and the
+    datapath's negation goes."""
     w, lb, ob = layout.word_bits, layout.lane_bits, layout.osc_bits
     ib, ab = layout.index_bits, layout.address_bits
     config_word = w | (int(kind == "nonlinear") << 8) | (lb << 16) | (ob << 24)
@@ -118,7 +120,7 @@ def verilog(datapath: Datapath, layout: Layout, kind: str, accumulators, readbac
         (f"localparam W = {w};\nlocalparam LB = {lb};\nlocalparam OB = {ob};\nlocalparam IB = {ib};\n"
          f"localparam DEPTH = {datapath.min_step_clocks};\nlocalparam LAST = {datapath.last_stage};\n"
          f"localparam [31:0] CONFIG_WORD = 32'h{config_word:08x};\nlocalparam SB = {step_bits};\n{controls}"),
-        _CONTROL,
+        _CONTROL if flip else _CONTROL.replace("R_FLIP: flip_setting <= reg_wdata[0];", "R_FLIP: ;  // stays 0"),
         datapath.pipeline.emit(),
         "// ---- memories ----",
         *(_memory(m, layout) for m in datapath.memories),
