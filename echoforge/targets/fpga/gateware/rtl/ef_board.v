@@ -25,6 +25,9 @@ module ef_board #(
     wire [127:0]     f_fields;
     wire [RX_AW-1:0] rd_addr;
     wire [7:0]       rd_data;
+    wire             hash_init, hash_feed, hash_busy;
+    wire [7:0]       hash_data;
+    wire [31:0]      hash;
     wire             tx_start, tx_region, tx_we, tx_resend, tx_idle;
     wire [TX_AW-1:0] tx_addr;
     wire [7:0]       tx_type, tx_flags, tx_data;
@@ -44,7 +47,8 @@ module ef_board #(
     ef_frame_rx #(.AW(RX_AW), .MAX_REQ(MAX_REQ)) frames_in (
         .clk(clk), .rst(rst), .in_data(rx_byte), .in_valid(rx_valid), .accept(accept),
         .frame(frame), .damaged(damaged), .f_type(f_type), .f_flags(f_flags), .f_seq(f_seq),
-        .f_opcode(f_opcode), .f_length(f_length), .f_fields(f_fields), .rd_addr(rd_addr), .rd_data(rd_data));
+        .f_opcode(f_opcode), .f_length(f_length), .f_fields(f_fields), .rd_addr(rd_addr), .rd_data(rd_data),
+        .hash_init(hash_init), .hash_feed(hash_feed), .hash_data(hash_data), .hash(hash), .hash_busy(hash_busy));
 
     ef_engine #(.TX_AW(TX_AW)) engine (
         .clk(clk), .rst(rst), .entropy(entropy), .byte_seen(rx_valid),
@@ -60,11 +64,13 @@ module ef_board #(
     ef_commands #(.RX_AW(RX_AW), .TX_AW(TX_AW)) commands (
         .clk(clk), .rst(rst), .start(cmd_start), .clear(cmd_clear), .opcode(f_opcode), .length(f_length),
         .fields(f_fields), .done(cmd_done), .failed(cmd_failed), .error_code(cmd_code),
-        .response_length(cmd_length), .rx_addr(rd_addr), .rx_data(rd_data), .tx_we(cmd_we), .tx_addr(cmd_addr),
-        .tx_data(cmd_data));
+        .response_length(cmd_length), .rx_addr(rd_addr), .rx_data(rd_data), .hash_init(hash_init),
+        .hash_feed(hash_feed), .hash_data(hash_data), .crc(hash), .crc_busy(hash_busy), .tx_we(cmd_we),
+        .tx_addr(cmd_addr), .tx_data(cmd_data));
 `else
     assign {cmd_done, cmd_failed, cmd_code, cmd_length, cmd_we, cmd_addr, cmd_data} = 0;  // no core commands
     assign rd_addr = {RX_AW{1'b0}};
+    assign {hash_init, hash_feed, hash_data} = 0;
 `endif
 
     ef_frame_tx #(.AW(TX_AW)) frames_out (

@@ -29,6 +29,11 @@ module ef_commands #(
     output reg  [31:0]      response_length,
     output wire [RX_AW-1:0] rx_addr,        // request payload byte, read one clock later
     input  wire [7:0]       rx_data,
+    output wire             hash_init,      // the program hash: ef_frame_rx's CRC unit (idle while a request is
+    output wire             hash_feed,      // held), ef_crc32's ports
+    output wire [7:0]       hash_data,
+    input  wire [31:0]      crc,
+    input  wire             crc_busy,
     output wire             tx_we,          // response payload byte
     output wire [TX_AW-1:0] tx_addr,
     output wire [7:0]       tx_data
@@ -144,8 +149,6 @@ module ef_commands #(
     reg  [CW-1:0] index, count, inner, outer, inner_limit;
     // (the request's fields hold while it executes: ef_frame_rx takes no frame until the engine lets it go)
     wire [SW-1:0] steps = f_u32_8[SW-1:0];  // K of a chunk (below 2^SW once CHECK passed it)
-    wire [31:0] crc;                       // the program hash (ef_crc32), fed by CRC_HEADER and CRC_BYTE
-    wire        crc_busy;
     reg  [3:0]  emit_index, emit_bytes;
     wire        ending     = (op == END_FORWARD || op == END_ECHO);
     // what EMIT sends: byte emit_index of a register (READ_STATE, READ_OBSERVABLES, a counter at END_*),
@@ -232,10 +235,9 @@ module ef_commands #(
         endcase
     endfunction
 
-    ef_crc32 hash (.clk(clk), .init(state == APPLY && index == count),
-                   .feed(!crc_busy && (state == CRC_HEADER || state == CRC_BYTE)),
-                   .data(state == CRC_HEADER ? image_header(index[3:0], program_p) : value[7:0]), .crc(crc),
-                   .busy(crc_busy));
+    assign hash_init = state == APPLY && index == count;     // the hash: fed by CRC_HEADER and CRC_BYTE
+    assign hash_feed = !crc_busy && (state == CRC_HEADER || state == CRC_BYTE);
+    assign hash_data = state == CRC_HEADER ? image_header(index[3:0], program_p) : value[7:0];
 
     task refuse;                           // answer the error `code`; nothing has changed
         input [15:0] code;

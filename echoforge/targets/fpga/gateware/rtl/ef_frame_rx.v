@@ -9,6 +9,7 @@
 //   otherwise .................................. `frame` (one-clock pulse; fields hold until the next frame)
 // A chunk that starts while `accept` is low (the engine is busy with the previous request) is
 // discarded whole, so the buffer the engine reads never changes under it; the host's resend repeats it.
+// So while a frame is held its CRC unit is idle: the command executor's program hash borrows it (hash_*).
 `default_nettype none
 module ef_frame_rx #(
     parameter integer AW      = 12,     // request buffer: 2^AW bytes
@@ -28,7 +29,12 @@ module ef_frame_rx #(
     output wire [31:0]   f_length,
     output wire [127:0]  f_fields,      // payload bytes 0..15, byte i at [8i+7:8i]
     input  wire [AW-1:0] rd_addr,       // payload byte rd_addr (offset 0 = the first payload byte)
-    output wire [7:0]    rd_data        // one clock after rd_addr
+    output wire [7:0]    rd_data,       // one clock after rd_addr
+    input  wire          hash_init,     // the CRC unit, while a frame is held (ef_crc32's ports)
+    input  wire          hash_feed,
+    input  wire [7:0]    hash_data,
+    output wire [31:0]   hash,
+    output wire          hash_busy
 );
 `include "ef_crc32.vh"
     localparam integer MAX_FRAME = MAX_REQ + 15;
@@ -75,8 +81,9 @@ module ef_frame_rx #(
     // a chunk that starts while the engine is busy is discarded: the two never share a clock.
     wire decode = !rst && in_valid && in_data != 8'd0 && mode == COLLECT && encoded < ENC_LIMIT && emit;
     wire store  = decode && decoded >= 18'd11 && payload_index < (18'd1 << AW);
-    ef_crc32 check (.clk(clk), .init(in_valid && in_data != 8'd0 && mode == BETWEEN && accept), .feed(decode),
-                    .data(emit_byte), .crc(crc), .busy());
+    ef_crc32 check (.clk(clk), .init(hash_init || (in_valid && in_data != 8'd0 && mode == BETWEEN && accept)),
+                    .feed(decode || hash_feed), .data(decode ? emit_byte : hash_data), .crc(crc), .busy(hash_busy));
+    assign hash = crc;
     ef_ram #(.AW(AW)) buffer (.clk(clk), .we(store), .addr(store ? payload_index[AW-1:0] : rd_addr),
                               .wdata(emit_byte), .rdata(rd_data));
 
