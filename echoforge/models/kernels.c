@@ -61,7 +61,13 @@ INLINE double exp_neg(double s) {
     double r = (k * LN2_HI - s) + k * LN2_LO; /* −s + k ln2, in [−ln2/2, ln2/2] */
     double p = ((((((C13 * r + C12) * r + C11) * r + C10) * r + C9) * r + C8) * r + C7) * r + C6;
     p = (((((p * r + C5) * r + C4) * r + C3) * r + C2) * r + C1) * r + C0;
-    uint64_t bits = (uint64_t)(1023 - (int64_t)k) << 52; /* 2^−k */
+    /* 2^−k: 1023 − k (an integer in [0, 2^11)) lands in the low mantissa bits of 2^52 + (1023 − k),
+       and a shift moves them into the exponent field — integer lanes, no double → int64 conversion
+       (which AVX2 lacks, so it kept this loop partly scalar). */
+    double biased = (1023.0 - k) + 0x1p52;
+    uint64_t bits;
+    memcpy(&bits, &biased, sizeof bits);
+    bits <<= 52;
     double scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;
