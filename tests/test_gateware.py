@@ -193,16 +193,34 @@ def test_damaged_frames_get_a_nack_and_noise_gets_nothing(line):
     assert line.frames(2) == [Frame(FrameType.ACK, 202), Frame(FrameType.DATA, 202, response_opcode(Opcode.RESET))]
 
 
-def _relength(frame: Frame, length: int) -> bytes:
-    """`frame`'s wire bytes with another length field and a CRC that matches it (so only the length lies)."""
+def _relength(frame: Frame, length: int, *, protocol: int = 0xE1, frame_type: int | None = None) -> bytes:
+    """`frame`'s wire bytes with another length field (protocol byte, type) and a CRC that matches them (so
+    only those lie)."""
     import struct
     import zlib
 
     from echoforge.runtime import cobs
 
-    header = struct.pack("<BBBHHI", 0xE1, frame.type, frame.flags, frame.seq, frame.opcode, length)
+    kind = frame.type if frame_type is None else frame_type
+    header = struct.pack("<BBBHHI", protocol, kind, frame.flags, frame.seq, frame.opcode, length)
     body = header + frame.payload
     return cobs.encode(body + struct.pack("<I", zlib.crc32(body))) + DELIMITER
+
+
+def test_a_header_that_lies_under_a_good_crc_gets_a_nack(line):
+    """The receiver checks the protocol byte, the type (1..3) and all 32 bits of the length, not only
+    the bytes it keeps: a length 2^16 too large (its low half the true one), another protocol byte or
+    an unknown type, each under a matching CRC, is a damaged frame."""
+    epoch = hello_epoch(line, 210)
+    frame = Frame(FrameType.DATA, 211, Opcode.RESET, encode_request(Opcode.RESET, epoch))
+    true_length = len(frame.payload)
+    for wire in (_relength(frame, true_length + (1 << 16)), _relength(frame, true_length + (1 << 24)),
+                 _relength(frame, true_length, protocol=0xE2), _relength(frame, true_length, frame_type=0),
+                 _relength(frame, true_length, frame_type=4), _relength(frame, true_length, frame_type=0x81)):
+        line.send(DELIMITER + wire)
+        assert line.frames(1) == [Frame(FrameType.NACK, 0)]
+    line.send(DELIMITER + _relength(frame, true_length))           # the same frame, true: answered
+    assert line.frames(2) == [Frame(FrameType.ACK, 211), Frame(FrameType.DATA, 211, response_opcode(Opcode.RESET))]
 
 
 def test_an_over_long_frame_is_nacked_before_its_delimiter(line):

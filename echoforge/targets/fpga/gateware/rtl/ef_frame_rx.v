@@ -43,7 +43,8 @@ module ef_frame_rx #(
     localparam [17:0]  MIN_ENCODED = 18'd16;
     localparam [1:0]   BETWEEN = 2'd0, COLLECT = 2'd1, DISCARD = 2'd2;
 
-    reg [7:0]  header [0:10];
+    reg [7:0]  header [0:10];  // (bytes 0, 9 and 10 and type's high bits are only checked: flags below)
+    reg        protocol_ok, type_ok, length_small;   // protocol byte 0xE1, type 1..3, length < 2^16
     reg [7:0]  fields [0:15];
     reg [1:0]  mode;
     localparam integer EW = $clog2(ENC_LIMIT_COUNT + 1);   // a chunk's bytes: at most ENC_LIMIT
@@ -60,18 +61,18 @@ module ef_frame_rx #(
             assign f_fields[8 * g + 7:8 * g] = fields[g];
         end
     endgenerate
-    assign f_type   = header[1];
+    assign f_type   = {6'd0, header[1][1:0]};              // a frame's type is 1..3 (type_ok)
     assign f_flags  = header[2];
     assign f_seq    = {header[4], header[3]};
     assign f_opcode = {header[6], header[5]};
-    assign f_length = {header[10], header[9], header[8], header[7]};
+    assign f_length = {16'd0, header[8], header[7]};       // a frame's length is below 2^16 (length_small)
 
     wire        is_code     = (remaining == 8'd0);
     wire        emit        = is_code ? (in_block && !block_full) : 1'b1;  // a code byte emits the zero the previous block implies
     wire [7:0]  emit_byte   = is_code ? 8'd0 : in_data;
     wire [EW-1:0] payload_len = decoded - 18'd15;
     wire        valid_frame = (remaining == 8'd0) && (decoded >= 18'd15) && (crc == CRC_RESIDUE)
-                              && (header[0] == 8'hE1) && (header[1] >= 8'd1) && (header[1] <= 8'd3)
+                              && protocol_ok && type_ok && length_small
                               && (f_length == {14'd0, payload_len}) && ({14'd0, payload_len} <= MAX_REQ);
 
     wire [EW-1:0] payload_index = decoded - 18'd11;   // where the byte being decoded goes in the buffer
@@ -119,6 +120,10 @@ module ef_frame_rx #(
                         if (emit) begin
                             decoded <= decoded + 18'd1;
                             if (decoded < 18'd11) header[decoded[3:0]] <= emit_byte;
+                            if (decoded == 18'd0) protocol_ok <= emit_byte == 8'hE1;
+                            if (decoded == 18'd1) type_ok <= emit_byte >= 8'd1 && emit_byte <= 8'd3;
+                            if (decoded == 18'd9) length_small <= emit_byte == 8'd0;
+                            if (decoded == 18'd10) length_small <= length_small && emit_byte == 8'd0;
                             else if (decoded < 18'd27) fields[field_index[3:0]] <= emit_byte;  // and the buffer (store)
                         end
                     end
