@@ -53,9 +53,11 @@ class Dropout(nn.Module):
         if not self.training or self.threshold == 0:
             return x
         draws = torch.empty((x.numel() + 2) // 3, dtype=torch.int64).random_()
-        uniforms = draws.view(torch.int16).view(-1, 4)[:, :3].reshape(-1)[:x.numel()].view(x.shape)
-        keep = uniforms >= self.threshold - 2 ** 15  # int16 uniforms span [−2¹⁵, 2¹⁵)
-        return x * keep.to(x.dtype).mul_(2 ** 16 / (2 ** 16 - self.threshold))
+        # Compared where they lie (int16 uniforms span [−2¹⁵, 2¹⁵)): the (draws, 3) mask comes out
+        # contiguous, so only it is laid out, not a copy of the uniforms.
+        keep = draws.view(torch.int16).view(-1, 4)[:, :3] >= self.threshold - 2 ** 15
+        keep = keep.view(-1)[:x.numel()].view(x.shape)
+        return (x * keep).mul_(2 ** 16 / (2 ** 16 - self.threshold))
 
 
 class ChunkedRecompute(torch.autograd.Function):
