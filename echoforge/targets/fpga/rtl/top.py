@@ -120,7 +120,7 @@ def verilog(datapath: Datapath, layout: Layout, kind: str, accumulators, readbac
         (f"localparam W = {w};\nlocalparam LB = {lb};\nlocalparam OB = {ob};\nlocalparam IB = {ib};\n"
          f"localparam DEPTH = {datapath.min_step_clocks};\nlocalparam LAST = {datapath.last_stage};\n"
          f"localparam [31:0] CONFIG_WORD = 32'h{config_word:08x};\nlocalparam SB = {step_bits};\n{controls}"),
-        _CONTROL if flip else _CONTROL.replace("R_FLIP: flip_setting <= reg_wdata[0];", "R_FLIP: ;  // stays 0"),
+        _CONTROL.replace("@FLIP_WRITE@", "flip_setting <= reg_wdata[0];" if flip else ";  // stays 0"),
         datapath.pipeline.emit(),
         "// ---- memories ----",
         *(_memory(m, layout) for m in datapath.memories),
@@ -251,7 +251,7 @@ always @(posedge clk) begin
     end else if (control_write && !busy) begin
         case (reg_index)
             R_MODE: mode <= reg_wdata[0];
-            R_FLIP: flip_setting <= reg_wdata[0];
+            R_FLIP: @FLIP_WRITE@
             R_OSCILLATORS: oscillators <= reg_wdata[OB:0];
             R_LANES: begin lanes <= reg_wdata[LB:0]; slots <= (reg_wdata[LB:0] > DEPTH) ? reg_wdata[LB:0] : DEPTH; end
             R_STEPS: begin
