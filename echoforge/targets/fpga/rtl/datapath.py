@@ -101,21 +101,45 @@ class _Builder:
         """R(x, shift): (x + 2^(s−1), or 2^(s−1) − 1 when x < 0) >>> s — nearest, ties away from zero."""
         if shift == 0:
             return x
+        high, up = self.round_parts(name, x, shift, stage)
+        return self.p.wire(name, self.p.width(x) + 1 - shift, stage, f"{{{high}}} + $signed({{1'b0, {{{up}}}}})")
+
+    def round_into(self, name: str, stage: int, a: str, sign: str, x: str, shift: int, x_stage: int) -> str:
+        """a + R(x, shift) or a − R(x, shift) (``sign``) as one adder: R's carry is its carry-in (a − (h + c)
+        = a + ~h + ~c), so the rounding costs no adder of its own."""
+        if shift == 0:
+            return self.add(name, stage, f"{{{a}}} {sign} {{{x}}}", a, x)
+        high, up = self.round_parts(f"{name}_r", x, shift, x_stage)
+        if sign == "+":
+            return self.add(name, stage, f"{{{a}}} + {{{high}}} + $signed({{1'b0, {{{up}}}}})", a, high)
+        return self.add(name, stage, f"{{{a}}} + ~{{{high}}} + $signed({{1'b0, ~{{{up}}}}})", a, high)
+
+    def round_parts(self, name: str, x: str, shift: int, stage: int) -> tuple[str, str]:
+        """R(x, shift) as x >>> s (in the width of R) and the carry to add to it."""
+        # (x + b) >>> s = (x >>> s) + [L + b ≥ 2^s] for L = x mod 2^s and b = 2^(s−1) (− 1 when x < 0):
+        # the carry out of the low bits is L ≥ 2^(s−1) (> 2^(s−1) when x < 0), a bit test — an adder over
+        # them would be s carry cells with no LUT of their own
         w = self.p.width(x)
-        up, down = literal(1 << (shift - 1), w + 1), literal((1 << (shift - 1)) - 1, w + 1)
-        biased = self.p.wire(f"{name}_biased", w + 1, stage, f"{{{x}}} + (({{{x}}} < {literal(0, w)}) ? {down} : {up})")
-        return self.p.wire(name, w + 1 - shift, stage, f"{{{biased}}} >>> {shift}")
+        if shift == 1:
+            carry = f"{{{x}}}[0] & ~{{{x}}}[{w - 1}]"
+        else:
+            carry = f"{{{x}}}[{shift - 1}] & (~{{{x}}}[{w - 1}] | (|{{{x}}}[{shift - 2}:0]))"
+        up = self.p.wire(f"{name}_up", 1, stage, carry, signed=False)
+        return self.p.wire(f"{name}_high", w + 1 - shift, stage, f"{{{x}}} >>> {shift}"), up
 
     def clamp(self, name: str, x: str, stage: int) -> tuple[str, str]:
         """(clamp(x, ±lim) in W bits, the flag that it clamped). The limit is 2^(W−1) − 1, so "above it"
-        is a bit test (x not negative and a bit over W − 2 set); "below −lim" is a compare, which Yosys
-        builds as a carry chain: shorter than the OR of x's W − 1 low bits the bit test would need."""
+        is a bit test (x not negative and a bit over W − 2 set), and so is "below −lim"."""
         w, width = self.p.width(x), self.w
         if w <= width:  # x can never exceed it
             return self.p.wire(name, width, stage, f"{{{x}}}"), self.p.wire(f"{name}_sat", 1, stage, "1'b0", signed=False)
         over = self.p.wire(f"{name}_over", 1, stage, f"~{{{x}}}[{w - 1}] & (|{{{x}}}[{w - 2}:{width - 1}])",
                            signed=False)
-        under = self.p.wire(f"{name}_under", 1, stage, f"{{{x}}} < {literal(-self.lim, w)}", signed=False)
+        # below −lim = −2^(W−1) + 1: negative, and not (every bit over W − 2 set and a low bit set) — a bit
+        # test, where a compare would be a carry chain of w cells with no LUT of their own
+        under = self.p.wire(f"{name}_under", 1, stage,
+                            f"{{{x}}}[{w - 1}] & ~((&{{{x}}}[{w - 2}:{width - 1}]) & (|{{{x}}}[{width - 2}:0]))",
+                            signed=False)
         value = self.p.wire(name, width, stage, f"{{{over}}} ? {literal(self.lim, width)} : "
                                                f"({{{under}}} ? {literal(-self.lim, width)} : {{{x}}}[{width - 1}:0])")
         return value, self.p.wire(f"{name}_sat", 1, stage, f"{{{over}}} | {{{under}}}", signed=False)
@@ -154,14 +178,15 @@ class _Builder:
         delta = self.param("delta", 0)
         # nudge: π_n = clamp(flip·π ± q)
         pi_flip = p.wire("pi_flip", w, 1, f"{{flip}} ? -{{{pi_mem}}} : {{{pi_mem}}}")  # |π| ≤ lim: no overflow
-        q_lane = p.wire("q_lane", w, 1, "{sigma} ? -{q} : {q}")
-        nudged = self.add("pi_nudged_raw", 2, f"{{{pi_flip}}} + {{{q_lane}}}", pi_flip, q_lane)
+        # the − lane's −q is ~q + 1, the 1 the add's carry-in (|q| ≤ lim, so ~q fits W bits): no negation adder
+        q_lane = p.wire("q_lane", w, 1, "{sigma} ? ~{q} : {q}")
+        nudged = self.add("pi_nudged_raw", 2, f"{{{pi_flip}}} + {{{q_lane}}} + $signed({{1'b0, {{sigma}}}})",
+                          pi_flip, q_lane)
         pi_n, nudge_sat = self.clamp("pi_n", nudged, 3)
         # drift to the half step: m = clamp(ϕ + R(δ·π_n))
         d_pi = p.multiply("delta_pi", delta, pi_n, 4)
-        d_pi_r = self.round_shift("delta_pi_r", d_pi, self.h_shift, 5)
         phi_mem = self.read(Memory("state_phi", w, state_depth, region="phi"), "lane", 5)
-        m_raw = self.add("m_raw", 6, f"{{{phi_mem}}} + {{{d_pi_r}}}", phi_mem, d_pi_r)
+        m_raw = self.round_into("m_raw", 6, phi_mem, "+", d_pi, self.h_shift, 5)
         m, m_sat = self.clamp("m", m_raw, 7)
         if self.kind == "nonlinear":
             coupling, stage, extra = self._tanh_force(m, 8)
@@ -178,12 +203,10 @@ class _Builder:
         # kick: π' = clamp(π_n − R(δ·F)); drift: ϕ' = clamp(m + R(δ·π'))
         s = stage + 2
         d_f = p.multiply("delta_force", self.param("delta", s - 1, copy=1), force, s)
-        d_f_r = self.round_shift("delta_force_r", d_f, self.delta_shift, s + 1)
-        pi_raw = self.add("pi_raw", s + 2, f"{{{pi_n}}} - {{{d_f_r}}}", pi_n, d_f_r)
+        pi_raw = self.round_into("pi_raw", s + 2, pi_n, "-", d_f, self.delta_shift, s + 1)
         pi_new, pi_sat = self.clamp("pi_new", pi_raw, s + 3)
         d_pi2 = p.multiply("delta_pi_new", self.param("delta", s + 3, copy=2), pi_new, s + 4)
-        d_pi2_r = self.round_shift("delta_pi_new_r", d_pi2, self.h_shift, s + 5)
-        phi_raw = self.add("phi_raw", s + 6, f"{{{m}}} + {{{d_pi2_r}}}", m, d_pi2_r)
+        phi_raw = self.round_into("phi_raw", s + 6, m, "+", d_pi2, self.h_shift, s + 5)
         phi_new, phi_sat = self.clamp("phi_new", phi_raw, s + 7)
         write_stage = s + 7
         self._write_state("state_pi", pi_new, write_stage)
