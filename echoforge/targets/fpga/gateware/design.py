@@ -22,7 +22,7 @@ from echoforge.targets.emulator.fixed import FormatConfig
 RTL = Path(__file__).parent / "rtl"
 SOURCES = ("ef_ram.v", "ef_crc32.v", "ef_uart_rx.v", "ef_uart_tx.v", "ef_frame_rx.v", "ef_frame_tx.v", "ef_engine.v", "ef_board.v")
 CORE_SOURCES = ("ef_commands.v",)
-INCLUDES = ("ef_crc32.vh",)
+INCLUDES = ("ef_crc32.vh", "ef_above.vh")
 SIM_TOP = "ef_sim_top.v"
 SIM_MAIN = "sim_main.cpp"
 FIRMWARE = f"echoforge-gateware {__version__}"

@@ -39,6 +39,7 @@ module ef_commands #(
     output wire [7:0]       tx_data
 );
 `include "ef_core.vh"
+`include "ef_above.vh"
     // The command as a 4-bit code (0: none of these), so that each of the many compares below is one LUT
     localparam [3:0]  LOAD_PROGRAM = 4'd1, WRITE_PARAMS = 4'd2, WRITE_STATE = 4'd3, READ_STATE = 4'd4,
                       BEGIN_FORWARD = 4'd5, FORWARD_CHUNK = 4'd6, END_FORWARD = 4'd7, BEGIN_ECHO = 4'd8,
@@ -144,7 +145,12 @@ module ef_commands #(
     wire signed [8*WB-1:0] word = value;
     wire signed [63:0] sample = word;
     localparam signed [8*WB-1:0] BOUND = LIMIT[8*WB-1:0];
-    wire        in_range = (word <= BOUND) && (word >= -BOUND);
+    // −BOUND ≤ word ≤ BOUND, as unsigned compares with the sign bit flipped (constant bounds: `above`)
+    localparam [8*WB-1:0] SIGN = {1'b1, {(8 * WB - 1){1'b0}}};
+    localparam [8*WB-1:0] HIGHEST = BOUND ^ SIGN, LOWEST = (-BOUND) ^ SIGN;      // LOWEST ≥ 1
+    localparam [8*WB-1:0] BELOW_LOWEST = LOWEST - 1'b1;
+    wire [8*WB-1:0] ordered = value ^ SIGN;
+    wire        in_range = !above(ordered, HIGHEST) && above(ordered, BELOW_LOWEST);
     // loops: `index` counts; `inner`/`outer` split it where an address needs (row, column) without a divider
     reg  [CW-1:0] index, count, inner, outer, inner_limit;
     // (the request's fields hold while it executes: ef_frame_rx takes no frame until the engine lets it go)
@@ -171,7 +177,7 @@ module ef_commands #(
 
     // ---- the stream feeder: beats {q, f} from the request, in processing order (RUN) ----
     reg         feeding;
-    reg  [SW-1:0] feed_step;
+    reg  [SW-1:0] feed_left;                                  // rows (steps) still to feed, K down to 1
     reg  [PW-1:0] feed_osc;
     reg  [1:0]  feed_state;                                   // 0 f's bytes, 1 q's bytes, 2 offer the beat
     reg         feed_wait;                                    // the address of byte feed_index is presented
@@ -190,7 +196,7 @@ module ef_commands #(
     assign in_data = {feed_q[WORD_BITS-1:0], feed_f[WORD_BITS-1:0]};
     // ---- the stream collector: out beats to the response, at forward time indices ----
     reg         collecting;
-    reg  [SW-1:0] out_step;
+    reg  [SW-1:0] out_left;                                   // rows still to collect
     reg  [PW-1:0] out_osc;
     reg  [3:0]  out_index;
     reg  [8*WOB-1:0] out_value;
@@ -344,7 +350,7 @@ module ef_commands #(
                             : (op == FORWARD_CHUNK) ? {1'b0, phase_length} : {17'd0, MAX_BATCH};
     wire        range_bad   = range_count == 32'd0 || range_end > range_limit;
     wire [15:0] batch       = is_begin ? f_u16_6 : f_u16_5;                             // a batch size field
-    wire        batch_bad   = batch == 16'd0 || batch > MAX_BATCH;
+    wire        batch_bad   = batch == 16'd0 || above(batch, MAX_BATCH);
     wire        phase_bad   = phase != ((op == END_ECHO || is_echo_run) ? ECHO : FORWARD);
     reg         rule_broken, rule_last;
     reg  [15:0] rule_code;
@@ -352,13 +358,13 @@ module ef_commands #(
         {rule_broken, rule_code, rule_last} = {1'b1, 16'h0001, 1'b1};               // UNKNOWN_OPCODE
         case (op)
             LOAD_PROGRAM: case (index[2:0])                                        // `value` holds P
-                3'd0: {rule_broken, rule_code, rule_last} = {len < 32'd6 || field_byte(4) != 8'd1 || field_byte(5) != 8'd1,
+                3'd0: {rule_broken, rule_code, rule_last} = {!above(len, 5) || field_byte(4) != 8'd1 || field_byte(5) != 8'd1,
                                                              BAD_PROGRAM, 1'b0};
-                3'd1: {rule_broken, rule_code, rule_last} = {len < 32'd17 || field_byte(6) > 8'd1 || request_p == 16'd0,
+                3'd1: {rule_broken, rule_code, rule_last} = {!above(len, 16) || above(field_byte(6), 1) || request_p == 16'd0,
                                                              BAD_PROGRAM, 1'b0};
                 3'd2: {rule_broken, rule_code, rule_last} = {fields[119:56] != FORMAT_BYTES[71:8], BAD_PROGRAM, 1'b0};
                 3'd3: {rule_broken, rule_code, rule_last} = {length_bad, BAD_PROGRAM, 1'b0};
-                3'd4: {rule_broken, rule_code, rule_last} = {request_p > MAX_OSCILLATORS, OVER_CAPACITY, 1'b0};
+                3'd4: {rule_broken, rule_code, rule_last} = {above(request_p, MAX_OSCILLATORS), OVER_CAPACITY, 1'b0};
                 default: {rule_broken, rule_code, rule_last} = {field_byte(6) != FORMAT_BYTES[7:0], BAD_PROGRAM, 1'b1};
             endcase
             WRITE_PARAMS: case (index[2:0])
@@ -377,10 +383,10 @@ module ef_commands #(
                 3'd0: {rule_broken, rule_code, rule_last} = {length_bad, BAD_PAYLOAD, 1'b0};
                 3'd1: {rule_broken, rule_code, rule_last} = {!loaded, NO_PROGRAM, 1'b0};
                 3'd2: {rule_broken, rule_code, rule_last} = {f_bank != 8'd0, BAD_BANK, 1'b0};
-                3'd3: {rule_broken, rule_code, rule_last} = {field_byte(5) > 8'd1, BAD_PAYLOAD, 1'b0};
+                3'd3: {rule_broken, rule_code, rule_last} = {above(field_byte(5), 1), BAD_PAYLOAD, 1'b0};
                 3'd4: {rule_broken, rule_code, rule_last} = {doubled ? !echo_valid : !state_valid, NO_STATE, 1'b0};
                 3'd5: {rule_broken, rule_code, rule_last} = {range_bad, BAD_PAYLOAD, 1'b0};
-                default: {rule_broken, rule_code, rule_last} = {response > MAX_RESPONSE, RESPONSE_TOO_LARGE, 1'b1};
+                default: {rule_broken, rule_code, rule_last} = {above(response, MAX_RESPONSE), RESPONSE_TOO_LARGE, 1'b1};
             endcase
             BEGIN_FORWARD, BEGIN_ECHO: case (index[2:0])
                 3'd0: {rule_broken, rule_code, rule_last} = {length_bad, BAD_PAYLOAD, 1'b0};
@@ -393,9 +399,9 @@ module ef_commands #(
             endcase
             FORWARD_CHUNK, ECHO_CHUNK: case (index[2:0])                            // `kp` holds K · P
                 3'd0: {rule_broken, rule_code, rule_last} = {phase_bad, NO_PHASE, 1'b0};
-                3'd1: {rule_broken, rule_code, rule_last} = {f_u32_8 == 32'd0 || f_u32_8 > MAX_CHUNK_STEPS
-                                                             || samples > BUFFER_SAMPLES, OVER_CAPACITY, 1'b0};
-                3'd2: {rule_broken, rule_code, rule_last} = {response > MAX_RESPONSE, RESPONSE_TOO_LARGE, 1'b0};
+                3'd1: {rule_broken, rule_code, rule_last} = {f_u32_8 == 32'd0 || above(f_u32_8, MAX_CHUNK_STEPS)
+                                                             || above(samples, BUFFER_SAMPLES), OVER_CAPACITY, 1'b0};
+                3'd2: {rule_broken, rule_code, rule_last} = {above(response, MAX_RESPONSE), RESPONSE_TOO_LARGE, 1'b0};
                 3'd3: {rule_broken, rule_code, rule_last} = {is_echo_run ? range_end != {1'b0, position}     // the next chunk back
                                                              : f_u32_4 != position || range_bad, OUT_OF_ORDER, 1'b0};
                 default: {rule_broken, rule_code, rule_last} = {length_bad, BAD_PAYLOAD, 1'b1};
@@ -412,7 +418,7 @@ module ef_commands #(
                 3'd2: {rule_broken, rule_code, rule_last} = {f_bank != 8'd0, BAD_BANK, 1'b0};
                 3'd3: {rule_broken, rule_code, rule_last} = {!echo_valid, NO_STATE, 1'b0};
                 3'd4: {rule_broken, rule_code, rule_last} = {range_bad, BAD_PAYLOAD, 1'b0};
-                default: {rule_broken, rule_code, rule_last} = {response > MAX_RESPONSE, RESPONSE_TOO_LARGE, 1'b1};
+                default: {rule_broken, rule_code, rule_last} = {above(response, MAX_RESPONSE), RESPONSE_TOO_LARGE, 1'b1};
             endcase
             default: ;
         endcase
@@ -689,7 +695,7 @@ module ef_commands #(
             in_valid <= 1'b0;
         end else if (state == SETUP && index[2:0] == 3'd5) begin
             feeding    <= 1'b1;
-            feed_step  <= 32'd0;
+            feed_left  <= steps;
             feed_osc   <= 32'd0;
             feed_q_at  <= feed_q_last[RX_AW-1:0];
             feed_f_at  <= is_echo_run ? feed_q_last[RX_AW-1:0] - times(kp, WB) : 12;
@@ -720,12 +726,12 @@ module ef_commands #(
                 if (feed_osc + 32'd1 != {16'd0, size}) feed_osc <= feed_osc + 32'd1;
                 else begin
                     feed_osc  <= 32'd0;
-                    feed_step <= feed_step + 32'd1;
+                    feed_left <= feed_left - 1'b1;
                     if (is_echo_run) begin
                         feed_f_at <= feed_f_at + feed_move;
                         feed_q_at <= feed_q_at + feed_move;
                     end
-                    if (feed_step + 32'd1 == steps) feeding <= 1'b0;
+                    if (feed_left == 1'b1) feeding <= 1'b0;
                 end
             end
         end
@@ -738,7 +744,7 @@ module ef_commands #(
             out_busy   <= 1'b0;
         end else if (state == SETUP && index[2:0] == 3'd5) begin
             collecting <= 1'b1;
-            out_step   <= 32'd0;
+            out_left   <= steps;
             out_osc    <= 32'd0;
             out_at     <= is_echo_run ? out_last[TX_AW-1:0] : {TX_AW{1'b0}};
             out_busy   <= 1'b0;
@@ -758,8 +764,8 @@ module ef_commands #(
                 if (out_osc + 32'd1 != {16'd0, size}) out_osc <= out_osc + 32'd1;
                 else begin
                     out_osc  <= 32'd0;
-                    out_step <= out_step + 32'd1;
-                    if (out_step + 32'd1 == steps) collecting <= 1'b0;
+                    out_left <= out_left - 1'b1;
+                    if (out_left == 1'b1) collecting <= 1'b0;
                 end
             end
         end

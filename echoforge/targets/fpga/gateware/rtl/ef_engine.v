@@ -57,6 +57,7 @@ module ef_engine #(
     output wire             busy
 );
 `include "ef_rom.vh"
+`include "ef_above.vh"
     localparam [3:0] IDLE = 4'd0, DISPATCH = 4'd1, NACK = 4'd2, ACK = 4'd3, ACK_WAIT = 4'd4, EXECUTE = 4'd5,
                      RESPOND = 4'd6, COPY = 4'd7, RESEND = 4'd8, SEND_WAIT = 4'd9, NACK_WAIT = 4'd10,
                      COMMAND = 4'd11;
@@ -101,22 +102,29 @@ module ef_engine #(
     wire [31:0] request_epoch = f_fields[31:0];
     wire [15:0] f_bytes       = f_length[15:0];   // ef_frame_rx passes no payload beyond its buffer (≤ 2^16 bytes)
     wire [15:0] fixed_length  = 16'd4 + {{11{fixed[4]}}, fixed};
-    wire        epoch_byte    = (rom_at >= HELLO_AT + 4) && (rom_at < HELLO_AT + 8);
+    wire        long_enough   = (|f_bytes[15:4]) || f_bytes[3:0] >= fixed_length[3:0];   // fixed_length ≤ 12
+    wire        epoch_byte    = above(rom_at, HELLO_AT + 3) && !above(rom_at, HELLO_AT + 7);
     wire [1:0]  epoch_index   = rom_at[1:0] - HELLO_AT[1:0];
     wire [ROM_AW-1:0] error_at  = error_entry(cmd_code) >> ROM_AW;
     wire [ROM_AW-1:0] error_len = error_entry(cmd_code);
 
     assign accept    = !held && !frame;
     assign busy      = (state != IDLE) || !tx_idle || nack_pending || held;
-    assign cmd_start = (state == EXECUTE) && CORE && fixed >= 0 && f_bytes >= fixed_length && request_epoch == epoch;
+    assign cmd_start = (state == EXECUTE) && CORE && fixed >= 0 && long_enough && request_epoch == epoch;
     assign cmd_clear = clear_pending;
     assign tx_start  = (state == NACK) || (state == ACK) || (state == RESPOND);
     assign tx_region = (state != RESPOND);
-    assign tx_type   = (state == NACK) ? NACK_FRAME : (state == ACK) ? ACK_FRAME : DATA_FRAME;
-    assign tx_flags  = (state == RESPOND && error_response) ? ERROR_FLAG : 8'd0;
-    assign tx_seq    = (state == NACK) ? 16'd0 : f_seq;
-    assign tx_opcode = (state == RESPOND) ? (f_opcode | 16'h8000) : 16'd0;
-    assign tx_length = (state == RESPOND) ? {16'd0, response_length} : 32'd0;
+    // The header fields hold from tx_start until the transmitter is idle again (it does not copy them):
+    // each *_WAIT state answers as the state that started the frame, and the request stays held meanwhile
+    // (a NACK's sequence number is 0, whatever frame arrives while it is sent).
+    wire        nacking  = (state == NACK) || (state == NACK_WAIT);
+    wire        acking   = (state == ACK) || (state == ACK_WAIT);
+    wire        replying = (state == RESPOND) || (state == SEND_WAIT);
+    assign tx_type   = nacking ? NACK_FRAME : acking ? ACK_FRAME : DATA_FRAME;
+    assign tx_flags  = (replying && error_response) ? ERROR_FLAG : 8'd0;
+    assign tx_seq    = nacking ? 16'd0 : f_seq;
+    assign tx_opcode = replying ? (f_opcode | 16'h8000) : 16'd0;
+    assign tx_length = replying ? {16'd0, response_length} : 32'd0;
     assign tx_we     = (state == COPY && rom_at != rom_end) || (state == COMMAND && cmd_we);
     wire [ROM_AW-1:0] rom_offset = rom_at - rom_base;
     assign tx_addr   = (state == COMMAND) ? cmd_addr : rom_offset;
@@ -178,7 +186,7 @@ module ef_engine #(
                         if (f_bytes != 16'd0) answer(BAD_PAYLOAD_AT, BAD_PAYLOAD_LEN, 1'b1);
                         else answer(HELLO_AT, HELLO_LEN, 1'b0);
                     end else if (f_opcode == RESET) begin
-                        if (f_bytes < 16'd4) answer(BAD_PAYLOAD_AT, BAD_PAYLOAD_LEN, 1'b1);
+                        if (!above(f_bytes, 3)) answer(BAD_PAYLOAD_AT, BAD_PAYLOAD_LEN, 1'b1);
                         else if (request_epoch != epoch) answer(STALE_EPOCH_AT, STALE_EPOCH_LEN, 1'b1);
                         else if (f_bytes != 16'd4) answer(BAD_PAYLOAD_AT, BAD_PAYLOAD_LEN, 1'b1);
                         else begin
@@ -186,7 +194,7 @@ module ef_engine #(
                             answer(EMPTY_AT, 0, 1'b0);
                         end
                     end else if (!CORE || fixed < 0) answer(UNKNOWN_OPCODE_AT, UNKNOWN_OPCODE_LEN, 1'b1);
-                    else if (f_bytes < fixed_length) answer(BAD_PAYLOAD_AT, BAD_PAYLOAD_LEN, 1'b1);
+                    else if (!long_enough) answer(BAD_PAYLOAD_AT, BAD_PAYLOAD_LEN, 1'b1);
                     else if (request_epoch != epoch) answer(STALE_EPOCH_AT, STALE_EPOCH_LEN, 1'b1);
                     else state <= COMMAND;                  // cmd_start is high in this clock
                 COMMAND: if (cmd_done) begin

@@ -37,6 +37,7 @@ module ef_frame_rx #(
     output wire          hash_busy
 );
 `include "ef_crc32.vh"
+`include "ef_above.vh"
     localparam integer MAX_FRAME = MAX_REQ + 15;
     localparam integer ENC_LIMIT_COUNT = MAX_FRAME + MAX_FRAME / 254 + 1;  // cobs.max_encoded_length
     localparam [17:0]  ENC_LIMIT = ENC_LIMIT_COUNT[17:0];
@@ -71,17 +72,17 @@ module ef_frame_rx #(
     wire        emit        = is_code ? (in_block && !block_full) : 1'b1;  // a code byte emits the zero the previous block implies
     wire [7:0]  emit_byte   = is_code ? 8'd0 : in_data;
     wire [EW-1:0] payload_len = decoded - 18'd15;
-    wire        valid_frame = (remaining == 8'd0) && (decoded >= 18'd15) && (crc == CRC_RESIDUE)
+    wire        valid_frame = (remaining == 8'd0) && above(decoded, 14) && (crc == CRC_RESIDUE)
                               && protocol_ok && type_ok && length_small
-                              && (f_length == {14'd0, payload_len}) && ({14'd0, payload_len} <= MAX_REQ);
+                              && (f_length == {14'd0, payload_len}) && !above(payload_len, MAX_REQ);
 
     wire [EW-1:0] payload_index = decoded - 18'd11;   // where the byte being decoded goes in the buffer
     wire [4:0]  field_index   = decoded[4:0] - 5'd11;
 
     // The buffer is written while a chunk is collected and read while the engine answers its frame, and
     // a chunk that starts while the engine is busy is discarded: the two never share a clock.
-    wire decode = !rst && in_valid && in_data != 8'd0 && mode == COLLECT && encoded < ENC_LIMIT && emit;
-    wire store  = decode && decoded >= 18'd11 && payload_index < (18'd1 << AW);
+    wire decode = !rst && in_valid && in_data != 8'd0 && mode == COLLECT && !above(encoded, ENC_LIMIT - 1'b1) && emit;
+    wire store  = decode && above(decoded, 10) && !above(payload_index, (64'd1 << AW) - 1'b1);
     ef_crc32 check (.clk(clk), .init(hash_init || (in_valid && in_data != 8'd0 && mode == BETWEEN && accept)),
                     .feed(decode || hash_feed), .data(decode ? emit_byte : hash_data), .crc(crc), .busy(hash_busy));
     assign hash = crc;
@@ -94,7 +95,7 @@ module ef_frame_rx #(
         if (rst) begin
             mode <= BETWEEN;
         end else if (in_valid && in_data == 8'd0) begin            // a delimiter ends the chunk
-            if (mode == COLLECT && encoded >= MIN_ENCODED) begin
+            if (mode == COLLECT && above(encoded, MIN_ENCODED - 1'b1)) begin
                 frame   <= valid_frame;
                 damaged <= !valid_frame;
             end
@@ -103,7 +104,7 @@ module ef_frame_rx #(
             if (mode == BETWEEN || mode == COLLECT) begin
                 if (mode == BETWEEN && !accept) begin
                     mode <= DISCARD;
-                end else if (mode == BETWEEN || encoded < ENC_LIMIT) begin
+                end else if (mode == BETWEEN || !above(encoded, ENC_LIMIT - 1'b1)) begin
                     mode    <= COLLECT;
                     encoded <= (mode == BETWEEN) ? 18'd1 : encoded + 18'd1;
                     if (mode == BETWEEN) begin
@@ -119,12 +120,12 @@ module ef_frame_rx #(
                         end else remaining <= remaining - 8'd1;
                         if (emit) begin
                             decoded <= decoded + 18'd1;
-                            if (decoded < 18'd11) header[decoded[3:0]] <= emit_byte;
+                            if (!above(decoded, 10)) header[decoded[3:0]] <= emit_byte;
                             if (decoded == 18'd0) protocol_ok <= emit_byte == 8'hE1;
                             if (decoded == 18'd1) type_ok <= emit_byte >= 8'd1 && emit_byte <= 8'd3;
                             if (decoded == 18'd9) length_small <= emit_byte == 8'd0;
                             if (decoded == 18'd10) length_small <= length_small && emit_byte == 8'd0;
-                            else if (decoded < 18'd27) fields[field_index[3:0]] <= emit_byte;  // and the buffer (store)
+                            else if (!above(decoded, 26)) fields[field_index[3:0]] <= emit_byte;  // and the buffer (store)
                         end
                     end
                 end else begin                                     // no delimiter within ENC_LIMIT bytes

@@ -19,7 +19,8 @@ module ef_frame_tx #(
 ) (
     input  wire        clk,
     input  wire        rst,
-    input  wire        start,                 // in IDLE: begin a frame in `region` with these header fields
+    input  wire        start,                 // in IDLE: begin a frame in `region` with these header fields,
+                                              // which hold until `idle` (they are not copied)
     input  wire        region,                // 0 response, 1 control
     input  wire [7:0]  h_type,
     input  wire [7:0]  h_flags,
@@ -45,9 +46,6 @@ module ef_frame_tx #(
     wire [7:0] rd_data;                       // the buffer's byte at the read address, one clock later
     reg [3:0]  state;
     reg        sel;                           // region of the frame being built or sent
-    reg [7:0]  l_type, l_flags;
-    reg [15:0] l_seq, l_opcode;
-    reg [31:0] l_length;
     wire [31:0] crc;
     wire       crc_busy;
     reg [3:0]  index;                         // header or trailer byte being written
@@ -64,16 +62,16 @@ module ef_frame_tx #(
     always @(*) begin
         case (index)
             4'd0: header_byte = 8'hE1;          // 0xE0 | protocol version 1
-            4'd1: header_byte = l_type;
-            4'd2: header_byte = l_flags;
-            4'd3: header_byte = l_seq[7:0];
-            4'd4: header_byte = l_seq[15:8];
-            4'd5: header_byte = l_opcode[7:0];
-            4'd6: header_byte = l_opcode[15:8];
-            4'd7: header_byte = l_length[7:0];
-            4'd8: header_byte = l_length[15:8];
-            4'd9: header_byte = l_length[23:16];
-            default: header_byte = l_length[31:24];
+            4'd1: header_byte = h_type;
+            4'd2: header_byte = h_flags;
+            4'd3: header_byte = h_seq[7:0];
+            4'd4: header_byte = h_seq[15:8];
+            4'd5: header_byte = h_opcode[7:0];
+            4'd6: header_byte = h_opcode[15:8];
+            4'd7: header_byte = h_length[7:0];
+            4'd8: header_byte = h_length[15:8];
+            4'd9: header_byte = h_length[23:16];
+            default: header_byte = h_length[31:24];
         endcase
     end
     wire [7:0] trailer_byte = crc_out[8 * index[1:0] +: 8];
@@ -102,11 +100,6 @@ module ef_frame_tx #(
         end else case (state)
             IDLE: if (start) begin
                 sel         <= region;
-                l_type      <= h_type;
-                l_flags     <= h_flags;
-                l_seq       <= h_seq;
-                l_opcode    <= h_opcode;
-                l_length    <= h_length;
                 at          <= region ? CONTROL_BASE : {AW{1'b0}};
                 payload_end <= HEADER_BYTES + h_length[AW-1:0];   // a control frame has no payload
                 index       <= 4'd0;
@@ -118,7 +111,7 @@ module ef_frame_tx #(
             HEADER: if (crc_ready) begin                 // header_byte goes into the CRC and the buffer
                 at    <= next_at;
                 index <= (index == 4'd10) ? 4'd0 : index + 4'd1;
-                if (index == 4'd10) state <= (l_length == 32'd0) ? TRAILER : CRC_A;
+                if (index == 4'd10) state <= (h_length == 32'd0) ? TRAILER : CRC_A;
             end
             CRC_A: state <= CRC_B;
             CRC_B: if (crc_ready) begin                  // rd_data goes into the CRC
