@@ -104,7 +104,7 @@ def generate(bank, directory, *, batch: int = 1, lanes: int | None = None,
 
 def generate_core(config: FormatConfig, kind: str, directory, *, lanes: int, oscillators: int,
                   param_codes: np.ndarray | None = None, fold: int = 1, readback=None,
-                  max_steps: int | None = None, flip: bool = True) -> RtlDesign:
+                  max_steps: int | None = None, flip: bool = True, pair_beats: bool = False) -> RtlDesign:
     """The Verilog of a ``kind`` bank at ``config``'s formats with capacity for ``lanes`` lanes (rounded
     up to a power of two, at least 2^MIN_LANE_BITS) and ``oscillators``. ``fold`` > 1 merges that many
     pipeline stages into one register stage (pipeline.Pipeline): fewer flip-flops and a shallower
@@ -112,7 +112,8 @@ def generate_core(config: FormatConfig, kind: str, directory, *, lanes: int, osc
     names and memory regions) limits what the bus reads to what a known reader needs — a board image's
     executor — the rest reading 0: the read-back multiplexer is 64 bits wide per source. ``max_steps``:
     the largest STEPS that reader writes (top.verilog: the step and saturation counters that wide);
-    ``flip`` False: a bank whose FLIP stays 0 (its reader negates π itself)."""
+    ``flip`` False: a bank whose FLIP stays 0 (its reader negates π itself); ``pair_beats``: its writer
+    offers each echo beat twice, once to each lane of the pair (the bank keeps no copy)."""
     if fold < 1:
         raise ValueError(f"fold = {fold}: at least one pipeline stage per register stage")
     layout, table = _layout(config, lanes, oscillators), _table(config, kind)
@@ -122,7 +123,8 @@ def generate_core(config: FormatConfig, kind: str, directory, *, lanes: int, osc
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     accumulators = [name for name in ACCUMULATORS if f"acc_{name}" in {m.name for m in path.memories}]
-    (directory / SOURCE).write_text(top.verilog(path, layout, kind, accumulators, readback, max_steps, flip))
+    (directory / SOURCE).write_text(top.verilog(path, layout, kind, accumulators, readback, max_steps, flip,
+                                                         pair_beats))
     init_files = _write_init_files(directory, path.memories, table, param_codes, layout)
     regmap = directory / REGMAP
     described = top.register_map(layout, config, kind, path, accumulators)
@@ -132,6 +134,8 @@ def generate_core(config: FormatConfig, kind: str, directory, *, lanes: int, osc
         described["max_steps"] = max_steps
     if not flip:
         described["flip"] = "FLIP stays 0"
+    if pair_beats:
+        described["pair_beats"] = "an echo beat is taken twice, by each lane of its pair"
     regmap.write_text(json.dumps(described, indent=1))
     instantiated = _plan(path)
     return RtlDesign(directory, TOP, (directory / SOURCE,), init_files, regmap, kind, config.word_bits,

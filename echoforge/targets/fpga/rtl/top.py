@@ -102,13 +102,14 @@ def register_map(layout: Layout, config: FormatConfig, kind: str, datapath: Data
 
 
 def verilog(datapath: Datapath, layout: Layout, kind: str, accumulators, readback=None,
-            max_steps: int | None = None, flip: bool = True) -> str:
+            max_steps: int | None = None, flip: bool = True, pair_beats: bool = False) -> str:
     """The whole top module (Verilog-2005). ``readback``: the control registers (CONTROL_VALUES names) and
     memory regions the bus reads, the others reading 0 (None: all). ``max_steps``: the largest STEPS the
     bus ever writes (None: any u32): STEPS and the step count are that wide, and the saturation counters
     as wide as a run can count (≤ 15 a lane-step), so they never saturate and read as the u32 ones would.
     ``flip`` False: FLIP stays 0 whatever is written (for a writer that negates π itself), and the
-    datapath's negation goes."""
+    datapath's negation goes. ``pair_beats``: in the echo both lanes of a pair take an input beat (the
+    writer offers each (f, q) twice), so the bank keeps no copy of the first for the second."""
     w, lb, ob = layout.word_bits, layout.lane_bits, layout.osc_bits
     ib, ab = layout.index_bits, layout.address_bits
     config_word = w | (int(kind == "nonlinear") << 8) | (lb << 16) | (ob << 24)
@@ -120,7 +121,7 @@ def verilog(datapath: Datapath, layout: Layout, kind: str, accumulators, readbac
         (f"localparam W = {w};\nlocalparam LB = {lb};\nlocalparam OB = {ob};\nlocalparam IB = {ib};\n"
          f"localparam DEPTH = {datapath.min_step_clocks};\nlocalparam LAST = {datapath.last_stage};\n"
          f"localparam [31:0] CONFIG_WORD = 32'h{config_word:08x};\nlocalparam SB = {step_bits};\n{controls}"),
-        _CONTROL.replace("@FLIP_WRITE@", "flip_setting <= reg_wdata[0];" if flip else ";  // stays 0"),
+        _control(flip, pair_beats),
         datapath.pipeline.emit(),
         "// ---- memories ----",
         *(_memory(m, layout) for m in datapath.memories),
@@ -130,6 +131,28 @@ def verilog(datapath: Datapath, layout: Layout, kind: str, accumulators, readbac
         "endmodule",
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def _control(flip: bool, pair_beats: bool) -> str:
+    """The control template with its options filled in."""
+    if pair_beats:
+        hold_regs, need_pair, next_pair = "", "", ""
+        hold = ("wire signed [W-1:0] f = in_f;  // both lanes of an echo pair take the beat\n"
+                "wire signed [W-1:0] q = !mode ? {W{1'b0}} : in_q;\n")
+    else:
+        hold_regs = "reg signed [W-1:0] f_hold, q_hold;\n"
+        need_pair, next_pair = " && !(mode && sigma_count)", " && !(mode && !sigma_count)"
+        hold = ("wire signed [W-1:0] f = sigma_count ? f_hold : in_f;\n"
+                "wire signed [W-1:0] q = !mode ? {W{1'b0}} : (sigma_count ? q_hold : in_q);\n"
+                "always @(posedge clk) if (advance && need_in) begin f_hold <= in_f; q_hold <= in_q; end\n")
+    fills = {"@FLIP_WRITE@": "flip_setting <= reg_wdata[0];" if flip else ";  // stays 0",
+             "@HOLD_REGS@": hold_regs, "@NEED_PAIR@": need_pair, "@NEXT_PAIR@": next_pair, "@HOLD@": hold}
+    text = _CONTROL
+    for mark, fill in fills.items():
+        if mark not in text:
+            raise AssertionError(f"{mark} is not in the control template")
+        text = text.replace(mark, fill)
+    return text
 
 
 def _memory(memory: Memory, layout: Layout) -> str:
@@ -268,10 +291,9 @@ reg [SB-1:0] steps_left;  // after the current step
 reg [OB-1:0] osc_count, osc_last;
 reg sigma_count, slot_live, first_step, last_step;
 reg last_slot;  // the slot issuing now is the step's last (a register: it enables the step's counters)
-reg need_in;    // the slot issuing now takes an input beat: slot_live && !(mode && sigma_count), kept as a
+reg need_in;    // the slot issuing now takes an input beat: slot_live@NEED_PAIR@, kept as a
                 // register because `advance`, which every pipeline register waits on, derives from it
-reg signed [W-1:0] f_hold, q_hold;
-wire out_pending;
+@HOLD_REGS@wire out_pending;
 wire advance = (!need_in || in_valid) && (!out_pending || out_ready);
 assign in_ready = need_in && (!out_pending || out_ready);
 assign out_valid = out_pending && (!need_in || in_valid);
@@ -284,10 +306,7 @@ wire sigma = sigma_count;
 wire flip = flip_setting && first_step;
 wire [LB-1:0] lane = slot[LB-1:0];
 wire [OB-1:0] osc = osc_count;
-wire signed [W-1:0] f = sigma_count ? f_hold : in_f;
-wire signed [W-1:0] q = !mode ? {W{1'b0}} : (sigma_count ? q_hold : in_q);
-always @(posedge clk) if (advance && need_in) begin f_hold <= in_f; q_hold <= in_q; end
-always @(posedge clk) begin
+@HOLD@always @(posedge clk) begin
     if (rst) begin
         running <= 1'b0; busy_r <= 1'b0; draining <= 1'b0; slot_live <= 1'b0; need_in <= 1'b0; cycles <= 32'd0;
     end else if (start) begin
@@ -309,7 +328,7 @@ always @(posedge clk) begin
                 slot <= slot + 1'b1;
                 last_slot <= slot == slot_before_last;
                 slot_live <= slot_live && slot != lane_last;
-                need_in <= slot_live && slot != lane_last && !(mode && !sigma_count);
+                need_in <= slot_live && slot != lane_last@NEXT_PAIR@;
                 if (mode && !sigma_count) sigma_count <= 1'b1;
                 else begin
                     sigma_count <= 1'b0;

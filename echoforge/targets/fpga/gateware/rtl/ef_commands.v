@@ -22,7 +22,8 @@ module ef_commands #(
     input  wire             clear,          // RESET: no program, registers or phase
     input  wire [15:0]      opcode,
     input  wire [31:0]      length,         // payload bytes (the epoch included)
-    input  wire [127:0]     fields,         // payload bytes 0..15
+    input  wire [127:0]     fields,         // payload bytes 0..11
+    input  wire             formats_tail,   // payload bytes 12..14 are FORMAT_BYTES[71:48] (ef_frame_rx)
     output reg              done,           // one clock: the response is written (or `failed`)
     output reg              failed,
     output reg  [15:0]      error_code,
@@ -180,6 +181,8 @@ module ef_commands #(
     reg  [SW-1:0] feed_left;                                  // rows (steps) still to feed, K down to 1
     reg  [PW-1:0] feed_osc;
     reg  [1:0]  feed_state;                                   // 0 f's bytes, 1 q's bytes, 2 offer the beat
+    reg         feed_second;                                  // an echo beat was taken once (by the + lane):
+                                                              // it is offered again, to the − lane (pair_beats)
     reg         feed_wait;                                    // the address of byte feed_index is presented
     reg  [3:0]  feed_index;
     reg  [8*WB-1:0] feed_f, feed_q;
@@ -362,7 +365,7 @@ module ef_commands #(
                                                              BAD_PROGRAM, 1'b0};
                 3'd1: {rule_broken, rule_code, rule_last} = {!above(len, 16) || above(field_byte(6), 1) || request_p == 16'd0,
                                                              BAD_PROGRAM, 1'b0};
-                3'd2: {rule_broken, rule_code, rule_last} = {fields[119:56] != FORMAT_BYTES[71:8], BAD_PROGRAM, 1'b0};
+                3'd2: {rule_broken, rule_code, rule_last} = {fields[95:56] != FORMAT_BYTES[47:8] || !formats_tail, BAD_PROGRAM, 1'b0};
                 3'd3: {rule_broken, rule_code, rule_last} = {length_bad, BAD_PROGRAM, 1'b0};
                 3'd4: {rule_broken, rule_code, rule_last} = {above(request_p, MAX_OSCILLATORS), OVER_CAPACITY, 1'b0};
                 default: {rule_broken, rule_code, rule_last} = {field_byte(6) != FORMAT_BYTES[7:0], BAD_PROGRAM, 1'b1};
@@ -702,6 +705,7 @@ module ef_commands #(
             feed_state <= 2'd0;
             feed_index <= 4'd0;
             feed_wait  <= 1'b0;
+            feed_second <= 1'b0;
         end else if (feeding) begin
             if (feed_state != 2'd2) begin
                 feed_wait <= !feed_wait;                             // a byte: present its address, then take it
@@ -720,7 +724,10 @@ module ef_commands #(
                         end
                     end
                 end
+            end else if (in_ready && is_echo_run && !feed_second) begin
+                feed_second <= 1'b1;                                 // the + lane took it; the − lane takes it next
             end else if (in_ready) begin                             // the core takes the beat this clock
+                feed_second <= 1'b0;
                 in_valid   <= 1'b0;
                 feed_state <= 2'd0;
                 if (feed_osc + 32'd1 != {16'd0, size}) feed_osc <= feed_osc + 32'd1;
