@@ -217,7 +217,8 @@ def write_sources(config: GatewareConfig, directory: Path, *, simulation: bool =
         design = generate_core(config.formats, config.kind, directory, lanes=2 * config.oscillators,
                                oscillators=config.oscillators, fold=config.fold, readback=EXECUTOR_READS,
                                max_steps=config.max_chunk_steps, flip=False,   # BEGIN_ECHO writes −π itself
-                               pair_beats=True)                                   # the feeder offers each echo beat twice
+                               pair_beats=True,                                   # the feeder offers each echo beat twice
+                               one_row=True)                                      # the image declares batch 1
         (directory / "ef_core.vh").write_text(core_include(config, json.loads(design.regmap.read_text())))
         verilog += list(design.sources)
     return verilog + ([directory / SIM_TOP] if simulation else [])

@@ -104,7 +104,8 @@ def generate(bank, directory, *, batch: int = 1, lanes: int | None = None,
 
 def generate_core(config: FormatConfig, kind: str, directory, *, lanes: int, oscillators: int,
                   param_codes: np.ndarray | None = None, fold: int = 1, readback=None,
-                  max_steps: int | None = None, flip: bool = True, pair_beats: bool = False) -> RtlDesign:
+                  max_steps: int | None = None, flip: bool = True, pair_beats: bool = False,
+                  one_row: bool = False) -> RtlDesign:
     """The Verilog of a ``kind`` bank at ``config``'s formats with capacity for ``lanes`` lanes (rounded
     up to a power of two, at least 2^MIN_LANE_BITS) and ``oscillators``. ``fold`` > 1 merges that many
     pipeline stages into one register stage (pipeline.Pipeline): fewer flip-flops and a shallower
@@ -113,11 +114,13 @@ def generate_core(config: FormatConfig, kind: str, directory, *, lanes: int, osc
     executor — the rest reading 0: the read-back multiplexer is 64 bits wide per source. ``max_steps``:
     the largest STEPS that reader writes (top.verilog: the step and saturation counters that wide);
     ``flip`` False: a bank whose FLIP stays 0 (its reader negates π itself); ``pair_beats``: its writer
-    offers each echo beat twice, once to each lane of the pair (the bank keeps no copy)."""
+    offers each echo beat twice, once to each lane of the pair (the bank keeps no copy); ``one_row``: its
+    writer runs one batch row (LANES = OSCILLATORS forward, 2·OSCILLATORS echo), so a lane's oscillator is
+    its bits, not a count carried down the pipeline."""
     if fold < 1:
         raise ValueError(f"fold = {fold}: at least one pipeline stage per register stage")
     layout, table = _layout(config, lanes, oscillators), _table(config, kind)
-    path = datapath.build(config, kind, layout.lane_bits, layout.osc_bits, table, fold)
+    path = datapath.build(config, kind, layout.lane_bits, layout.osc_bits, table, fold, one_row)
     if path.min_step_clocks > 1 << layout.lane_bits:
         raise ValueError(f"pipeline depth {path.min_step_clocks} exceeds the lane capacity")
     directory = Path(directory)
@@ -136,6 +139,8 @@ def generate_core(config: FormatConfig, kind: str, directory, *, lanes: int, osc
         described["flip"] = "FLIP stays 0"
     if pair_beats:
         described["pair_beats"] = "an echo beat is taken twice, by each lane of its pair"
+    if one_row:
+        described["one_row"] = "one batch row: LANES = OSCILLATORS (forward) or 2·OSCILLATORS (echo)"
     regmap.write_text(json.dumps(described, indent=1))
     instantiated = _plan(path)
     return RtlDesign(directory, TOP, (directory / SOURCE,), init_files, regmap, kind, config.word_bits,

@@ -68,7 +68,7 @@ class _Builder:
     """Builds the lane-step; helpers keep one named wire per operation."""
 
     def __init__(self, config: FormatConfig, kind: str, lane_bits: int, osc_bits: int, table: OddTable | None,
-                 fold: int = 1, cuts: frozenset = frozenset()):
+                 fold: int = 1, cuts: frozenset = frozenset(), one_row: bool = False):
         self.c = config
         self.kind = kind
         self.w = config.word_bits
@@ -79,6 +79,7 @@ class _Builder:
         self.p = Pipeline(memory_delay=(4, 64), fold=fold, cuts=cuts)
         self.memories: list[Memory] = []
         self.lane_bits, self.osc_bits = lane_bits, osc_bits
+        self.one_row = one_row and osc_bits > 0
         self.table = table
         seg_shift = table.seg_shift if table is not None else 1
         (self.h_shift, self.delta_shift, self.a_shift, self.w_shift, self.ct_shift, self.seg_shift,
@@ -90,7 +91,14 @@ class _Builder:
         """Read ``memory`` at the address signal's value in ``stage`` (its low ``bits``); the data is a
         signal of stage + 1."""
         self.p.boundary(stage)
-        memory.read_stage, memory.read_address = stage, self.p.at(address, stage)
+        if address == "osc" and self.one_row:
+            # one batch row: lane = oscillator (forward) or 2·oscillator + σ (echo), so the oscillator is the
+            # lane's bits and no oscillator number runs down the pipeline beside the lane's
+            echo, lane = self.p.at("echo", stage), self.p.at("lane", stage)
+            memory.read_address = f"({echo} ? {lane}[{self.osc_bits}:1] : {lane}[{self.osc_bits - 1}:0])"
+        else:
+            memory.read_address = self.p.at(address, stage)
+        memory.read_stage = stage
         if bits is not None:
             memory.read_address += f"[{bits - 1}:0]"
         memory.data = self.p.input(f"{memory.name}_rd", memory.width, stage + 1)
@@ -399,12 +407,13 @@ def _pair_of(lane: str, lane_bits: int) -> str:
 
 
 def build(config: FormatConfig, kind: str, lane_bits: int, osc_bits: int, table: OddTable | None,
-          fold: int = 1) -> Datapath:
+          fold: int = 1, one_row: bool = False) -> Datapath:
     """The lane-step of one bank kind at ``config``'s formats, for 2^lane_bits lanes and 2^osc_bits
     oscillators; ``fold`` stages per register stage (Pipeline): the unfolded build finds the stages that
-    must end one (memory reads, the out beat), the folded one is built around them."""
-    path = _Builder(config, kind, lane_bits, osc_bits, table).build()
+    must end one (memory reads, the out beat), the folded one is built around them. ``one_row``: the bank
+    runs one batch row (its parameters are read at the lane's bits)."""
+    path = _Builder(config, kind, lane_bits, osc_bits, table, one_row=one_row).build()
     if fold == 1:
         return path
     cuts = frozenset(path.pipeline.boundaries)
-    return _Builder(config, kind, lane_bits, osc_bits, table, fold, cuts).build()
+    return _Builder(config, kind, lane_bits, osc_bits, table, fold, cuts, one_row).build()
