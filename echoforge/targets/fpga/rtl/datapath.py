@@ -238,12 +238,12 @@ class _Builder:
         out = p.at(p.wire("out_beat", w + 1, out_stage, f"{{echo}} ? {{{obs}}} : {{{phi_new}}}"), out_stage + 1)
         out_valid = p.at(p.wire("out_lane", 1, out_stage, "{live} & (~{echo} | {sigma})", signed=False, reset=True),
                          out_stage + 1)
-        # the clamp flags are registered, summed, and the sum added to the counters; the pipeline drains
+        # each clamp flag is counted in its own stage (_count); the pipeline drains
         # when the last out beat has left too
         last = max(acc_last + 2, out_stage + 1)
         flags = {"state": [nudge_sat, m_sat, pi_sat, phi_sat], "force": [force_sat],
                  "preact": [extra["z_sat"]] if extra else [], "accumulator": acc_flags}
-        increments = {name: self._count(name, names, acc_last + 1, last) for name, names in flags.items()}
+        increments = {name: self._count(name, names) for name, names in flags.items()}
         # a lane's π is read (stage 0) after its previous step wrote it back; an accumulator likewise
         folded = p.register_stage
         return Datapath(p, self.memories, folded(last), max(folded(write_stage) + 1, acc_reach), out, out_valid,
@@ -359,7 +359,8 @@ class _Builder:
         for memory, write_stage, value in writes:
             memory.write = (p.at(update, write_stage), _pair_of(p.at("lane", write_stage), self.lane_bits),
                             p.at(value, write_stage))
-        gated = [p.wire(f"{flag}_counted", 1, last, f"{{{update}}} & {{{flag}}}", signed=False) for flag in flags]
+        gated = [p.wire(f"{flag}_counted", 1, p.signals[flag].stage, f"{{{update}}} & {{{flag}}}", signed=False)
+                 for flag in flags]
         return last, gated, obs, p.register_stage(last) - p.register_stage(base - 1) + 1
 
     def _add_to_accumulator(self, name: str, acc: str, term: str, stage: int) -> tuple[str, str]:
@@ -391,14 +392,20 @@ class _Builder:
                       signed=False)
         return value, p.wire(f"{name}_sat", 1, stage + 2, f"{{{over}}} | {{{under}}}", signed=False)
 
-    def _count(self, name: str, flags: list[str], stage: int, counted: int) -> str:
-        """The number of ``flags`` set for a real lane, summed in ``stage``, as the unsigned 4-bit
-        increment the counter adds in ``counted``."""
+    def _count(self, name: str, flags: list[str]) -> str:
+        """The number of ``flags`` set for a real lane as the unsigned 4-bit increment the counter adds,
+        each flag counted in its own stage: every lane leaves every stage once, on an `advance` (when the
+        counters add), before the run ends, so the run's count is the same as if the flags were carried to
+        one stage — and no flag is carried down the pipeline."""
         if not flags:
             return "4'd0"
-        terms = " + ".join(f"{{3'd0, {{{flag}}}}}" for flag in flags)
-        increment = self.p.wire(f"clamps_{name}", 4, stage, f"{{live}} ? ({terms}) : 4'd0", signed=False)
-        return self.p.at(increment, counted)
+        p = self.p
+        terms = []
+        for flag in flags:
+            stage = p.signals[flag].stage
+            counted = p.wire(f"{flag}_live", 1, stage, f"{{live}} & {{{flag}}}", signed=False)
+            terms.append(f"{{3'd0, {p.at(counted, stage)}}}")
+        return " + ".join(terms)
 
 
 def _pair_of(lane: str, lane_bits: int) -> str:
