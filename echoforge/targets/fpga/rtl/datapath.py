@@ -112,12 +112,13 @@ class _Builder:
         high, up = self.round_parts(name, x, shift, stage)
         return self.p.wire(name, self.p.width(x) + 1 - shift, stage, f"{{{high}}} + $signed({{1'b0, {{{up}}}}})")
 
-    def round_into(self, name: str, stage: int, a: str, sign: str, x: str, shift: int, x_stage: int) -> str:
+    def round_into(self, name: str, stage: int, a: str, sign: str, x: str, shift: int) -> str:
         """a + R(x, shift) or a − R(x, shift) (``sign``) as one adder: R's carry is its carry-in (a − (h + c)
-        = a + ~h + ~c), so the rounding costs no adder of its own."""
+        = a + ~h + ~c), so the rounding costs no adder of its own. R is formed in the add's stage from x as
+        it arrives there: a product carried to it whole is the DSP's own output register."""
         if shift == 0:
             return self.add(name, stage, f"{{{a}}} {sign} {{{x}}}", a, x)
-        high, up = self.round_parts(f"{name}_r", x, shift, x_stage)
+        high, up = self.round_parts(f"{name}_r", x, shift, stage)
         if sign == "+":
             return self.add(name, stage, f"{{{a}}} + {{{high}}} + $signed({{1'b0, {{{up}}}}})", a, high)
         return self.add(name, stage, f"{{{a}}} + ~{{{high}}} + $signed({{1'b0, ~{{{up}}}}})", a, high)
@@ -194,7 +195,7 @@ class _Builder:
         # drift to the half step: m = clamp(ϕ + R(δ·π_n))
         d_pi = p.multiply("delta_pi", delta, pi_n, 4)
         phi_mem = self.read(Memory("state_phi", w, state_depth, region="phi"), "lane", 5)
-        m_raw = self.round_into("m_raw", 6, phi_mem, "+", d_pi, self.h_shift, 5)
+        m_raw = self.round_into("m_raw", 6, phi_mem, "+", d_pi, self.h_shift)
         m, m_sat = self.clamp("m", m_raw, 7)
         if self.kind == "nonlinear":
             coupling, stage, extra = self._tanh_force(m, 8)
@@ -211,10 +212,10 @@ class _Builder:
         # kick: π' = clamp(π_n − R(δ·F)); drift: ϕ' = clamp(m + R(δ·π'))
         s = stage + 2
         d_f = p.multiply("delta_force", self.param("delta", s - 1, copy=1), force, s)
-        pi_raw = self.round_into("pi_raw", s + 2, pi_n, "-", d_f, self.delta_shift, s + 1)
+        pi_raw = self.round_into("pi_raw", s + 2, pi_n, "-", d_f, self.delta_shift)
         pi_new, pi_sat = self.clamp("pi_new", pi_raw, s + 3)
         d_pi2 = p.multiply("delta_pi_new", self.param("delta", s + 3, copy=2), pi_new, s + 4)
-        phi_raw = self.round_into("phi_raw", s + 6, m, "+", d_pi2, self.h_shift, s + 5)
+        phi_raw = self.round_into("phi_raw", s + 6, m, "+", d_pi2, self.h_shift)
         phi_new, phi_sat = self.clamp("phi_new", phi_raw, s + 7)
         write_stage = s + 7
         self._write_state("state_pi", pi_new, write_stage)
