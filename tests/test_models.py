@@ -406,48 +406,39 @@ def test_no_warning_on_regular_dynamics():
     assert hru.monitor.retrace_error < 1e-10
 
 
-@pytest.mark.parametrize("rule", ["bptt", "rhel"])
-def test_checkpointed_glue_gives_the_same_gradients(rule, monkeypatch):
-    monkeypatch.setattr("echoforge.models.hssm.GLUE_CHUNK", 64)  # several chunks, one ragged
-    grads = []
-    for checkpoint_glue in (False, True):
-        torch.manual_seed(0)
-        model = HSSM(6, 4, hidden_size=8, state_size=8, num_blocks=3, dropout=0.0,
-                     checkpoint_glue=checkpoint_glue).double()
-        x, y = torch.randn(4, 150, 6, dtype=torch.float64), torch.randint(0, 4, (4,))
-        grads.append(stack_gradients(model, x, y, rule))
-    for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-12, atol=1e-14)
-
-
-def glue_in_chunks(glue, chunk):
-    """The block's glue computed chunk by chunk under plain autograd: the dropout masks are drawn in the
-    order ChunkedRecompute's forward draws them, and every activation is kept."""
-    return lambda positions, u: torch.cat([glue(positions[:, s:s + chunk], u[:, s:s + chunk])
-                                           for s in range(0, u.shape[1], chunk)], dim=1)
+def glue_gradients(rule, dropout, checkpoint_glue, dtype=torch.float64, hru="linear"):
+    torch.manual_seed(0)
+    model = HSSM(6, 4, hidden_size=8, state_size=8, num_blocks=3, dropout=dropout, hru=hru,
+                 checkpoint_glue=checkpoint_glue).to(dtype)
+    x, y = torch.randn(4, 150, 6, dtype=dtype), torch.randint(0, 4, (4,))
+    return stack_gradients(model, x, y, rule)
 
 
 @pytest.mark.parametrize("rule", ["bptt", "rhel"])
-def test_checkpointed_glue_with_dropout_gives_the_gradients_of_the_stored_glue(rule, monkeypatch):
-    """With dropout on, the recomputation must replay the forward's masks: compared with the same glue
-    (same chunks, same masks) whose activations autograd stores, not with itself."""
-    monkeypatch.setattr("echoforge.models.hssm.GLUE_CHUNK", 64)
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_recomputed_glue_gives_the_gradients_of_the_stored_glue(rule, dropout, monkeypatch):
+    """glue.GlueFunction (recomputed, derivative by hand, several chunks, one ragged) against the same
+    glue under plain autograd (HSSMBlock.glue, every activation kept); with dropout on, both must
+    apply the same masks, in the forward and in the recomputation."""
+    monkeypatch.setattr("echoforge.models.glue.CHUNK", 64)
+    stored = glue_gradients(rule, dropout, checkpoint_glue=False)
+    recomputed = glue_gradients(rule, dropout, checkpoint_glue=True)
+    for name in stored:
+        torch.testing.assert_close(recomputed[name], stored[name], rtol=1e-12, atol=1e-14)
+
+
+def test_recomputed_glue_is_the_same_bits_on_any_number_of_threads(monkeypatch):
+    monkeypatch.setattr("echoforge.models.glue.CHUNK", 40)  # 16 chunks: more than the slots
     grads = []
-    for checkpoint_glue in (False, True):
-        torch.manual_seed(0)
-        model = HSSM(6, 4, hidden_size=8, state_size=8, num_blocks=3, dropout=0.3,
-                     checkpoint_glue=checkpoint_glue).double()
-        if not checkpoint_glue:
-            for block in model.blocks:
-                block.glue = glue_in_chunks(block.glue, 64)
-        x, y = torch.randn(4, 150, 6, dtype=torch.float64), torch.randint(0, 4, (4,))
-        grads.append(stack_gradients(model, x, y, rule))
-    for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-12, atol=1e-14)
+    for threads in (1, 2, 3):
+        monkeypatch.setattr("echoforge.models.core._threads", threads)
+        grads.append(glue_gradients("rhel", 0.3, True, torch.float32, hru="nonlinear"))
+    for other in grads[1:]:
+        assert all(torch.equal(other[name], grads[0][name]) for name in grads[0])
 
 
-def test_checkpointed_glue_replays_dropout_masks(monkeypatch):
-    monkeypatch.setattr("echoforge.models.hssm.GLUE_CHUNK", 64)
+def test_recomputed_glue_replays_dropout_masks(monkeypatch):
+    monkeypatch.setattr("echoforge.models.glue.CHUNK", 64)
     torch.manual_seed(0)
     model = HSSM(6, 4, hidden_size=8, state_size=8, num_blocks=3, dropout=0.3,
                  checkpoint_glue=True).double()
@@ -456,6 +447,20 @@ def test_checkpointed_glue_replays_dropout_masks(monkeypatch):
     rhel_grads = stack_gradients(model, x, y, "rhel")
     for name, reference in bptt_grads.items():
         assert cosine(rhel_grads[name], reference) >= 0.9999999, name
+
+
+def test_dropout_masks_are_the_global_batch_s_rows_and_drop_p():
+    """A rank's mask is its rows of the one-process mask (row_offset), and drops a fraction p."""
+    from echoforge.models.hssm import Dropout
+    whole, part = Dropout(0.25), Dropout(0.25)
+    part.row_offset = 3
+    torch.manual_seed(7)
+    expected = whole(torch.ones(8, 500, 16))
+    torch.manual_seed(7)
+    assert torch.equal(part(torch.ones(2, 500, 16)), expected[3:5])
+    dropped = (expected == 0).double().mean().item()
+    assert abs(dropped - 0.25) < 0.005 and torch.all(expected[expected != 0] == 1 / 0.75)
+    assert not torch.equal(whole(torch.ones(8, 500, 16)), expected)  # the next draw, another mask
 
 
 def test_time_batch_norm_matches_torch_batch_norm():

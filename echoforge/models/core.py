@@ -132,6 +132,8 @@ def time_chunks(length: int, size: int | None = None) -> list[slice]:
     return [slice(start, min(start + size, length)) for start in range(0, length, size)]
 
 
+# Accumulators of a sum split over threads (in_slots): the most threads such a pass runs on.
+SLOTS = 8
 # Threads the float core runs its kernels on: None is every CPU this process may use.
 _threads: int | None = None
 _pool: ThreadPoolExecutor | None = None
@@ -175,7 +177,7 @@ def row_groups(batch: int, groups: int) -> list[slice]:
     return [slice(start, stop) for start, stop in zip(edges, edges[1:])]
 
 
-def _in_threads(calls: list) -> list:
+def in_threads(calls: list) -> list:
     """Run the argument-free callables (kernels, which release the GIL): the first on this thread,
     the others on a pool; their results in order."""
     global _pool, _pool_size
@@ -185,6 +187,22 @@ def _in_threads(calls: list) -> list:
         _pool, _pool_size = ThreadPoolExecutor(len(calls) - 1, thread_name_prefix="echoforge-core"), len(calls) - 1
     others = [_pool.submit(call) for call in calls[1:]]
     return [calls[0](), *(future.result() for future in others)]
+
+
+def in_slots(count: int, task, scratch=lambda: None) -> None:
+    """task(slot, scratch, i) for every i < count: item i in slot i mod SLOTS and each slot's items in
+    order, the slots split over the kernels' threads, each thread with its own scratch(). A sum kept
+    per slot, then added slot by slot, has the same bits on any number of threads."""
+    slots = [range(slot, count, SLOTS) for slot in range(min(SLOTS, count))]
+    threads = min(get_num_threads(), len(slots))
+
+    def thread(mine):
+        own = scratch()
+        for slot in mine:
+            for i in slots[slot]:
+                task(slot, own, i)
+
+    in_threads([partial(thread, range(t, len(slots), threads)) for t in range(threads)])
 
 
 class FloatCore:
@@ -218,7 +236,7 @@ class FloatCore:
             # The kernel writes a contiguous block (a strided one would not vectorise), then it is placed.
             block = out if out.flags.c_contiguous else np.empty(out.shape, out.dtype)
             chunk = _stream(forcing[:, s])
-            states = _in_threads([partial(kernels.forward, kind, table, chunk[rows], *state, block[rows],
+            states = in_threads([partial(kernels.forward, kind, table, chunk[rows], *state, block[rows],
                                           NO_MOMENTA, False) for rows, state in zip(groups, states)])
             if block is not out:
                 out[...] = block
@@ -253,7 +271,7 @@ class FloatCore:
             grad = kept if kept is not None and kept.flags.c_contiguous else \
                 np.empty((batch, s.stop - s.start, size), _stream_dtype(forcing))
             chunk, nudge = _stream(forcing[:, s]), _stream(nudges[:, s])
-            _in_threads([partial(kernels.echo_chunk, kind, table, chunk[rows], nudge[rows], before[rows],
+            in_threads([partial(kernels.echo_chunk, kind, table, chunk[rows], nudge[rows], before[rows],
                                  float(epsilon), state, acc, grad[rows])
                          for rows, state, acc in zip(groups, states, accs)])
             if kept is not None and grad is not kept:
@@ -273,7 +291,7 @@ class FloatCore:
         forcing, phi, pi = _stream(forcing), _f64(phi), _f64(pi)
         positions = np.empty_like(forcing)
         momenta = np.empty_like(forcing)
-        _in_threads([partial(kernels.forward, kind, table, forcing[rows], phi[rows], pi[rows], positions[rows],
+        in_threads([partial(kernels.forward, kind, table, forcing[rows], phi[rows], pi[rows], positions[rows],
                              momenta[rows], True) for rows in row_groups(len(forcing), get_num_threads())])
         return positions, momenta
 
@@ -284,7 +302,7 @@ class FloatCore:
         grad_forcing = np.empty_like(forcing)
         groups = row_groups(len(forcing), get_num_threads())
         grad_params = [np.empty((len(PARAM_NAMES), rows.stop - rows.start, forcing.shape[2])) for rows in groups]
-        _in_threads([partial(kernels.adjoint, kind, table, forcing[rows], phi0[rows], pi0[rows], positions[rows],
+        in_threads([partial(kernels.adjoint, kind, table, forcing[rows], phi0[rows], pi0[rows], positions[rows],
                              momenta[rows], grad_positions[rows], grad_forcing[rows], grads)
                      for rows, grads in zip(groups, grad_params)])
         return grad_forcing, dict(zip(PARAM_NAMES, np.concatenate(grad_params, axis=1)))

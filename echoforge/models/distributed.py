@@ -12,10 +12,10 @@ global batch. What makes N ranks equal one process on the same global batch:
   those rows; the parameter gradients are then summed over ranks with one all_reduce after backward;
 - batch norm (TimeBatchNorm, statistics over batch and time): the statistics and the backward's two
   means are taken over the global batch (all_reduce of sums) — SyncTimeBatchNorm;
-- dropout: every rank draws the mask of the whole global batch from torch's RNG, exactly as one process
-  does, and keeps its rows (GlobalBatchDropout; N times the draws), so torch's RNG state is the same on
-  every rank and equal to one process's: a checkpoint holds global state only and resumes on any
-  number of ranks.
+- dropout: a mask is a hash of (seed, element index in the global batch) (hssm.Dropout), and every
+  rank draws the same seeds from torch's RNG as one process does, so rank r computes its rows of the
+  one-process mask (Dropout.row_offset = r·b) and torch's RNG state is the same on every rank and
+  equal to one process's: a checkpoint holds global state only and resumes on any number of ranks.
 
 What remains is floating-point reduction order: sums over the batch are split by rank (the batch-norm
 statistics, every weight gradient's sum over rows) and added in another order, so parameters agree to
@@ -238,31 +238,16 @@ class SyncTimeBatchNorm(TimeBatchNorm):
         return _SyncStandardize.apply(flat, mean, torch.rsqrt(var + self.eps), self.ranks, count).view(x.shape)
 
 
-class GlobalBatchDropout(nn.Module):
-    """A block's dropout with the mask of the global batch, drawn as one process draws it (the wrapped
-    dropout applied to ones of the global batch's shape), cut to this rank's rows."""
-
-    def __init__(self, dropout: nn.Module, ranks: Ranks):
-        super().__init__()
-        self.dropout, self.ranks = dropout, ranks
-
-    def forward(self, x):
-        if not self.training:
-            return self.dropout(x)
-        rows = x.shape[0]
-        mask = self.dropout(x.new_ones(rows * self.ranks.size, *x.shape[1:]))
-        return x * mask[self.ranks.rank * rows:(self.ranks.rank + 1) * rows]
-
-
-def data_parallel_modules(model: nn.Module, ranks: Ranks) -> None:
-    """Give the model's batch norms and dropouts their global-batch versions (the state_dict is
-    unchanged: checkpoints stay those of one process)."""
+def data_parallel_modules(model: nn.Module, ranks: Ranks, rows: int) -> None:
+    """Give the model's batch norms their global-batch versions and its dropouts this rank's row offset
+    in the global batch of `rows` rows per rank (the state_dict is unchanged: checkpoints stay those of
+    one process)."""
     for module in model.modules():
         if type(module) is TimeBatchNorm:
             module.__class__ = SyncTimeBatchNorm
             module.ranks = ranks
     for block in model.blocks:
-        block.dropout = GlobalBatchDropout(block.dropout, ranks)
+        block.dropout.row_offset = ranks.rank * rows
 
 
 # ---- the trainer ------------------------------------------------------------------------------------------
@@ -284,7 +269,7 @@ class DataParallel:
         super().__init__(*args, **kwargs)
         self.ranks = ranks
         self.rows = rows_per_rank(min(self.config["batch_size"], len(self.data.train.x)), ranks.size)
-        data_parallel_modules(self.model, ranks)
+        data_parallel_modules(self.model, ranks, self.rows)
         self.loss_sum = 0.0
 
     def batch(self, step: int):

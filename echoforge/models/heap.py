@@ -5,7 +5,7 @@ free; but once such a block is freed it raises the threshold to that block's siz
 from the second training step on the sequence-sized tensors come from the heap, where freed ones stay
 resident and fragment it: a 16,000-step HSSM gradient step rose ~170 MiB above its start instead of
 ~80. Setting the threshold keeps it fixed (glibc then stops adjusting it), at 1 MiB: above the glue's
-chunk-sized temporaries (hssm.GLUE_CHUNK_ELEMENTS), which stay on the heap and are reused; a mapping
+chunk-sized scratch (glue.CHUNK_ELEMENTS), which stay on the heap and are reused; a mapping
 costs page faults (~+5 % CPU time on that step). The trim threshold is raised so that those
 temporaries are not given back and faulted in again at every chunk.
 """

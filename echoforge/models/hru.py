@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import PARAM_NAMES, FloatCore, OscillatorParams, echo_stream, retrace
+from .core import PARAM_NAMES, SLOTS, FloatCore, OscillatorParams, echo_stream, in_slots, retrace
 from .heap import return_large_buffers
 
 LEARNING_RULES = ("bptt", "rhel")
@@ -74,8 +74,17 @@ class Forcing:
         self.dtype = _numpy(u[:0, :0]).dtype
 
     def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, tuple) and len(index) == 2 and index[0] == slice(None) and isinstance(index[1], slice):
+            return _numpy(self.steps(index[1]))
         with torch.no_grad():
             return _numpy(self.u[index] @ self.input_map.T)
+
+    def steps(self, s: slice) -> torch.Tensor:
+        """f[:, s], a batch row at a time on the kernels' threads (the same products whatever their number)."""
+        start, stop, _ = s.indices(self.shape[1])
+        out = self.u.new_empty(self.shape[0], max(0, stop - start), self.shape[2])
+        in_slots(self.shape[0], lambda slot, _, b: torch.mm(self.u[b, start:stop], self.input_map.T, out=out[b]))
+        return out
 
     def __array__(self, dtype=None, copy=None):
         """The whole stream, for cores that take arrays."""
@@ -104,20 +113,24 @@ class RHELBank(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_positions):
         u, input_map, table, phi, pi = ctx.saved_tensors
+        u, input_map = u.detach(), input_map.detach()  # the rows' products run on other threads, where grad mode is on
         grad_u = torch.empty_like(u)
-        grad_map = torch.zeros_like(input_map)
+        grad_map = input_map.new_zeros(min(SLOTS, len(u)), *input_map.shape)  # per slot: core.in_slots
 
-        def chain(s, grad_forcing):  # through f = B u, a chunk at a time
+        def chain(s, grad_forcing):  # through f = B u, a chunk at a time, a batch row at a time
             grad_forcing = torch.from_numpy(np.asarray(grad_forcing)).to(u.dtype)
-            grad_u[:, s] = grad_forcing @ input_map
-            grad_map.add_(grad_forcing.reshape(-1, grad_forcing.shape[-1]).T
-                          @ u[:, s].reshape(-1, u.shape[-1]))
+
+            def row(slot, _, b):
+                torch.mm(grad_forcing[b], input_map, out=grad_u[b, s])
+                grad_map[slot].addmm_(grad_forcing[b].T, u[b, s])
+
+            in_slots(len(u), row)
 
         ctx.core.load(OscillatorParams.from_table(ctx.kind, _numpy(table)))
         echo = echo_stream(ctx.core, Forcing(u, input_map), phi.numpy(), pi.numpy(),
                            _numpy(grad_positions), ctx.epsilon, chain)
         ctx.monitor.record(echo.final_state, phi.numpy(), pi.numpy())
-        return grad_u, grad_map, _grad_table(echo.grad_params, table), None, None, None, None
+        return grad_u, grad_map.sum(0), _grad_table(echo.grad_params, table), None, None, None, None
 
 
 class BPTTBank(torch.autograd.Function):
@@ -182,8 +195,12 @@ class HRU(nn.Module):
         """B as a (lanes, input_size) matrix: the forcing is f = u Bᵀ."""
         raise NotImplementedError
 
-    def readout(self, positions: torch.Tensor) -> torch.Tensor:
+    def readout_matrix(self) -> torch.Tensor:
+        """C as an (input_size, lanes) matrix: the readout is positions Cᵀ."""
         raise NotImplementedError
+
+    def readout(self, positions: torch.Tensor) -> torch.Tensor:
+        return positions @ self.readout_matrix().T
 
     def forcing(self, u: torch.Tensor) -> torch.Tensor:
         return u @ self.input_map().T
@@ -275,12 +292,9 @@ class LinHRU(HRU):
     def input_map(self):
         return self.B.reshape(-1, self.input_size)
 
-    def readout(self, positions):
-        parts = positions.split(self.state_size, dim=-1)
-        out = parts[0] @ self.C[0].T
-        if self.complex_state:
-            out = out - parts[1] @ self.C[1].T
-        return out
+    def readout_matrix(self):
+        """[C_re, −C_im] with complex_state (Re(Cϕ) of the two real banks), else C."""
+        return torch.cat([self.C[0], -self.C[1]], dim=1) if self.complex_state else self.C[0]
 
 
 class NonlinHRU(HRU):
@@ -313,5 +327,5 @@ class NonlinHRU(HRU):
     def input_map(self):
         return self.B
 
-    def readout(self, positions):
-        return positions @ self.C.T
+    def readout_matrix(self):
+        return self.C

@@ -9,16 +9,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import glue
 from .hru import LinHRU, NonlinHRU
 
 HRU_KINDS = {"linear": LinHRU, "nonlinear": NonlinHRU}
 TASKS = ("classification", "regression")
 READOUTS = ("mean", "steps")
-# Time steps per chunk when the glue is recomputed; None: as many as keep a chunk's tensors at
-# GLUE_CHUNK_ELEMENTS elements (512 KiB in float32: below heap.MMAP_THRESHOLD, so they are reused
-# from the heap, and small beside the sequence-sized tensors a block keeps).
-GLUE_CHUNK = None
-GLUE_CHUNK_ELEMENTS = 2 ** 17
 
 
 class GLU(nn.Module):
@@ -33,13 +29,26 @@ class GLU(nn.Module):
         return self.value(x) * self.gate(x).sigmoid()
 
 
-class Dropout(nn.Module):
-    """Inverted dropout whose mask costs a third of torch's random draws.
+class _Masked(torch.autograd.Function):
+    """x scaled by a dropout mask's factors; the backward scales the gradient by the same factors."""
 
-    Each 64-bit draw of torch's global generator (bits 0–62 uniform) gives three 16-bit uniforms; an
-    element is dropped when its uniform is below round(p·2¹⁶), so p is kept to within 2⁻¹⁷. torch's
-    dropout draws one number per element, and on a long sequence those draws cost more than the rest
-    of the glue (which draws its masks twice: forward and the chunked recomputation).
+    @staticmethod
+    def forward(ctx, x, mask):
+        ctx.mask = mask
+        return glue.apply_mask(x, mask)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return glue.apply_mask(grad, ctx.mask), None
+
+
+class Dropout(nn.Module):
+    """Inverted dropout whose mask is a hash of (seed, element index) (glue.Mask): one draw of torch's
+    generator per call instead of one per element, the same mask however the glue is chunked or the
+    batch split over ranks, and nothing to store for the recomputation. An element is dropped when its
+    32-bit hash is below round(p·2³²).
+
+    row_offset: the batch rows before this process's in the global batch (set for data-parallel ranks).
     """
 
     def __init__(self, p: float):
@@ -47,66 +56,29 @@ class Dropout(nn.Module):
         if not 0 <= p < 1:
             raise ValueError(f"dropout must be in [0, 1), got {p}")
         self.p = p
-        self.threshold = round(p * 2 ** 16)
+        self.threshold = min(round(p * 2 ** 32), 2 ** 32 - 1)
+        self.row_offset = 0
+
+    def active(self) -> bool:
+        return self.training and self.threshold > 0
+
+    def mask(self) -> glue.Mask:
+        """A new mask (one draw from torch's generator), or the identity when inactive."""
+        if not self.active():
+            return glue.KEEP_ALL
+        seed = int(torch.empty((), dtype=torch.int64).random_())
+        return glue.Mask(seed, self.threshold, 2 ** 32 / (2 ** 32 - self.threshold), self.row_offset)
 
     def forward(self, x):
-        if not self.training or self.threshold == 0:
-            return x
-        draws = torch.empty((x.numel() + 2) // 3, dtype=torch.int64).random_()
-        # Compared where they lie (int16 uniforms span [−2¹⁵, 2¹⁵)): the (draws, 3) mask comes out
-        # contiguous, so only it is laid out, not a copy of the uniforms.
-        keep = draws.view(torch.int16).view(-1, 4)[:, :3] >= self.threshold - 2 ** 15
-        keep = keep.view(-1)[:x.numel()].view(x.shape)
-        return (x * keep).mul_(2 ** 16 / (2 ** 16 - self.threshold))
+        return _Masked.apply(x, self.mask()) if self.active() else x
 
 
-class ChunkedRecompute(torch.autograd.Function):
-    """residual + fn(*inputs) for an fn that is pointwise in time, without keeping its activations.
-
-    The forward runs fn over time chunks under no_grad, writing residual + fn chunk by chunk into
-    the output (no separate sequence-sized fn output); the backward reruns fn chunk by chunk with the same RNG state
-    (the same dropout masks) and differentiates each chunk, so the transient memory is one chunk's
-    activations, not the sequence's. (torch.utils.checkpoint recomputes the whole sequence at once,
-    and its non-reentrant path loads torch's compiler stack, ~80 MB resident.)
-    """
-
-    @staticmethod
-    def forward(ctx, fn, chunk, num_inputs, residual, *tensors):
-        ctx.fn, ctx.chunk, ctx.rng = fn, chunk, torch.get_rng_state()
-        inputs, ctx.params = tensors[:num_inputs], tensors[num_inputs:]
-        ctx.save_for_backward(*inputs)
-        output = torch.empty_like(residual)
-        with torch.no_grad():
-            for s in _chunks(residual, chunk):
-                torch.add(residual[:, s], fn(*(t[:, s] for t in inputs)), out=output[:, s])
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        inputs, params = ctx.saved_tensors, ctx.params
-        input_grads = [torch.empty_like(t) if t.requires_grad else None for t in inputs]
-        param_grads = [torch.zeros_like(p) if p.requires_grad else None for p in params]
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():
-            torch.set_rng_state(ctx.rng)
-            for s in _chunks(inputs[0], ctx.chunk):
-                pieces = [t[:, s].detach().requires_grad_(t.requires_grad) for t in inputs]
-                wanted = [t for t in (*pieces, *params) if t.requires_grad]
-                # ⟨fn, grad⟩ as a scalar: its gradient is the vector-Jacobian product, and
-                # autograd.grad with tensor grad_outputs would import sympy (35 MB resident).
-                inner = (ctx.fn(*pieces) * grad_output[:, s]).sum()
-                grads = iter(torch.autograd.grad(inner, wanted, allow_unused=True))
-                for i, t in enumerate(pieces):
-                    if t.requires_grad:
-                        input_grads[i][:, s] = next(grads)
-                for i, p in enumerate(params):
-                    grad = next(grads) if p.requires_grad else None
-                    if grad is not None:
-                        param_grads[i] += grad
-        return (None, None, None, grad_output, *input_grads, *param_grads)
-
-
-def _chunks(x: torch.Tensor, size: int):
-    return [slice(start, start + size) for start in range(0, x.shape[1], size)]
+def column_moments(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and biased variance of every column of a (rows, width) tensor, summed in float64 (kernels.c)."""
+    flat = flat.contiguous()
+    mean, var = (torch.empty(flat.shape[1], dtype=torch.float64) for _ in range(2))
+    glue.library(flat).ef_column_moments(*flat.shape, flat.data_ptr(), mean.data_ptr(), var.data_ptr())
+    return mean.to(flat.dtype), var.to(flat.dtype)
 
 
 class _Standardize(torch.autograd.Function):
@@ -114,21 +86,28 @@ class _Standardize(torch.autograd.Function):
 
     Batch norm's gradient can be written in the normalised output û alone:
     ∂L/∂x = invstd·(g − mean(g) − û·mean(g·û)); so the block keeps û, which the HRU needs anyway,
-    instead of also keeping x.
+    instead of also keeping x. Each direction is one compiled pass after the column sums.
     """
 
     @staticmethod
     def forward(ctx, x, mean, invstd):
-        u = (x - mean).mul_(invstd)
+        x = x.contiguous()
+        u = torch.empty_like(x)
+        glue.library(x).ef_standardize(*x.shape, x.data_ptr(), mean.data_ptr(), invstd.data_ptr(), u.data_ptr())
         ctx.save_for_backward(u, invstd)
         return u
 
     @staticmethod
     def backward(ctx, grad):
         u, invstd = ctx.saved_tensors
-        projection = (grad * u).mean(0)
-        # In place where it is safe, so the backward holds one sequence-sized temporary at a time.
-        return (grad - grad.mean(0)).addcmul_(u, projection, value=-1).mul_(invstd), None, None
+        grad, lib = grad.contiguous(), glue.library(u)
+        sum_g, sum_gu = (torch.empty(u.shape[1], dtype=torch.float64) for _ in range(2))
+        lib.ef_column_sums(*u.shape, grad.data_ptr(), u.data_ptr(), sum_g.data_ptr(), sum_gu.data_ptr())
+        mean_g, projection = (sum_g / len(u)).to(u.dtype), (sum_gu / len(u)).to(u.dtype)
+        out = torch.empty_like(u)
+        lib.ef_standardize_backward(*u.shape, grad.data_ptr(), u.data_ptr(), mean_g.data_ptr(),
+                                    projection.data_ptr(), invstd.data_ptr(), out.data_ptr())
+        return out, None, None
 
 
 class TimeBatchNorm(nn.Module):
@@ -150,7 +129,7 @@ class TimeBatchNorm(nn.Module):
         if not self.training:
             return ((flat - self.running_mean) * torch.rsqrt(self.running_var + self.eps)).view(x.shape)
         with torch.no_grad():
-            var, mean = torch.var_mean(flat, dim=0, correction=0)
+            mean, var = column_moments(flat)
             self.running_mean.lerp_(mean, self.momentum)
             self.running_var.lerp_(var * len(flat) / (len(flat) - 1), self.momentum)
             self.num_batches_tracked += 1
@@ -161,10 +140,12 @@ class HSSMBlock(nn.Module):
     """norm → HRU → GELU → dropout → GLU → dropout, plus the skip.
 
     With checkpoint_glue (the default), what follows the oscillator bank (readout, skip D, GELU,
-    dropout, GLU) is recomputed during backward, chunk by chunk in time, instead of stored: it is cheap
-    and pointwise, and what remains stored per block under RHEL is the normalised input and the bank's
-    positions (BPTT adds the momenta), so RHEL's memory grows with the sequence by little more than
-    the bank's inputs and outputs. Dropout masks are then drawn per chunk and replayed in backward.
+    dropout, GLU) runs as glue.GlueFunction: recomputed chunk by chunk in backward instead of stored,
+    with its derivative written out, on the kernels' threads. What remains stored per block under RHEL
+    is the normalised input and the bank's positions (BPTT adds the momenta), so RHEL's memory grows
+    with the sequence by little more than the bank's inputs and outputs. Without gradients (evaluation)
+    the same compiled forward runs. checkpoint_glue=False runs `glue` (the same function in torch ops)
+    under plain autograd, which stores every activation.
     """
 
     def __init__(self, hru: nn.Module, width: int, dropout: float, checkpoint_glue: bool = True):
@@ -182,10 +163,12 @@ class HSSMBlock(nn.Module):
     def forward(self, x):
         u = self.norm(x)
         positions = self.hru.bank(u)
-        if self.checkpoint_glue and torch.is_grad_enabled():
-            params = [*self.glu.parameters(), *self.hru.parameters()]  # unused ones get None
-            chunk = GLUE_CHUNK or max(1, GLUE_CHUNK_ELEMENTS // (x.shape[0] * x.shape[2]))
-            return ChunkedRecompute.apply(self.glue, chunk, 2, x, positions, u, *params)
+        if self.checkpoint_glue or not torch.is_grad_enabled():
+            masks = (self.dropout.mask(), self.dropout.mask())  # the order glue() draws them in
+            weight = torch.cat([self.glu.value.weight, self.glu.gate.weight])
+            bias = torch.cat([self.glu.value.bias, self.glu.gate.bias])
+            return glue.GlueFunction.apply(x, positions, u, self.hru.readout_matrix(), self.hru.D, weight, bias,
+                                           masks)
         return x + self.glue(positions, u)
 
 

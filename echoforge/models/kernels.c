@@ -394,6 +394,132 @@ int ef_adjoint(int kind, const double *params, int64_t nb, int64_t nt, int64_t n
 }
 
 /* ---------------------------------------------------------------------------------------------------
+   The block's glue (glue.py): the pointwise passes between torch's matrix products and its GELU and
+   sigmoid — the skip, dropout, the GLU's product and the residual — and their derivatives, one pass
+   each instead of autograd's several. Rows are time steps of one batch row, `width` features each; a
+   row of the incoming gradient may be a broadcast (row stride 0). */
+
+/* Dropout's keep decision for element `index` of the global batch: a counter-based hash of (seed,
+   index), two rounds of a 32-bit mixer (Wellons' lowbias32), so a mask is the same whatever chunks
+   or ranks compute it and needs no stored state; kept when the hash ≥ threshold = round(p·2³²). */
+INLINE uint32_t mix32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7feb352dU;
+    x ^= x >> 15;
+    x *= 0x846ca68bU;
+    x ^= x >> 16;
+    return x;
+}
+
+struct dropout { uint64_t seed; int64_t base; uint32_t threshold; stream_t scale; };
+
+/* The factor of element j of a row block starting at global index d->base: scale if kept, else 0. */
+INLINE stream_t dropout_factor(const struct dropout *d, int64_t j) {
+    uint64_t i = (uint64_t)(d->base + j);
+    uint32_t h = mix32(mix32((uint32_t)i ^ (uint32_t)d->seed) ^ (uint32_t)(i >> 32) ^ (uint32_t)(d->seed >> 32));
+    return h >= d->threshold ? d->scale : (stream_t)0;
+}
+
+/* out = x·factor for n contiguous elements (x and out distinct). */
+void ef_dropout(int64_t n, const stream_t *restrict x, stream_t *restrict out, uint64_t seed, int64_t base,
+                uint32_t threshold, double scale) {
+    struct dropout d = {seed, base, threshold, (stream_t)scale};
+    for (int64_t j = 0; j < n; j++) out[j] = x[j] * dropout_factor(&d, j);
+}
+
+/* a ← a + D⊙u: the readout plus the skip, the GELU's input. */
+void ef_glue_skip(int64_t rows, int64_t width, stream_t *restrict a, const stream_t *restrict u,
+                  const stream_t *restrict skip) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t k = 0; k < width; k++) a[r * width + k] += skip[k] * u[r * width + k];
+}
+
+/* out = x + dropout(v ⊙ s): v the first `width` of vg's 2·width columns, s = σ(g) of the rest. */
+void ef_glue_glu(int64_t rows, int64_t width, const stream_t *vg, const stream_t *gate, const stream_t *x,
+                 stream_t *out, uint64_t seed, int64_t base, uint32_t threshold, double scale) {
+    struct dropout d = {seed, base, threshold, (stream_t)scale};
+    for (int64_t r = 0; r < rows; r++) {
+        const stream_t *restrict v = vg + 2 * r * width, *restrict s = gate + r * width, *restrict xr = x + r * width;
+        stream_t *restrict o = out + r * width;
+        for (int64_t k = 0; k < width; k++) o[k] = xr[k] + (v[k] * s[k]) * dropout_factor(&d, r * width + k);
+    }
+}
+
+/* The GLU's backward: ∂L/∂[v g] from ∂L/∂out (rows `grad_stride` apart), v and s = σ(g). */
+void ef_glue_glu_backward(int64_t rows, int64_t width, const stream_t *vg, const stream_t *gate,
+                          const stream_t *grad, int64_t grad_stride, stream_t *grad_vg,
+                          uint64_t seed, int64_t base, uint32_t threshold, double scale) {
+    struct dropout d = {seed, base, threshold, (stream_t)scale};
+    for (int64_t r = 0; r < rows; r++) {
+        const stream_t *restrict v = vg + 2 * r * width, *restrict s = gate + r * width;
+        const stream_t *restrict g = grad + r * grad_stride;
+        stream_t *restrict grad_v = grad_vg + 2 * r * width, *restrict grad_g = grad_v + width;
+        for (int64_t k = 0; k < width; k++) {
+            stream_t upstream = g[k] * dropout_factor(&d, r * width + k);
+            grad_v[k] = upstream * s[k];
+            grad_g[k] = upstream * v[k] * (s[k] * (1 - s[k]));
+        }
+    }
+}
+
+/* The skip's backward from ∂L/∂a: ∂L/∂u = ∂L/∂a ⊙ D into grad_u, Σ_rows ∂L/∂a ⊙ u added to grad_skip
+   (float64, `width` entries). */
+void ef_glue_skip_backward(int64_t rows, int64_t width, const stream_t *restrict grad_a, const stream_t *restrict u,
+                           const stream_t *restrict skip, stream_t *restrict grad_u, double *restrict grad_skip) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t k = 0; k < width; k++) {
+            grad_u[r * width + k] = grad_a[r * width + k] * skip[k];
+            grad_skip[k] += (double)(grad_a[r * width + k] * u[r * width + k]);
+        }
+}
+
+/* ---------------------------------------------------------------------------------------------------
+   The block norm's statistics over (batch, time) rows (hssm.TimeBatchNorm): column sums in float64,
+   two passes for the variance; and its forward and backward, one pass each. */
+
+/* mean and (biased) variance of every column, into float64 arrays of `width`. */
+void ef_column_moments(int64_t rows, int64_t width, const stream_t *restrict x, double *restrict mean,
+                       double *restrict var) {
+    for (int64_t k = 0; k < width; k++) mean[k] = var[k] = 0.0;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t k = 0; k < width; k++) mean[k] += x[r * width + k];
+    for (int64_t k = 0; k < width; k++) mean[k] /= (double)rows;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t k = 0; k < width; k++) {
+            double d = x[r * width + k] - mean[k];
+            var[k] += d * d;
+        }
+    for (int64_t k = 0; k < width; k++) var[k] /= (double)rows;
+}
+
+/* Σ_rows g and Σ_rows g⊙u of every column, into float64 arrays of `width`. */
+void ef_column_sums(int64_t rows, int64_t width, const stream_t *restrict g, const stream_t *restrict u,
+                    double *restrict sum_g, double *restrict sum_gu) {
+    for (int64_t k = 0; k < width; k++) sum_g[k] = sum_gu[k] = 0.0;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t k = 0; k < width; k++) {
+            sum_g[k] += g[r * width + k];
+            sum_gu[k] += (double)g[r * width + k] * u[r * width + k];
+        }
+}
+
+/* The forward: out = (x − mean)⊙invstd. */
+void ef_standardize(int64_t rows, int64_t width, const stream_t *restrict x, const stream_t *restrict mean,
+                    const stream_t *restrict invstd, stream_t *restrict out) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t k = 0; k < width; k++) out[r * width + k] = (x[r * width + k] - mean[k]) * invstd[k];
+}
+
+/* The backward: out = (g − mean_g − u⊙projection)⊙invstd. */
+void ef_standardize_backward(int64_t rows, int64_t width, const stream_t *restrict g, const stream_t *restrict u,
+                             const stream_t *restrict mean_g, const stream_t *restrict projection,
+                             const stream_t *restrict invstd, stream_t *restrict out) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t k = 0; k < width; k++)
+            out[r * width + k] = ((g[r * width + k] - mean_g[k]) - u[r * width + k] * projection[k]) * invstd[k];
+}
+
+/* ---------------------------------------------------------------------------------------------------
    The elementary functions and the force pair over arrays, for the tests. */
 
 void ef_tanh(int64_t n, const double *x, double *t, double *e) {

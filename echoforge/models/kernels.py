@@ -31,6 +31,7 @@ FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-fP
 STREAM_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
+_MASK = (ctypes.c_uint64, _I, ctypes.c_uint32, ctypes.c_double)  # a dropout mask's seed, base, threshold, scale
 SIGNATURES = {
     "ef_forward": (None, [ctypes.c_int, _P, _I, _I, _I, _P, _P, _P, _P, _P]),
     "ef_echo_chunk": (ctypes.c_int, [ctypes.c_int, _P, _I, _I, _I, _P, _P, _P, ctypes.c_double, _P, _P, _P]),
@@ -39,6 +40,15 @@ SIGNATURES = {
     "ef_atanh_rational": (None, [_I, _P, _P]),
     "ef_exp_neg": (None, [_I, _P, _P]),
     "ef_force_pair": (None, [ctypes.c_int, _P, ctypes.c_int, _P]),
+    "ef_dropout": (None, [_I, _P, _P, *_MASK]),
+    "ef_glue_skip": (None, [_I, _I, _P, _P, _P]),
+    "ef_glue_glu": (None, [_I, _I, _P, _P, _P, _P, *_MASK]),
+    "ef_glue_glu_backward": (None, [_I, _I, _P, _P, _P, _I, _P, *_MASK]),
+    "ef_glue_skip_backward": (None, [_I, _I, _P, _P, _P, _P, _P]),
+    "ef_column_moments": (None, [_I, _I, _P, _P, _P]),
+    "ef_column_sums": (None, [_I, _I, _P, _P, _P, _P]),
+    "ef_standardize": (None, [_I, _I, _P, _P, _P, _P]),
+    "ef_standardize_backward": (None, [_I, _I, _P, _P, _P, _P, _P, _P]),
 }
 
 
