@@ -16,12 +16,12 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def accurate_run(tmp_path_factory) -> Path:
-    """A run that reaches 100 % validation accuracy (8 features and oscillators, 100 steps, ~2 s), so
+    """A run that reaches 100 % validation accuracy (8 features and oscillators, 150 steps, ~3 s), so
     that a compile ruining it shows."""
     from echoforge.models.training import Trainer, load_config
 
     output = tmp_path_factory.mktemp("accurate-run")
-    config = load_config(None, ["steps=100", "eval_every=25", "model.hidden_size=8", "model.state_size=8"])
+    config = load_config(None, ["steps=150", "eval_every=25", "model.hidden_size=8", "model.state_size=8"])
     Trainer(config, output).run(progress=False)
     return output
 
