@@ -29,7 +29,6 @@ from . import core, kernels
 # (512 KiB in float32: below heap.MMAP_THRESHOLD, so the scratch comes from the heap and is reused).
 CHUNK = None
 CHUNK_ELEMENTS = 2 ** 17
-STREAMS = {torch.float32: "float", torch.float64: "double"}
 
 
 @dataclass(frozen=True)
@@ -53,18 +52,12 @@ class Mask:
 KEEP_ALL = Mask()
 
 
-def library(tensor: torch.Tensor):
-    if tensor.dtype not in STREAMS:
-        raise TypeError(f"the glue runs on float32 or float64 tensors, got {tensor.dtype}")
-    return kernels.library(STREAMS[tensor.dtype])
-
-
 def apply_mask(x: torch.Tensor, mask: Mask) -> torch.Tensor:
     """x (B, L, H) scaled by the mask's factors (Dropout's forward, and its backward on the gradient)."""
     x = x.contiguous()
     out = torch.empty_like(x)
     seed, base, threshold, scale = mask.args(0, 0, x.shape[1], x.shape[2])
-    library(x).ef_dropout(x.numel(), x.data_ptr(), out.data_ptr(), seed, base, threshold, scale)
+    kernels.for_tensor(x).ef_dropout(x.numel(), x.data_ptr(), out.data_ptr(), seed, base, threshold, scale)
     return out
 
 
@@ -103,7 +96,7 @@ class Glue:
     def __post_init__(self):
         for name in ("positions", "u", "readout", "skip", "weight", "bias"):
             setattr(self, name, getattr(self, name).detach().to(self.u.dtype).contiguous())
-        self.lib = library(self.u)
+        self.lib = kernels.for_tensor(self.u)
         self.batch, self.length, self.width = self.u.shape
         self.pieces = chunks(self.batch, self.length, max(self.positions.shape[2], 2 * self.width))
         self.rows = self.pieces[0][1].stop - self.pieces[0][1].start

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import glue
+from . import glue, kernels
 from .hru import LinHRU, NonlinHRU
 
 HRU_KINDS = {"linear": LinHRU, "nonlinear": NonlinHRU}
@@ -77,7 +77,7 @@ def column_moments(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and biased variance of every column of a (rows, width) tensor, summed in float64 (kernels.c)."""
     flat = flat.contiguous()
     mean, var = (torch.empty(flat.shape[1], dtype=torch.float64) for _ in range(2))
-    glue.library(flat).ef_column_moments(*flat.shape, flat.data_ptr(), mean.data_ptr(), var.data_ptr())
+    kernels.for_tensor(flat).ef_column_moments(*flat.shape, flat.data_ptr(), mean.data_ptr(), var.data_ptr())
     return mean.to(flat.dtype), var.to(flat.dtype)
 
 
@@ -93,14 +93,14 @@ class _Standardize(torch.autograd.Function):
     def forward(ctx, x, mean, invstd):
         x = x.contiguous()
         u = torch.empty_like(x)
-        glue.library(x).ef_standardize(*x.shape, x.data_ptr(), mean.data_ptr(), invstd.data_ptr(), u.data_ptr())
+        kernels.for_tensor(x).ef_standardize(*x.shape, x.data_ptr(), mean.data_ptr(), invstd.data_ptr(), u.data_ptr())
         ctx.save_for_backward(u, invstd)
         return u
 
     @staticmethod
     def backward(ctx, grad):
         u, invstd = ctx.saved_tensors
-        grad, lib = grad.contiguous(), glue.library(u)
+        grad, lib = grad.contiguous(), kernels.for_tensor(u)
         sum_g, sum_gu = (torch.empty(u.shape[1], dtype=torch.float64) for _ in range(2))
         lib.ef_column_sums(*u.shape, grad.data_ptr(), u.data_ptr(), sum_g.data_ptr(), sum_gu.data_ptr())
         mean_g, projection = (sum_g / len(u)).to(u.dtype), (sum_gu / len(u)).to(u.dtype)

@@ -92,6 +92,14 @@ def library(stream: str) -> ctypes.CDLL:
     return lib
 
 
+def for_tensor(tensor) -> ctypes.CDLL:
+    """The kernels for a float32 or float64 torch tensor's elements (the glue's and the norm's passes)."""
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    if np.dtype(dtype) not in STREAM_TYPES:
+        raise TypeError(f"the compiled passes run on float32 or float64 tensors, got {dtype}")
+    return library(STREAM_TYPES[np.dtype(dtype)])
+
+
 def _build(compiler: str, stream: str, path: Path) -> None:
     """Compile into a scratch file and move it into place (atomic: processes may build side by side)."""
     path.parent.mkdir(parents=True, exist_ok=True)
