@@ -22,6 +22,8 @@ Recovery = (stage − deployed) / (ideal − deployed), over the seeds' means.
 
 --write replaces this script's section of docs/results.md and writes docs/analog-headline.png; results
 are kept per board instance in --work, so a rerun continues, and --report-only tabulates them.
+An interrupted HIL stage resumes from its checkpoint (`hil train --resume`; its time, partial, is left out of the
+medians); each instance records the commit it was measured at (the table states them).
 --select measures only the deployed program and HIL from it (the grid reuses them) and tabulates, per
 learning rate measured in --work at --hil-steps and per budget of 60, 90, ... steps (a run's prefix: a
 shorter run is the same run stopped earlier), the validation accuracy that chooses the HIL settings.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -85,6 +88,17 @@ def run_cli(*args: str) -> float:
     return time.perf_counter() - start
 
 
+def source_commit() -> str:
+    """The commit the measuring code is at ('+changes' when echoforge/ or benchmarks/ differ from it), so a
+    grid that runs over sessions says which code each instance measured."""
+    root = Path(__file__).resolve().parents[1]
+    git = ["git", "-C", str(root)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    changed = subprocess.run([*git, "status", "--porcelain", "--", "echoforge", "benchmarks"],
+                             capture_output=True, text=True).stdout.strip()
+    return (commit or "unknown") + ("+changes" if changed else "")
+
+
 def board_file(work: Path, task: str, sigma: float, quality: float) -> Path:
     board = load_board(TASKS[task].board).replace(mismatch_sigma=sigma, quality_factor=quality)
     path = work / task / f"board-s{sigma:g}-q{quality:g}.yaml"
@@ -118,6 +132,9 @@ def one_board(run: Path, work: Path, board_path: Path, seed: int, hil_steps: int
     work.mkdir(parents=True, exist_ok=True)
     saved = work / RESULT
     result = json.loads(saved.read_text()) if saved.exists() else {"seconds": {}}
+    commits = result.setdefault("commits", [])
+    if source_commit() not in commits:
+        commits.append(source_commit())
     seconds = result["seconds"]
     served = ("--target", "analog-twin", "--board", str(board_path), "--fabrication-seed", str(seed))
     calibration = work / "cal.yaml"
@@ -144,10 +161,15 @@ def one_board(run: Path, work: Path, board_path: Path, seed: int, hil_steps: int
 
     def fine_tune(program: str, *firmware: str):
         output = work / ("hil" if firmware else "hil-raw")
+        if (output / "last.pt").exists():  # an interrupted run continues from its checkpoint, its time partial
+            run = ("--resume", output)
+            result.setdefault("resumed", []).append(output.name)
+        else:
+            run = ("--program", work / program, "--set", "eval_every=10", "--set", f"optimizer.lr={hil_lr:g}",
+                   "--fidelity-every", "0", "-o", output)
         with simulated_board(*served, *firmware) as uri:
-            seconds[output.name] = run_cli("hil", "train", "--device", uri, "--program", work / program, "--steps",
-                                           hil_steps, "--set", "eval_every=10", "--set", f"optimizer.lr={hil_lr:g}",
-                                           "--fidelity-every", "0", "-o", output, "--no-progress", "--timeout", "30")
+            seconds[output.name] = run_cli("hil", "train", "--device", uri, *run, "--steps", hil_steps,
+                                           "--no-progress", "--timeout", "30")
         summary = json.loads((output / "summary.json").read_text())
         result.setdefault("best_step", {})[output.name] = summary["best_step"]
         return summary["test"]["accuracy"]
@@ -238,8 +260,8 @@ def recovery_per_seed(results: list[dict]) -> str:
 
 
 def median_time(results: list[dict], step: str) -> str:
-    """The median wall seconds of a timed step over the seeds that ran it."""
-    seconds = [r["seconds"][step] for r in results if step in r["seconds"]]
+    """The median wall seconds of a timed step over the seeds that ran it whole (not resumed)."""
+    seconds = [r["seconds"][step] for r in results if step in r["seconds"] and step not in r.get("resumed", [])]
     return f"{np.median(seconds):.0f}" if seconds else "—"
 
 
@@ -269,6 +291,7 @@ def report(rows: list[dict], args, train_seconds: dict) -> str:
                      f"{kept_start(results)} | "
                      + " | ".join(times) + " |")
     trained = ", ".join(f"{task} {seconds:.0f} s" for task, seconds in train_seconds.items())
+    commits = sorted({c for row in rows for result in row["results"] for c in result.get("commits", ["not recorded"])})
     settings = ", ".join(f"{task} {hil_steps(task, args)} steps at learning rate {hil_lr(task, args):g}"
                          for task in train_seconds)
     return "\n\n".join([
@@ -291,7 +314,7 @@ def report(rows: list[dict], args, train_seconds: dict) -> str:
            if partial else "")
         + (f"Reduced cells (fewer than {FULL_SEEDS} seeds, for want of session time): {'; '.join(reduced)}; the full "
            "grid is `python benchmarks/bench_analog.py --tasks basicmotions scp1 --write`." if reduced else ""),
-        "\n".join(lines), "![headline](analog-headline.png)"])
+        "\n".join(lines), f"Measured at echoforge {', '.join(commits)}.", "![headline](analog-headline.png)"])
 
 
 def best_record(records: list[dict]) -> dict:
