@@ -104,7 +104,8 @@ def register_map(layout: Layout, config: FormatConfig, kind: str, datapath: Data
 def verilog(datapath: Datapath, layout: Layout, kind: str, accumulators, readback=None,
             max_steps: int | None = None, flip: bool = True, pair_beats: bool = False) -> str:
     """The whole top module (Verilog-2005). ``readback``: the control registers (CONTROL_VALUES names) and
-    memory regions the bus reads, the others reading 0 (None: all). ``max_steps``: the largest STEPS the
+    memory regions the bus reads, the others reading 0 (None: all); a bank for such a known reader selects
+    its memories' read-back by address (``_readback``). ``max_steps``: the largest STEPS the
     bus ever writes (None: any u32): STEPS and the step count are that wide, and the saturation counters
     as wide as a run can count (≤ 15 a lane-step), so they never saturate and read as the u32 ones would.
     ``flip`` False: FLIP stays 0 whatever is written (for a writer that negates π itself), and the
@@ -124,8 +125,8 @@ def verilog(datapath: Datapath, layout: Layout, kind: str, accumulators, readbac
         _control(flip, pair_beats),
         datapath.pipeline.emit(),
         "// ---- memories ----",
-        *(_memory(m, layout) for m in datapath.memories),
-        _readback(datapath.memories, readback),
+        *(_memory(m, layout, readback) for m in datapath.memories),
+        _readback(datapath.memories, readback, w),
         _counters(datapath, counter_bits),
         f"assign out_data = {datapath.out_data};\nassign out_pending = {datapath.out_valid};",
         "endmodule",
@@ -155,15 +156,24 @@ def _control(flip: bool, pair_beats: bool) -> str:
     return text
 
 
-def _memory(memory: Memory, layout: Layout) -> str:
-    """A 1R1W memory; the register bus owns its ports while the core is idle."""
+def _memory(memory: Memory, layout: Layout, readback=None) -> str:
+    """A 1R1W memory; the register bus owns its ports while the core is idle. With ``readback`` (a known
+    reader), a memory the bus reads has as many words again that stay 0, and the bus reads one of those
+    while another register is addressed (its read data needs no select: ``_readback``)."""
     n = memory.name
-    lines = [f"{NO_RW_CHECK} reg [{memory.width - 1}:0] {n} [0:{memory.depth - 1}];",
+    readable = readback is not None and memory.region in readback and memory.readable
+    depth = 2 * memory.depth if readable else memory.depth
+    lines = [f"{NO_RW_CHECK} reg [{memory.width - 1}:0] {n} [0:{depth - 1}];",
              f"reg signed [{memory.width - 1}:0] {memory.data};"]
     if memory.init:
         lines.append(f'initial $readmemh("{memory.init}", {n});')
+    if readable:
+        lines.append(f"integer {n}_zero;\ninitial for ({n}_zero = {memory.depth}; {n}_zero < {depth}; "
+                     f"{n}_zero = {n}_zero + 1) {n}[{n}_zero] = {memory.width}'d0;")
     bus_index, bus_write = _bus_port(memory, layout)
     read_address = f"(busy ? {memory.read_address} : {bus_index})" if bus_index else memory.read_address
+    if readable:
+        read_address = f"(busy ? {{1'b0, {memory.read_address}}} : {{!({_bus_hit(memory)}), {bus_index}}})"
     lines.append(f"always @(posedge clk) if (busy ? advance : 1'b1) {memory.data} <= {n}[{read_address}];")
     writes = []
     if memory.write:
@@ -181,33 +191,48 @@ def _bus_port(memory: Memory, layout: Layout) -> tuple[str, str]:
     region = memory.region
     if region is None:
         return "", ""
-    hit = f"reg_we && reg_region == 3'd{REGIONS.index(region)}"
+    hit = f"reg_we && {_bus_hit(memory)}"
     if region in ("phi", "pi"):
         return f"reg_index[{layout.lane_bits - 1}:0]", hit
     bits = layout.osc_bits if region == "params" else layout.lane_bits - 1
-    return f"reg_index[{bits + 2}:3]", f"{hit} && reg_index[2:0] == 3'd{memory.field}"
+    return f"reg_index[{bits + 2}:3]", hit
 
 
-def _readback(memories: list[Memory], readback=None) -> str:
+def _bus_hit(memory: Memory) -> str:
+    """Whether reg_addr is in the memory (its region, and its field in a params / acc region)."""
+    hit = f"reg_region == 3'd{REGIONS.index(memory.region)}"
+    return hit if memory.region in ("phi", "pi") else f"{hit} && reg_index[2:0] == 3'd{memory.field}"
+
+
+def _readback(memories: list[Memory], readback=None, word_bits: int = 64) -> str:
     """reg_rdata: the addressed register or memory word, sign-extended, one clock after reg_addr. The
     address is decoded into one select register per source as it arrives, so the read data is an
     AND-OR of registered selects and registers (control registers are read as they are in that clock,
-    memories as they were read at the address): a few logic levels, whatever the sources."""
+    memories as they were read at the address): a few logic levels, whatever the sources.
+
+    For a known reader (``readback`` not None) a memory selects itself by address instead (``_memory``'s
+    zero words), so its read data is ORed in without a select — an AND-OR took a LUT per bit and source,
+    ~130 logic cells of a 16-oscillator bank — and ϕ/π words are sign-extended to W + 1 bits only (the
+    executor reads no more of them: a sample's bytes, a bus word, −π)."""
     lines = ["// ---- register read-back ----"]
     sources = [(f"read_{name.lower()}", f"reg_region == 3'd0 && reg_index == R_{name}", value)
                for name, value in CONTROL_VALUES.items() if readback is None or name in readback]
+    by_address = []
     for m in memories:
         if m.region is None or not m.readable or (readback is not None and m.region not in readback):
             continue
-        lines.append(f"wire signed [63:0] {m.name}_bus = {m.data};")
-        hit = f"reg_region == 3'd{REGIONS.index(m.region)}"
-        if m.region not in ("phi", "pi"):
-            hit += f" && reg_index[2:0] == 3'd{m.field}"
-        sources.append((f"read_{m.name}", hit, f"{m.name}_bus"))
+        if readback is None:
+            lines.append(f"wire signed [63:0] {m.name}_bus = {m.data};")
+            sources.append((f"read_{m.name}", _bus_hit(m), f"{m.name}_bus"))
+        elif m.region in ("phi", "pi"):
+            by_address.append(f"{{{{{63 - word_bits}{{1'b0}}}}, {m.data}[{m.width - 1}], {m.data}}}")
+        else:
+            by_address.append(m.data if m.width == 64 else f"{{{{{64 - m.width}{{{m.data}[{m.width - 1}]}}}}, {m.data}}}")
     for select, hit, _ in sources:
         lines.append(f"reg {select};\nalways @(posedge clk) {select} <= {hit};")
-    terms = " |\n    ".join(f"({{64{{{select}}}}} & {value})" for select, _, value in sources)
-    lines.append(f"assign reg_rdata = {terms};" if terms else "assign reg_rdata = 64'd0;")
+    terms = [f"({{64{{{select}}}}} & {value})" for select, _, value in sources] + by_address
+    joined = " |\n    ".join(terms)
+    lines.append(f"assign reg_rdata = {joined};" if terms else "assign reg_rdata = 64'd0;")
     return "\n".join(lines)
 
 
