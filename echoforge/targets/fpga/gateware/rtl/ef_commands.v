@@ -94,6 +94,9 @@ module ef_commands #(
     reg  [PW-1:0]       new_size;           // P of the program LOAD_PROGRAM is checking (once it passes)
     reg                 state_valid, echo_valid;
     reg  [1:0]          phase;
+    // The phase's length L and position (the next chunk's start forward, the last chunk's start in the echo),
+    // u32 as the protocol's, are shift registers worked a bit a clock (SERIAL_*): their compares and updates
+    // as 32-bit compares, adders and multiplexers were ~200 LUT4 of a few hundred clocks' work per request.
     reg  [31:0]         phase_length, position;
     reg                 counters_fresh;     // the phase's saturation counters are 0 (no chunk has run)
     // The registers as 64-bit words (ϕ and π sign-extended), read one clock after the address:
@@ -136,7 +139,7 @@ module ef_commands #(
                      SAVE_A = 6'd16, SAVE_W = 6'd17, SAVE_B = 6'd18, SAVE_ACC_A = 6'd19, SAVE_ACC_W = 6'd20,
                      SAVE_ACC_B = 6'd21, EMIT = 6'd22, COUNTERS_OUT = 6'd23, FINISH = 6'd24, FAIL = 6'd25,
                      READ = 6'd26, READ_TAKE = 6'd27, MULTIPLY = 6'd28, FETCH = 6'd29, LOAD_WRITE = 6'd30,
-                     COUNTER_NEXT = 6'd31;
+                     COUNTER_NEXT = 6'd31, SERIAL_CHECK = 6'd32, SERIAL_UPDATE = 6'd33;
     reg  [5:0]  state, resume, after_emit;
     // the request reader: `read_bytes` bytes at payload offset `read_at` into `value`, then `resume`;
     // `read_at` moves on a byte a byte, so a loop over the samples reads on where the last read ended
@@ -344,14 +347,26 @@ module ef_commands #(
     wire [47:0] loop_total  = (op == READ_STATE || is_begin || ending) ? {{(45 - PW){1'b0}}, lanes_of}
                             : (op == READ_OBSERVABLES) ? acc_values : samples;
     // a range within the batch (or phase): first + count ≤ limit, count ≠ 0
-    wire [31:0] range_first = (op == WRITE_STATE) ? {16'd0, f_u16_7} : (op == READ_STATE) ? {16'd0, f_u16_6}
-                            : (op == READ_OBSERVABLES) ? {16'd0, f_u16_5} : f_u32_4;
-    wire [31:0] range_count = (op == WRITE_STATE) ? {16'd0, f_u16_9} : (op == READ_STATE) ? {16'd0, f_u16_8}
-                            : (op == READ_OBSERVABLES) ? {16'd0, f_u16_7} : f_u32_8;
-    wire [32:0] range_end   = {1'b0, range_first} + {1'b0, range_count};
-    wire [32:0] range_limit = (op == WRITE_STATE) ? {17'd0, f_u16_5}
-                            : (op == FORWARD_CHUNK) ? {1'b0, phase_length} : {17'd0, MAX_BATCH};
-    wire        range_bad   = range_count == 32'd0 || range_end > range_limit;
+    // (WRITE_STATE, READ_STATE, READ_OBSERVABLES: u16 fields; a chunk's range is the phase's, SERIAL_CHECK)
+    wire [15:0] range_first = (op == WRITE_STATE) ? f_u16_7 : (op == READ_STATE) ? f_u16_6 : f_u16_5;
+    wire [15:0] range_count = (op == WRITE_STATE) ? f_u16_9 : (op == READ_STATE) ? f_u16_8 : f_u16_7;
+    wire [16:0] range_end   = {1'b0, range_first} + {1'b0, range_count};
+    wire [16:0] range_limit = (op == WRITE_STATE) ? {1'b0, f_u16_5} : MAX_BATCH;
+    wire        range_bad   = range_count == 16'd0 || range_end > range_limit;
+    // The phase's rules, decided a bit a clock in SERIAL_CHECK (LSB first, both registers rotating): a forward
+    // chunk starts at the position and start + K ≤ L (K ≠ 0: rule 1); an echo chunk ends at the position
+    // (start + K, its carry 0); END_FORWARD at position = L, END_ECHO at 0.
+    reg  [4:0]  serial_bit;
+    reg         serial_carry, serial_same, serial_over;
+    wire        start_bit   = f_u32_4[serial_bit];
+    wire        length_bit  = f_u32_8[serial_bit];                  // K of a chunk, L of a BEGIN
+    wire [1:0]  serial_sum  = {1'b0, start_bit} + {1'b0, length_bit} + {1'b0, serial_carry};
+    wire        serial_x    = (op == FORWARD_CHUNK) ? start_bit : is_echo_run ? serial_sum[0]
+                            : (op == END_FORWARD) ? phase_length[0] : 1'b0;
+    wire        chunk_order_bad = is_echo_run ? !serial_same || serial_carry : !serial_same || serial_over || serial_carry;
+    // what SERIAL_UPDATE shifts into the position: L at BEGIN_ECHO (0 forward), start + K after a forward
+    // chunk, start after an echo chunk
+    wire        serial_in   = is_begin ? doubled && length_bit : is_echo_run ? start_bit : serial_sum[0];
     wire [15:0] batch       = is_begin ? f_u16_6 : f_u16_5;                             // a batch size field
     wire        batch_bad   = batch == 16'd0 || above(batch, MAX_BATCH);
     wire        phase_bad   = phase != ((op == END_ECHO || is_echo_run) ? ECHO : FORWARD);
@@ -405,15 +420,13 @@ module ef_commands #(
                 3'd1: {rule_broken, rule_code, rule_last} = {f_u32_8 == 32'd0 || above(f_u32_8, MAX_CHUNK_STEPS)
                                                              || above(samples, BUFFER_SAMPLES), OVER_CAPACITY, 1'b0};
                 3'd2: {rule_broken, rule_code, rule_last} = {above(response, MAX_RESPONSE), RESPONSE_TOO_LARGE, 1'b0};
-                3'd3: {rule_broken, rule_code, rule_last} = {is_echo_run ? range_end != {1'b0, position}     // the next chunk back
-                                                             : f_u32_4 != position || range_bad, OUT_OF_ORDER, 1'b0};
+                3'd3: {rule_broken, rule_code, rule_last} = {chunk_order_bad, OUT_OF_ORDER, 1'b0};
                 default: {rule_broken, rule_code, rule_last} = {length_bad, BAD_PAYLOAD, 1'b1};
             endcase
             END_FORWARD, END_ECHO: case (index[2:0])
                 3'd0: {rule_broken, rule_code, rule_last} = {length_bad, BAD_PAYLOAD, 1'b0};
                 3'd1: {rule_broken, rule_code, rule_last} = {phase_bad, NO_PHASE, 1'b0};
-                default: {rule_broken, rule_code, rule_last} = {position != (op == END_ECHO ? 32'd0 : phase_length),
-                                                                OUT_OF_ORDER, 1'b1};
+                default: {rule_broken, rule_code, rule_last} = {!serial_same, OUT_OF_ORDER, 1'b1};
             endcase
             READ_OBSERVABLES: case (index[2:0])
                 3'd0: {rule_broken, rule_code, rule_last} = {length_bad, BAD_PAYLOAD, 1'b0};
@@ -478,7 +491,11 @@ module ef_commands #(
                 kp     <= {KW{1'b0}};
                 kp_bit <= {PW{1'b0}};
                 if (op == LOAD_PROGRAM) read(32'd15, 4'd2, CHECK);  // P, beyond the captured fields
-                else state <= (op == FORWARD_CHUNK || op == ECHO_CHUNK) ? MULTIPLY : CHECK;
+                else state <= (op == FORWARD_CHUNK || op == ECHO_CHUNK || ending) ? SERIAL_CHECK : CHECK;
+                serial_bit   <= 5'd0;
+                serial_carry <= 1'b0;
+                serial_same  <= 1'b1;
+                serial_over  <= 1'b0;
             end
             MULTIPLY:                                                   // kp = K · P: P ≤ PMAX clocks, no shifter
                 if (kp_bit == size) state <= CHECK;
@@ -497,11 +514,9 @@ module ef_commands #(
                     if (op == READ_STATE || op == READ_OBSERVABLES) response_length <= response;
                     if (is_begin) begin
                         phase          <= doubled ? ECHO : FORWARD;
-                        phase_length   <= f_u32_8;
-                        position       <= doubled ? f_u32_8 : 32'd0;
                         counters_fresh <= 1'b1;
                     end
-                    state <= (op == READ_STATE || op == READ_OBSERVABLES) ? APPLY : is_begin ? LOAD_LANES
+                    state <= (op == READ_STATE || op == READ_OBSERVABLES) ? APPLY : is_begin ? SERIAL_UPDATE
                            : ending ? SAVE_A : RANGE;
                 end
             end
@@ -618,8 +633,8 @@ module ef_commands #(
                 if (index == 32'd3) begin
                     counters_fresh  <= 1'b0;
                     response_length <= response;
-                    position        <= is_echo_run ? f_u32_4 : range_end[31:0];    // first + K (first was position)
-                    state           <= FINISH;
+                    serial_carry    <= 1'b0;
+                    state           <= SERIAL_UPDATE;                   // the position after the chunk
                 end else begin
                     reg_addr <= CONTROL_BASE + R_COUNTER_STATE + index[1:0] + 1'b1;
                     state    <= COUNT_A;
@@ -660,6 +675,23 @@ module ef_commands #(
             COUNTER_NEXT: begin
                 index <= index + 32'd1;
                 state <= COUNTERS_OUT;
+            end
+            // ---- the phase's length and position, a bit a clock (serial_bit wraps to 0 at the end) ----
+            SERIAL_CHECK: begin
+                position     <= {position[0], position[31:1]};
+                phase_length <= {phase_length[0], phase_length[31:1]};
+                serial_carry <= serial_sum[1];
+                serial_same  <= serial_same && serial_x == position[0];
+                if (serial_sum[0] != phase_length[0]) serial_over <= serial_sum[0];   // start + K > L so far
+                serial_bit   <= serial_bit + 1'b1;
+                if (&serial_bit) state <= ending ? CHECK : MULTIPLY;
+            end
+            SERIAL_UPDATE: begin
+                position     <= {serial_in, position[31:1]};
+                phase_length <= {is_begin ? length_bit : phase_length[0], phase_length[31:1]};
+                serial_carry <= serial_sum[1];
+                serial_bit   <= serial_bit + 1'b1;
+                if (&serial_bit) state <= is_begin ? LOAD_LANES : FINISH;
             end
             // ---- sub-steps ----
             READ_TAKE: state <= READ;
