@@ -449,6 +449,56 @@ def test_recomputed_glue_replays_dropout_masks(monkeypatch):
         assert cosine(rhel_grads[name], reference) >= 0.9999999, name
 
 
+def block_gradients(hru, dropout, fused):
+    """The output and gradients of a 3-block RHEL HSSM: the blocks fused (block.RHELBlock, host float
+    core) or apart (glue.GlueFunction after hru.RHELBank, as on a device's core: a FloatCore set)."""
+    from echoforge.hil.banks import banks_on
+    torch.manual_seed(0)
+    model = HSSM(6, 4, hidden_size=8, state_size=12, num_blocks=3, dropout=dropout, hru=hru).double()
+    x, y = torch.randn(4, 150, 6, dtype=torch.float64), torch.randint(0, 4, (4,))
+    cores = [] if fused else [FloatCore() for _ in model.hrus()]
+    with banks_on(model, cores) if cores else warnings.catch_warnings():
+        torch.manual_seed(123)
+        out = model(x)
+        torch.nn.functional.cross_entropy(out, y).backward()
+    return out.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("hru", ["linear", "nonlinear"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_fused_block_gives_the_output_and_gradients_of_bank_and_glue_apart(hru, dropout, monkeypatch):
+    """RHELBlock re-runs the bank chunk by chunk (several chunks, a ragged last one) from the states it
+    kept: the forward's positions bit for bit, so the same output, and the gradients up to the order
+    of the glue's sums."""
+    monkeypatch.setattr("echoforge.models.core.CHUNK", 64)
+    monkeypatch.setattr("echoforge.models.glue.CHUNK", 40)
+    apart_out, apart = block_gradients(hru, dropout, fused=False)
+    fused_out, fused = block_gradients(hru, dropout, fused=True)
+    assert torch.equal(fused_out, apart_out)
+    for name in apart:
+        torch.testing.assert_close(fused[name], apart[name], rtol=1e-12, atol=1e-15)
+
+
+def test_rhel_blocks_keep_only_their_normalised_input(monkeypatch):
+    """What an RHEL step saves for its backward that grows with the sequence: per block the normalised
+    input (the norm's and the fused block's, one tensor) and the encoder's input, which the caller
+    holds anyway — no positions."""
+    monkeypatch.setattr("echoforge.models.core.CHUNK", 64)
+    torch.manual_seed(0)
+    model = HSSM(6, 4, hidden_size=8, state_size=12, num_blocks=3, hru="nonlinear")
+    x = torch.randn(2, 300, 6)
+    saved = {}
+
+    def pack(tensor):
+        if tensor.numel() >= 600:  # a row per step of the batch, or more
+            saved[tensor.untyped_storage().data_ptr()] = tensor.numel()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(x).sum().backward()
+    assert sorted(saved.values()) == [2 * 300 * 6] + [2 * 300 * 8] * 3
+
+
 def test_dropout_masks_are_the_global_batch_s_rows_and_drop_p():
     """A rank's mask is its rows of the one-process mask (row_offset), and drops a fraction p."""
     from echoforge.models.hssm import Dropout

@@ -61,10 +61,10 @@ def apply_mask(x: torch.Tensor, mask: Mask) -> torch.Tensor:
     return out
 
 
-def chunks(batch: int, length: int, width: int) -> list[tuple[int, slice]]:
-    """(batch row, time span) pairs covering the batch."""
+def chunks(batch: int, span: slice, width: int) -> list[tuple[int, slice]]:
+    """(batch row, time span) pairs covering the batch over the steps of `span`."""
     size = CHUNK or max(1, CHUNK_ELEMENTS // width)
-    return [(b, slice(t, min(t + size, length))) for b in range(batch) for t in range(0, length, size)]
+    return [(b, slice(t, min(t + size, span.stop))) for b in range(batch) for t in range(span.start, span.stop, size)]
 
 
 class Scratch:
@@ -82,10 +82,28 @@ class Scratch:
 
 
 @dataclass
-class Glue:
-    """The glue's tensors (contiguous, one dtype) and its two masks."""
+class GlueGradients:
+    """What the glue's backward accumulates over its spans: ∂L/∂u (each span writes its own steps) and
+    the parameter gradients per slot (core.in_slots), added slot by slot at the end."""
 
-    positions: torch.Tensor
+    u: torch.Tensor
+    readout: torch.Tensor
+    skip: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def totals(self) -> tuple:
+        """(∂L/∂u, ∂L/∂readout, ∂L/∂skip, ∂L/∂weight, ∂L/∂bias)."""
+        return (self.u, self.readout.sum(0), self.skip.sum(0).to(self.u.dtype), self.weight.sum(0),
+                self.bias.sum(0))
+
+
+@dataclass
+class Glue:
+    """The glue's input u and parameters (contiguous, one dtype) and its two masks. The positions come
+    with each call, a time span's worth: the whole sequence (GlueFunction), or one chunk of the bank
+    at a time (block.RHELBlock, which never holds them all)."""
+
     u: torch.Tensor
     readout: torch.Tensor
     skip: torch.Tensor
@@ -94,76 +112,82 @@ class Glue:
     masks: tuple[Mask, Mask]
 
     def __post_init__(self):
-        for name in ("positions", "u", "readout", "skip", "weight", "bias"):
+        for name in ("u", "readout", "skip", "weight", "bias"):
             setattr(self, name, getattr(self, name).detach().to(self.u.dtype).contiguous())
         self.lib = kernels.for_tensor(self.u)
         self.batch, self.length, self.width = self.u.shape
-        self.pieces = chunks(self.batch, self.length, max(self.positions.shape[2], 2 * self.width))
-        self.rows = self.pieces[0][1].stop - self.pieces[0][1].start
 
-    def run(self, task) -> None:
-        """task(slot, scratch, b, s) for every chunk (core.in_slots)."""
-        core.in_slots(len(self.pieces), lambda slot, scratch, i: task(slot, scratch, *self.pieces[i]),
-                      lambda: Scratch(self.rows, self.width, self.u))
+    def run(self, positions: torch.Tensor, span: slice, task) -> None:
+        """task(slot, scratch, b, s, ϕ) for every chunk of the span (core.in_slots), ϕ the chunk's
+        positions; `positions` holds the span's."""
+        pieces = chunks(self.batch, span, max(positions.shape[2], 2 * self.width))
+        rows = pieces[0][1].stop - pieces[0][1].start
+
+        def piece(slot, scratch, i):
+            b, s = pieces[i]
+            task(slot, scratch, b, s, positions[b, s.start - span.start:s.stop - span.start])
+
+        core.in_slots(len(pieces), piece, lambda: Scratch(rows, self.width, self.u))
 
     def mask_args(self, which: int, b: int, s: slice) -> tuple:
         return self.masks[which].args(b, s.start, self.length, self.width)
 
-    def head(self, scratch: Scratch, b: int, s: slice) -> tuple[int, Scratch]:
+    def head(self, scratch: Scratch, b: int, s: slice, phi: torch.Tensor) -> tuple[int, Scratch]:
         """One chunk's forward up to the GLU's product: a = ϕRᵀ + D⊙u, GELU(a), h, [v g] and σ(g)."""
         n = s.stop - s.start
         k = scratch.rows(n)
-        torch.mm(self.positions[b, s], self.readout.T, out=k.a)
+        torch.mm(phi, self.readout.T, out=k.a)
         self.lib.ef_glue_skip(n, self.width, k.a.data_ptr(), self.u[b, s].data_ptr(), self.skip.data_ptr())
         torch._C._nn.gelu(k.a, out=k.gelu)
         self.lib.ef_dropout(k.gelu.numel(), k.gelu.data_ptr(), k.h.data_ptr(), *self.mask_args(0, b, s))
         torch.addmm(self.bias, k.h, self.weight.T, out=k.vg)
-        torch.sigmoid(k.vg[:, self.width:], out=k.gate)
+        torch.sigmoid_(k.gate.copy_(k.vg[:, self.width:]))  # contiguous: torch's vectorised sigmoid (7× the strided one)
         return n, k
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x + the glue."""
-        x = x.detach().contiguous()
-        out = torch.empty_like(x)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, span: slice, out: torch.Tensor) -> None:
+        """out = x + the glue over the steps of `span` (x and out contiguous, (B, L, H))."""
 
-        def task(slot, scratch, b, s):
-            n, k = self.head(scratch, b, s)
+        def task(slot, scratch, b, s, phi):
+            n, k = self.head(scratch, b, s, phi)
             self.lib.ef_glue_glu(n, self.width, k.vg.data_ptr(), k.gate.data_ptr(), x[b, s].data_ptr(),
                                  out[b, s].data_ptr(), *self.mask_args(1, b, s))
 
-        self.run(task)
-        return out
+        self.run(positions, span, task)
 
-    def backward(self, grad: torch.Tensor):
-        """∂L/∂(positions, u, readout, skip, weight, bias) from ∂L/∂out (a broadcast along time is read
-        as it is, not copied)."""
-        if grad.stride(2) != 1:
-            grad = grad.contiguous()
-        grad_positions, grad_u = torch.empty_like(self.positions), torch.empty_like(self.u)
-        slots = min(core.SLOTS, len(self.pieces))
-        grad_readout = self.readout.new_zeros(slots, *self.readout.shape)
-        grad_weight = self.weight.new_zeros(slots, *self.weight.shape)
-        grad_bias = self.bias.new_zeros(slots, *self.bias.shape)
-        grad_skip = torch.zeros(slots, self.width, dtype=torch.float64)
+    def gradients(self) -> GlueGradients:
+        slots = core.SLOTS
+        return GlueGradients(torch.empty_like(self.u), self.readout.new_zeros(slots, *self.readout.shape),
+                             torch.zeros(slots, self.width, dtype=torch.float64),
+                             self.weight.new_zeros(slots, *self.weight.shape), self.bias.new_zeros(slots, *self.bias.shape))
 
-        def task(slot, scratch, b, s):
-            n, k = self.head(scratch, b, s)
+    def backward(self, grad: torch.Tensor, positions: torch.Tensor, span: slice, sums: GlueGradients) -> torch.Tensor:
+        """∂L/∂positions over the steps of `span` from ∂L/∂out (a broadcast along time is read as it is,
+        not copied, when its last dimension is contiguous); ∂L/∂u and the parameters' go into `sums`."""
+
+        grad_positions = torch.empty_like(positions)
+
+        def task(slot, scratch, b, s, phi):
+            n, k = self.head(scratch, b, s, phi)
             upstream = grad[b, s]
             self.lib.ef_glue_glu_backward(n, self.width, k.vg.data_ptr(), k.gate.data_ptr(), upstream.data_ptr(),
                                           upstream.stride(0), k.grad_vg.data_ptr(), *self.mask_args(1, b, s))
-            grad_weight[slot].addmm_(k.grad_vg.T, k.h)
-            grad_bias[slot].add_(k.grad_vg.sum(0))
+            sums.weight[slot].addmm_(k.grad_vg.T, k.h)
+            sums.bias[slot].add_(k.grad_vg.sum(0))
             torch.mm(k.grad_vg, self.weight, out=k.h)  # ∂L/∂h
             self.lib.ef_dropout(k.h.numel(), k.h.data_ptr(), k.gelu.data_ptr(), *self.mask_args(0, b, s))
             torch.ops.aten.gelu_backward.grad_input(k.gelu, k.a, grad_input=k.h)  # ∂L/∂a
             self.lib.ef_glue_skip_backward(n, self.width, k.h.data_ptr(), self.u[b, s].data_ptr(),
-                                           self.skip.data_ptr(), grad_u[b, s].data_ptr(), grad_skip[slot].data_ptr())
-            torch.mm(k.h, self.readout, out=grad_positions[b, s])
-            grad_readout[slot].addmm_(k.h.T, self.positions[b, s])
+                                           self.skip.data_ptr(), sums.u[b, s].data_ptr(), sums.skip[slot].data_ptr())
+            torch.mm(k.h, self.readout, out=grad_positions[b, s.start - span.start:s.stop - span.start])
+            sums.readout[slot].addmm_(k.h.T, phi)
 
-        self.run(task)
-        return (grad_positions, grad_u, grad_readout.sum(0), grad_skip.sum(0).to(self.u.dtype),
-                grad_weight.sum(0), grad_bias.sum(0))
+        self.run(positions, span, task)
+        return grad_positions
+
+
+def contiguous_rows(grad: torch.Tensor) -> torch.Tensor:
+    """∂L/∂out as the glue's backward reads it: a broadcast along time stays a view."""
+    return grad if grad.stride(2) == 1 else grad.contiguous()
 
 
 class GlueFunction(torch.autograd.Function):
@@ -173,9 +197,18 @@ class GlueFunction(torch.autograd.Function):
     def forward(ctx, x, positions, u, readout, skip, weight, bias, masks):
         ctx.save_for_backward(positions, u, readout, skip, weight, bias)
         ctx.masks = masks
-        return Glue(positions, u, readout, skip, weight, bias, masks).forward(x)
+        x = x.detach().contiguous()
+        out = torch.empty_like(x)
+        Glue(u, readout, skip, weight, bias, masks).forward(x, positions.detach().to(x.dtype).contiguous(),
+                                                            slice(0, x.shape[1]), out)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
         positions, u, readout, skip, weight, bias = ctx.saved_tensors
-        return (grad, *Glue(positions, u, readout, skip, weight, bias, ctx.masks).backward(grad), None)
+        glue = Glue(u, readout, skip, weight, bias, ctx.masks)
+        sums = glue.gradients()
+        grad_positions = glue.backward(contiguous_rows(grad), positions.detach().to(u.dtype).contiguous(),
+                                       slice(0, u.shape[1]), sums)
+        grad_u, *grad_params = sums.totals()
+        return (grad, grad_positions, grad_u, *grad_params, None)

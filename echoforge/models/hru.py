@@ -115,22 +115,37 @@ class RHELBank(torch.autograd.Function):
         u, input_map, table, phi, pi = ctx.saved_tensors
         u, input_map = u.detach(), input_map.detach()  # the rows' products run on other threads, where grad mode is on
         grad_u = torch.empty_like(u)
-        grad_map = input_map.new_zeros(min(SLOTS, len(u)), *input_map.shape)  # per slot: core.in_slots
-
-        def chain(s, grad_forcing):  # through f = B u, a chunk at a time, a batch row at a time
-            grad_forcing = torch.from_numpy(np.asarray(grad_forcing)).to(u.dtype)
-
-            def row(slot, _, b):
-                torch.mm(grad_forcing[b], input_map, out=grad_u[b, s])
-                grad_map[slot].addmm_(grad_forcing[b].T, u[b, s])
-
-            in_slots(len(u), row)
-
+        grad_map = input_map_slots(input_map, len(u))
         ctx.core.load(OscillatorParams.from_table(ctx.kind, _numpy(table)))
-        echo = echo_stream(ctx.core, Forcing(u, input_map), phi.numpy(), pi.numpy(),
-                           _numpy(grad_positions), ctx.epsilon, chain)
+        echo = echo_stream(ctx.core, Forcing(u, input_map), phi.numpy(), pi.numpy(), _numpy(grad_positions),
+                           ctx.epsilon, through_input_map(u, input_map, grad_u, grad_map))
         ctx.monitor.record(echo.final_state, phi.numpy(), pi.numpy())
         return grad_u, grad_map.sum(0), _grad_table(echo.grad_params, table), None, None, None, None
+
+
+def input_map_slots(input_map: torch.Tensor, batch: int) -> torch.Tensor:
+    """∂L/∂B's accumulators, one per slot of core.in_slots."""
+    return input_map.new_zeros(min(SLOTS, batch), *input_map.shape)
+
+
+def through_input_map(u: torch.Tensor, input_map: torch.Tensor, grad_u: torch.Tensor, grad_map: torch.Tensor,
+                      add: bool = False):
+    """An echo's sink: each chunk's ∂L/∂f through f = B u, into ∂L/∂u (written, or with `add` added to
+    what another layer wrote there) and ∂L/∂B's slots, a batch row at a time on the kernels' threads."""
+
+    def sink(s, grad_forcing):
+        grad_forcing = torch.from_numpy(np.asarray(grad_forcing)).to(u.dtype)
+
+        def row(slot, _, b):
+            if add:
+                grad_u[b, s] += grad_forcing[b] @ input_map
+            else:
+                torch.mm(grad_forcing[b], input_map, out=grad_u[b, s])
+            grad_map[slot].addmm_(grad_forcing[b].T, u[b, s])
+
+        in_slots(len(u), row)
+
+    return sink
 
 
 class BPTTBank(torch.autograd.Function):
@@ -204,6 +219,11 @@ class HRU(nn.Module):
 
     def forcing(self, u: torch.Tensor) -> torch.Tensor:
         return u @ self.input_map().T
+
+    def on_float_core_rhel(self) -> bool:
+        """Whether the bank runs RHEL on the host's float core (no device core set): then a block runs
+        its bank and glue as one function (block.RHELBlock) that never stores the positions."""
+        return self.learning == "rhel" and self.core is None
 
     def bank(self, u: torch.Tensor) -> torch.Tensor:
         """Positions of the oscillator bank driven by f = B u, u of shape (batch, length, input).

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from . import glue, kernels
+from .block import RHELBlock
 from .hru import LinHRU, NonlinHRU
 
 HRU_KINDS = {"linear": LinHRU, "nonlinear": NonlinHRU}
@@ -141,9 +142,10 @@ class HSSMBlock(nn.Module):
 
     With checkpoint_glue (the default), what follows the oscillator bank (readout, skip D, GELU,
     dropout, GLU) runs as glue.GlueFunction: recomputed chunk by chunk in backward instead of stored,
-    with its derivative written out, on the kernels' threads. What remains stored per block under RHEL
-    is the normalised input and the bank's positions (BPTT adds the momenta), so RHEL's memory grows
-    with the sequence by little more than the bank's inputs and outputs. Without gradients (evaluation)
+    with its derivative written out, on the kernels' threads. Under RHEL on the host's float core the
+    bank and the glue run as one function (block.RHELBlock) that stores only the normalised input, so
+    RHEL's memory grows with the sequence by the block's input and output; on a device's core, and
+    under BPTT, the bank's positions are stored too (BPTT adds the momenta). Without gradients (evaluation)
     the same compiled forward runs. checkpoint_glue=False runs `glue` (the same function in torch ops)
     under plain autograd, which stores every activation.
     """
@@ -162,14 +164,16 @@ class HSSMBlock(nn.Module):
 
     def forward(self, x):
         u = self.norm(x)
-        positions = self.hru.bank(u)
-        if self.checkpoint_glue or not torch.is_grad_enabled():
-            masks = (self.dropout.mask(), self.dropout.mask())  # the order glue() draws them in
-            weight = torch.cat([self.glu.value.weight, self.glu.gate.weight])
-            bias = torch.cat([self.glu.value.bias, self.glu.gate.bias])
-            return glue.GlueFunction.apply(x, positions, u, self.hru.readout_matrix(), self.hru.D, weight, bias,
-                                           masks)
-        return x + self.glue(positions, u)
+        if not (self.checkpoint_glue or not torch.is_grad_enabled()):
+            return x + self.glue(self.hru.bank(u), u)
+        masks = (self.dropout.mask(), self.dropout.mask())  # the order glue() draws them in
+        weight = torch.cat([self.glu.value.weight, self.glu.gate.weight])
+        bias = torch.cat([self.glu.value.bias, self.glu.gate.bias])
+        glue_args = (self.hru.readout_matrix(), self.hru.D, weight, bias, masks)
+        if self.hru.on_float_core_rhel():
+            return RHELBlock.apply(x, u, self.hru.input_map(), self.hru.oscillator_table(), *glue_args,
+                                   self.hru.kind, self.hru.epsilon, self.hru.monitor)
+        return glue.GlueFunction.apply(x, self.hru.bank(u), u, *glue_args)
 
 
 class HSSM(nn.Module):
