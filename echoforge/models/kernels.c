@@ -158,9 +158,12 @@ INLINE void forward_kind(int kind, const double *restrict params, int64_t nb, in
                          stream_t *restrict positions, stream_t *restrict momenta) {
     const double *a = params, *d = params + npos, *w = params + 2 * npos, *b = params + 3 * npos,
                  *c = params + 4 * npos;
-    for (int64_t bi = 0; bi < nb; bi++) {
-        double *restrict ph = phi + bi * npos, *restrict pn = pi + bi * npos;
-        for (int64_t k = 0; k < nt; k++) {
+    /* Time outermost, then the rows: each row's step depends on its previous one, so the rows' steps,
+       independent, are what the CPU overlaps (with few oscillators a row alone leaves it waiting on
+       the force's latency). */
+    for (int64_t k = 0; k < nt; k++) {
+        for (int64_t bi = 0; bi < nb; bi++) {
+            double *restrict ph = phi + bi * npos, *restrict pn = pi + bi * npos;
             int64_t at = (bi * nt + k) * npos;
             for (int64_t p = 0; p < npos; p++) {
                 double m = ph[p] + 0.5 * d[p] * pn[p];
