@@ -514,7 +514,7 @@ def test_dropout_masks_are_the_global_batch_s_rows_and_drop_p():
 
 
 def test_time_batch_norm_matches_torch_batch_norm():
-    from echoforge.models.hssm import TimeBatchNorm
+    from echoforge.models.norm import TimeBatchNorm
     x = torch.randn(4, 50, 6, dtype=torch.float64, requires_grad=True)
     weights = torch.randn(4, 50, 6, dtype=torch.float64)
     ours, reference = TimeBatchNorm(6).double(), torch.nn.BatchNorm1d(6, affine=False).double()

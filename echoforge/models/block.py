@@ -1,4 +1,4 @@
-"""A block's oscillator bank and glue as one autograd Function, for RHEL on the host's float core.
+"""A block's norm, oscillator bank and glue as one autograd Function, for RHEL on the host's float core.
 
 Under RHEL the bank's positions feed only the glue. So the forward runs the bank a time chunk at a
 time (core.time_chunks), each chunk from the state the previous one ended in, and the glue on each
@@ -6,8 +6,9 @@ chunk's positions as they come, keeping only the state at each chunk's start (tw
 echo then reads ∂L/∂positions latest chunk first (GlueNudges); each chunk of it is made when first
 asked: the bank re-run over the chunk from its kept state (the forward's positions, bit for bit), the
 glue's backward over the chunk (which writes that chunk's ∂L/∂u), and the echo's ∂L/∂f through B added
-to it. Neither the positions nor ∂L/∂positions is ever sequence-sized: the block keeps its normalised
-input u, as the bank alone does, for one more run of the bank's forward in the backward.
+to it; the norm's backward then runs in place on that ∂L/∂u. Neither the positions nor ∂L/∂positions is
+ever sequence-sized, nor a second ∂L/∂x: the block keeps its normalised input u, as the bank alone
+does, for one more run of the bank's forward in the backward.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from .core import FloatCore, OscillatorParams, time_chunks
 from .glue import Glue, contiguous_rows
 from .hru import Forcing, _grad_table, _numpy, input_map_slots, through_input_map
+from .norm import standardize, standardize_backward
 
 
 class GlueNudges:
@@ -53,31 +55,42 @@ class GlueNudges:
 
 
 class RHELBlock(torch.autograd.Function):
-    """x + glue(bank(u), u) with RHEL through the bank: the fused forward and backward described above.
-    Arguments as glue.GlueFunction's, with the bank's input map, parameter table, kind, ε and monitor
-    in place of its positions."""
+    """x + glue(bank(norm(x)), norm(x)) with RHEL through the bank: the fused forward and backward
+    described above, the norm given by its statistics (norm.TimeBatchNorm.statistics); the norm's
+    backward runs in place on the block's own ∂L/∂u, to which the residual's gradient is added. With
+    overwrite_input (the model's own activations: HSSM.forward) the output is written over x.
+    Other arguments as glue.GlueFunction's, with the bank's input map, parameter table, kind, ε and
+    monitor in place of its positions."""
 
     @staticmethod
-    def forward(ctx, x, u, input_map, table, readout, skip, weight, bias, masks, kind, epsilon, monitor):
+    def forward(ctx, x, mean, invstd, means, input_map, table, readout, skip, weight, bias, masks, kind, epsilon,
+                monitor, overwrite_input):
+        # The residual written over x (no second activation) — not over a view, whose in-place change
+        # autograd would replay with sequence-sized copies (CopySlices).
+        if overwrite_input and x.is_contiguous() and not x._is_view():
+            ctx.mark_dirty(x)
+            out = x
+        else:
+            x = x.detach().contiguous()
+            out = torch.empty_like(x)
+        u = standardize(x.detach().view(-1, x.shape[-1]), mean, invstd).view(x.shape)
         core = FloatCore(OscillatorParams.from_table(kind, _numpy(table)))
         forcing, glue = Forcing(u, input_map), Glue(u, readout, skip, weight, bias, masks)
-        x = x.detach().contiguous()
-        out = torch.empty_like(x)
         phi = pi = np.zeros((forcing.shape[0], forcing.shape[2]))
         starts = []
         for s in time_chunks(forcing.shape[1]):
             starts.append((phi, pi))
             positions, phi, pi = core.forward(_numpy(forcing.steps(s)), phi, pi)
-            glue.forward(x, torch.from_numpy(positions), s, out)
-        ctx.save_for_backward(u, input_map, table, readout, skip, weight, bias)
+            glue.forward(x.detach(), torch.from_numpy(positions), s, out.detach())
+        ctx.save_for_backward(u, invstd, input_map, table, readout, skip, weight, bias)
         ctx.starts, ctx.end = starts, (phi, pi)
-        ctx.masks, ctx.kind, ctx.epsilon, ctx.monitor = masks, kind, epsilon, monitor
+        ctx.means, ctx.masks, ctx.kind, ctx.epsilon, ctx.monitor = means, masks, kind, epsilon, monitor
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        u, input_map, table, readout, skip, weight, bias = ctx.saved_tensors
-        u, input_map = u.detach(), input_map.detach()  # the rows' products run on other threads
+        u, invstd, input_map, table, readout, skip, weight, bias = ctx.saved_tensors
+        input_map = input_map.detach()  # the rows' products run on other threads
         core = FloatCore(OscillatorParams.from_table(ctx.kind, _numpy(table)))
         forcing, glue = Forcing(u, input_map), Glue(u, readout, skip, weight, bias, ctx.masks)
         sums, grad, grad_map = glue.gradients(), contiguous_rows(grad), input_map_slots(input_map, len(u))
@@ -91,5 +104,7 @@ class RHELBlock(torch.autograd.Function):
                                 through_input_map(u, input_map, sums.u, grad_map, add=True))
         ctx.monitor.record(echo.final_state, *ctx.end)
         grad_u, *grad_glue = sums.totals()
-        return (grad, grad_u, grad_map.sum(0), _grad_table(echo.grad_params, table), *grad_glue,
-                None, None, None, None)
+        flat = grad_u.view(-1, u.shape[-1])
+        standardize_backward(flat, u.view(-1, u.shape[-1]), invstd, ctx.means, out=flat)
+        return (grad_u.add_(grad), None, None, None, grad_map.sum(0), _grad_table(echo.grad_params, table),
+                *grad_glue, None, None, None, None, None)

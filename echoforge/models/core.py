@@ -30,7 +30,7 @@ from . import kernels
 KINDS = ("linear", "nonlinear")
 # Time steps per kernel call: streams are produced and consumed a chunk at a time, so the working
 # memory of a pass does not grow with the sequence (only its inputs and outputs do).
-CHUNK = 2048
+CHUNK = 1024
 PARAM_NAMES = ("a", "delta", "w", "b", "c")
 
 

@@ -39,13 +39,14 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from .core import share_cpus
-from .hssm import TimeBatchNorm
+from .norm import TimeBatchNorm
 from .training import ConfigError
 
 LAUNCHER_LOGGER = "torch.distributed.elastic"
@@ -201,41 +202,27 @@ def from_leader(value, ranks: Ranks):
     return box[0]
 
 
-class _SyncStandardize(torch.autograd.Function):
-    """_Standardize with its backward's means taken over the global batch."""
-
-    @staticmethod
-    def forward(ctx, x, mean, invstd, ranks, count):
-        u = (x - mean).mul_(invstd)
-        ctx.save_for_backward(u, invstd)
-        ctx.ranks, ctx.count = ranks, count
-        return u
-
-    @staticmethod
-    def backward(ctx, grad):
-        u, invstd = ctx.saved_tensors
-        sums = all_reduce(torch.cat([grad.sum(0), (grad * u).sum(0)]), ctx.ranks)
-        mean_grad, projection = (sums / ctx.count).chunk(2)
-        return (grad - mean_grad).addcmul_(u, projection, value=-1).mul_(invstd), None, None, None, None
+def global_means(grad: torch.Tensor, u: torch.Tensor, ranks: Ranks, count: int):
+    """norm.Means over the global batch: the column sums of g and g·û all-reduced over the ranks."""
+    sums = all_reduce(torch.cat([grad.sum(0), (grad * u).sum(0)]), ranks)
+    return (sums / count).chunk(2)
 
 
 class SyncTimeBatchNorm(TimeBatchNorm):
-    """TimeBatchNorm whose training statistics are those of the global batch (all ranks' rows)."""
+    """TimeBatchNorm whose training statistics, and its backward's means, are the global batch's (all
+    ranks' rows)."""
 
     ranks: Ranks
 
-    def forward(self, x):
+    @torch.no_grad()
+    def statistics(self, flat):
         if not self.training:
-            return super().forward(x)
-        flat = x.reshape(-1, x.shape[-1])
+            return super().statistics(flat)
         count = len(flat) * self.ranks.size
-        with torch.no_grad():
-            mean = all_reduce(flat.sum(0), self.ranks) / count
-            var = all_reduce((flat - mean).square().sum(0), self.ranks) / count
-            self.running_mean.lerp_(mean, self.momentum)
-            self.running_var.lerp_(var * count / (count - 1), self.momentum)
-            self.num_batches_tracked += 1
-        return _SyncStandardize.apply(flat, mean, torch.rsqrt(var + self.eps), self.ranks, count).view(x.shape)
+        mean = all_reduce(flat.sum(0), self.ranks) / count
+        var = all_reduce((flat - mean).square().sum(0), self.ranks) / count
+        self.update_running(mean, var, count)
+        return mean, torch.rsqrt(var + self.eps), partial(global_means, ranks=self.ranks, count=count)
 
 
 def data_parallel_modules(model: nn.Module, ranks: Ranks, rows: int) -> None:

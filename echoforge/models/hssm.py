@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import glue, kernels
+from . import glue
 from .block import RHELBlock
 from .hru import LinHRU, NonlinHRU
+from .norm import TimeBatchNorm
 
 HRU_KINDS = {"linear": LinHRU, "nonlinear": NonlinHRU}
 TASKS = ("classification", "regression")
@@ -74,76 +75,13 @@ class Dropout(nn.Module):
         return _Masked.apply(x, self.mask()) if self.active() else x
 
 
-def column_moments(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and biased variance of every column of a (rows, width) tensor, summed in float64 (kernels.c)."""
-    flat = flat.contiguous()
-    mean, var = (torch.empty(flat.shape[1], dtype=torch.float64) for _ in range(2))
-    kernels.for_tensor(flat).ef_column_moments(*flat.shape, flat.data_ptr(), mean.data_ptr(), var.data_ptr())
-    return mean.to(flat.dtype), var.to(flat.dtype)
-
-
-class _Standardize(torch.autograd.Function):
-    """(x − mean)·invstd with batch statistics, whose backward needs only its output.
-
-    Batch norm's gradient can be written in the normalised output û alone:
-    ∂L/∂x = invstd·(g − mean(g) − û·mean(g·û)); so the block keeps û, which the HRU needs anyway,
-    instead of also keeping x. Each direction is one compiled pass after the column sums.
-    """
-
-    @staticmethod
-    def forward(ctx, x, mean, invstd):
-        x = x.contiguous()
-        u = torch.empty_like(x)
-        kernels.for_tensor(x).ef_standardize(*x.shape, x.data_ptr(), mean.data_ptr(), invstd.data_ptr(), u.data_ptr())
-        ctx.save_for_backward(u, invstd)
-        return u
-
-    @staticmethod
-    def backward(ctx, grad):
-        u, invstd = ctx.saved_tensors
-        grad, lib = grad.contiguous(), kernels.for_tensor(u)
-        sum_g, sum_gu = (torch.empty(u.shape[1], dtype=torch.float64) for _ in range(2))
-        lib.ef_column_sums(*u.shape, grad.data_ptr(), u.data_ptr(), sum_g.data_ptr(), sum_gu.data_ptr())
-        mean_g, projection = (sum_g / len(u)).to(u.dtype), (sum_gu / len(u)).to(u.dtype)
-        out = torch.empty_like(u)
-        lib.ef_standardize_backward(*u.shape, grad.data_ptr(), u.data_ptr(), mean_g.data_ptr(),
-                                    projection.data_ptr(), invstd.data_ptr(), out.data_ptr())
-        return out, None, None
-
-
-class TimeBatchNorm(nn.Module):
-    """Batch normalisation over batch and time, no affine (the paper's block norm).
-
-    Same buffers as nn.BatchNorm1d(affine=False), so checkpoints read the same; its backward keeps
-    only the normalised output (_Standardize).
-    """
-
-    def __init__(self, width: int, eps: float = 1e-5, momentum: float = 0.1):
-        super().__init__()
-        self.eps, self.momentum = eps, momentum
-        self.register_buffer("running_mean", torch.zeros(width))
-        self.register_buffer("running_var", torch.ones(width))
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
-
-    def forward(self, x):
-        flat = x.reshape(-1, x.shape[-1])
-        if not self.training:
-            return ((flat - self.running_mean) * torch.rsqrt(self.running_var + self.eps)).view(x.shape)
-        with torch.no_grad():
-            mean, var = column_moments(flat)
-            self.running_mean.lerp_(mean, self.momentum)
-            self.running_var.lerp_(var * len(flat) / (len(flat) - 1), self.momentum)
-            self.num_batches_tracked += 1
-        return _Standardize.apply(flat, mean, torch.rsqrt(var + self.eps)).view(x.shape)
-
-
 class HSSMBlock(nn.Module):
     """norm → HRU → GELU → dropout → GLU → dropout, plus the skip.
 
     With checkpoint_glue (the default), what follows the oscillator bank (readout, skip D, GELU,
     dropout, GLU) runs as glue.GlueFunction: recomputed chunk by chunk in backward instead of stored,
     with its derivative written out, on the kernels' threads. Under RHEL on the host's float core the
-    bank and the glue run as one function (block.RHELBlock) that stores only the normalised input, so
+    norm, bank and glue run as one function (block.RHELBlock) that stores only the normalised input, so
     RHEL's memory grows with the sequence by the block's input and output; on a device's core, and
     under BPTT, the bank's positions are stored too (BPTT adds the momenta). Without gradients (evaluation)
     the same compiled forward runs. checkpoint_glue=False runs `glue` (the same function in torch ops)
@@ -162,17 +100,21 @@ class HSSMBlock(nn.Module):
         h = self.dropout(nn.functional.gelu(self.hru.output(positions, u)))
         return self.dropout(self.glu(h))
 
-    def forward(self, x):
-        u = self.norm(x)
+    def forward(self, x, overwrite_input: bool = False):
+        """x + the block of x; with overwrite_input (x is the caller's to give up: HSSM.forward's own
+        activations) the fused RHEL block writes its output over x."""
         if not (self.checkpoint_glue or not torch.is_grad_enabled()):
+            u = self.norm(x)
             return x + self.glue(self.hru.bank(u), u)
         masks = (self.dropout.mask(), self.dropout.mask())  # the order glue() draws them in
         weight = torch.cat([self.glu.value.weight, self.glu.gate.weight])
         bias = torch.cat([self.glu.value.bias, self.glu.gate.bias])
         glue_args = (self.hru.readout_matrix(), self.hru.D, weight, bias, masks)
         if self.hru.on_float_core_rhel():
-            return RHELBlock.apply(x, u, self.hru.input_map(), self.hru.oscillator_table(), *glue_args,
-                                   self.hru.kind, self.hru.epsilon, self.hru.monitor)
+            statistics = self.norm.statistics(x.reshape(-1, x.shape[-1]))
+            return RHELBlock.apply(x, *statistics, self.hru.input_map(), self.hru.oscillator_table(), *glue_args,
+                                   self.hru.kind, self.hru.epsilon, self.hru.monitor, overwrite_input)
+        u = self.norm(x)
         return glue.GlueFunction.apply(x, self.hru.bank(u), u, *glue_args)
 
 
@@ -221,7 +163,7 @@ class HSSM(nn.Module):
     def forward(self, x):
         h = self.encoder(x)
         for block in self.blocks:
-            h = block(h)
+            h = block(h, overwrite_input=True)
         if self.readout == "mean":
             return self.head(h.sum(dim=1) / h.shape[1])  # backward: a broadcast view, no copy
         return self.head(h[:, self.output_step - 1::self.output_step])

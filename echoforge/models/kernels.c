@@ -442,8 +442,8 @@ void ef_glue_glu(int64_t rows, int64_t width, const stream_t *vg, const stream_t
                  stream_t *out, uint64_t seed, int64_t base, uint32_t threshold, double scale) {
     struct dropout d = {seed, base, threshold, (stream_t)scale};
     for (int64_t r = 0; r < rows; r++) {
-        const stream_t *restrict v = vg + 2 * r * width, *restrict s = gate + r * width, *restrict xr = x + r * width;
-        stream_t *restrict o = out + r * width;
+        const stream_t *restrict v = vg + 2 * r * width, *restrict s = gate + r * width, *xr = x + r * width;
+        stream_t *o = out + r * width; /* may be x: elementwise, in place */
         for (int64_t k = 0; k < width; k++) o[k] = xr[k] + (v[k] * s[k]) * dropout_factor(&d, r * width + k);
     }
 }
@@ -513,10 +513,10 @@ void ef_standardize(int64_t rows, int64_t width, const stream_t *restrict x, con
         for (int64_t k = 0; k < width; k++) out[r * width + k] = (x[r * width + k] - mean[k]) * invstd[k];
 }
 
-/* The backward: out = (g − mean_g − u⊙projection)⊙invstd. */
-void ef_standardize_backward(int64_t rows, int64_t width, const stream_t *restrict g, const stream_t *restrict u,
+/* The backward: out = (g − mean_g − u⊙projection)⊙invstd; out may be g (elementwise: in place). */
+void ef_standardize_backward(int64_t rows, int64_t width, const stream_t *g, const stream_t *restrict u,
                              const stream_t *restrict mean_g, const stream_t *restrict projection,
-                             const stream_t *restrict invstd, stream_t *restrict out) {
+                             const stream_t *restrict invstd, stream_t *out) {
     for (int64_t r = 0; r < rows; r++)
         for (int64_t k = 0; k < width; k++)
             out[r * width + k] = ((g[r * width + k] - mean_g[k]) - u[r * width + k] * projection[k]) * invstd[k];
