@@ -18,9 +18,9 @@ import bisect
 import numpy as np
 import torch
 
-from .core import FloatCore, OscillatorParams, time_chunks
+from .core import time_chunks
 from .glue import Glue, contiguous_rows
-from .hru import Forcing, _grad_table, _numpy, input_map_slots, through_input_map
+from .hru import Forcing, _core, _grad_table, _numpy, input_map_slots, through_input_map
 from .norm import standardize, standardize_backward
 
 
@@ -74,7 +74,7 @@ class RHELBlock(torch.autograd.Function):
             x = x.detach().contiguous()
             out = torch.empty_like(x)
         u = standardize(x.detach().view(-1, x.shape[-1]), mean, invstd).view(x.shape)
-        core = FloatCore(OscillatorParams.from_table(kind, _numpy(table)))
+        core = _core(kind, table)
         forcing, glue = Forcing(u, input_map), Glue(u, readout, skip, weight, bias, masks)
         phi = pi = np.zeros((forcing.shape[0], forcing.shape[2]))
         starts = []
@@ -91,7 +91,7 @@ class RHELBlock(torch.autograd.Function):
     def backward(ctx, grad):
         u, invstd, input_map, table, readout, skip, weight, bias = ctx.saved_tensors
         input_map = input_map.detach()  # the rows' products run on other threads
-        core = FloatCore(OscillatorParams.from_table(ctx.kind, _numpy(table)))
+        core = _core(ctx.kind, table)
         forcing, glue = Forcing(u, input_map), Glue(u, readout, skip, weight, bias, ctx.masks)
         sums, grad, grad_map = glue.gradients(), contiguous_rows(grad), input_map_slots(input_map, len(u))
         spans = time_chunks(u.shape[1])
