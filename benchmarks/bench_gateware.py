@@ -113,14 +113,12 @@ def served(serve, *args):
     return stop, thread, uris.get(timeout=1800)
 
 
-# (image, board, its GatewareConfig): what --images builds
-IMAGES = (("protocol engine alone", "icebreaker", GatewareConfig()),
-          ("4-oscillator 16-bit linear", "icebreaker", GatewareConfig(formats=FormatConfig(16), kind="linear",
-                                                                      oscillators=4)),
-          ("16-oscillator 16-bit linear", "icebreaker", GatewareConfig(formats=FormatConfig(16), kind="linear",
-                                                                       oscillators=16)),
-          ("4-oscillator 16-bit linear", "ulx3s", GatewareConfig(formats=FormatConfig(16), kind="linear",
-                                                                 oscillators=4)))
+# (image, board, its GatewareConfig, baud): what --images builds — BasicMotions' shape is 16 oscillators
+BASIC_MOTIONS = GatewareConfig(formats=FormatConfig(16), kind="linear", oscillators=16)
+IMAGES = (("protocol engine alone", "icebreaker", GatewareConfig(), 115_200),
+          ("16-oscillator 16-bit linear", "icebreaker", BASIC_MOTIONS, 115_200),
+          ("16-oscillator 16-bit linear", "icebreaker", BASIC_MOTIONS, 3_000_000),
+          ("16-oscillator 16-bit linear", "ulx3s", BASIC_MOTIONS, 115_200))
 
 
 def used_of(utilization: dict) -> dict:
@@ -128,36 +126,36 @@ def used_of(utilization: dict) -> dict:
     return {resource: f"{u:,}/{a:,}" for resource, (u, a) in utilization.items()}
 
 
-def image_row(name: str, board_name: str, config: GatewareConfig, directory: Path) -> str:
+def image_row(name: str, board_name: str, config: GatewareConfig, baud: int, directory: Path) -> str:
     """One table row: the build's utilization and fmax, or what the fit check refused before placement."""
     board = BOARDS[board_name]
     start = time.perf_counter()
     try:
-        image = build_image(config, board_name, directory)
+        image = build_image(config, board_name, directory, baud=baud)
     except ValueError as refused:   # check_fit: the packed cells exceed the part
         cells = synth.resources(synth.cell_counts(json.loads((directory / "stat.json").read_text())))
         used = used_of(synth.utilization(json.loads((directory / "packed.json").read_text())))
-        return (f"| {name} | {board.name} ({board.part.device}) | {used['logic']} packed ({cells['lut']:,} LUT4) | "
+        return (f"| {name} | {board.name} ({board.part.device}) | {baud:,} | {used['logic']} packed ({cells['lut']:,} LUT4) | "
                 f"{cells['ff']:,} | {used['dsp']} | {used['bram']} | {used.get('spram', '–')} | refused before "
                 f"placement: {refused} | – | {(time.perf_counter() - start) / 60:.0f} min |")
     s = image.synthesis
     used = used_of(s.utilization)
     flip_flops = used.get("ff", f"{s.resources['ff']:,}")   # an iCE40 logic cell holds its flip-flop
-    return (f"| {name} | {board.name} ({board.part.device}) | {used['logic']} | {flip_flops} | "
+    return (f"| {name} | {board.name} ({board.part.device}) | {baud:,} | {used['logic']} | {flip_flops} | "
             f"{used.get('dsp', '0')} | {used.get('bram', '0')} | {used.get('spram', '–')} | "
             f"{s.fmax_mhz:.1f} MHz, {'meets' if s.meets_timing else 'MISSES'} {s.clock_mhz:g} MHz | "
             f"{image.bitstream.stat().st_size:,} bytes | {sum(s.seconds.values()) / 60:.0f} min |")
 
 
 def images(directory: Path) -> str:
-    rows = [image_row(name, board, config, directory / f"{board}-{index}")
-            for index, (name, board, config) in enumerate(tqdm(IMAGES, desc="board images", file=sys.stderr))]
+    rows = [image_row(name, board, config, baud, directory / f"{board}-{index}")
+            for index, (name, board, config, baud) in enumerate(tqdm(IMAGES, desc="board images", file=sys.stderr))]
     return "\n".join([
         "Board images as `echoforge build` makes them (YoWASP Yosys and nextpnr, seed 1; iCE40 logic = logic "
         "cells, ECP5 logic = LUT4s; the iCEBreaker build keeps the frame buffers in SPRAM):",
         "",
-        "| image | board | logic | FF | DSP | block RAM | SPRAM | fmax | bitstream | build |",
-        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| image | board | baud | logic | FF | DSP | block RAM | SPRAM | fmax | bitstream | build |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
         *rows])
 
 

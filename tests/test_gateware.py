@@ -628,21 +628,36 @@ def test_the_protocol_engine_builds_into_an_icebreaker_bitstream(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_image_over_the_icebreaker_is_refused_after_packing(tmp_path):
-    """The 16-oscillator 16-bit linear image (the BasicMotions shape): Yosys maps it, nextpnr packs it
-    (seconds) and the build stops before placement, naming the logic cells the packing counted — more
-    than the LUT4s Yosys mapped, the measure that once let too large an image through."""
+def test_the_basicmotions_image_builds_into_an_icebreaker_bitstream_at_3_mbaud(tmp_path):
+    """The 16-oscillator 16-bit linear image (the BasicMotions shape), executor and bank included: placed,
+    routed and packed for the UP5K, meeting the board's 12 MHz — what `echoforge build --board icebreaker
+    --baud 3000000` hands `iceprog`. nextpnr counts more logic cells than Yosys maps LUT4s (a cell holds a
+    LUT4, its carry and one flip-flop), the measure the fit check uses."""
     from echoforge.targets.fpga import synth
     from echoforge.targets.fpga.gateware.bitstream import build_image
 
     config = GatewareConfig(formats=FormatConfig(16), kind="linear", oscillators=16)
+    image = build_image(config, "icebreaker", tmp_path, baud=3_000_000)
+    cells, available = image.synthesis.utilization["logic"]
+    assert image.synthesis.resources["lut"] < cells < available and image.synthesis.meets_timing
+    assert image.synthesis.utilization["dsp"] == (8, 8) and image.bitstream.stat().st_size == 104090
+    assert _flash(tmp_path, "--dry-run").stdout == f"iceprog {tmp_path / 'image.bin'}\n"
+
+
+@pytest.mark.slow
+def test_an_image_over_the_icebreaker_is_refused_after_packing(tmp_path):
+    """The 16-oscillator nonlinear image: Yosys maps it, nextpnr packs it (seconds) and the build stops
+    before placement, naming what the UP5K lacks (its nonlinearity's products need more than 8 DSPs)."""
+    from echoforge.targets.fpga import synth
+    from echoforge.targets.fpga.gateware.bitstream import build_image
+
+    config = GatewareConfig(formats=FormatConfig(16), kind="nonlinear", oscillators=16)
     with pytest.raises(ValueError) as refused:
-        build_image(config, "icebreaker", tmp_path, baud=3_000_000)
-    luts = synth.resources(synth.cell_counts(json.loads((tmp_path / "stat.json").read_text())))["lut"]
-    cells, available = synth.utilization(json.loads((tmp_path / "packed.json").read_text()))["logic"]
-    assert str(refused.value) == (f"the image does not fit the iCE40UP5K-SG48 of the icebreaker: {cells:,} logic "
-                                  f"cells of {available:,} — a board with a larger part, --board ulx3s")
-    assert cells > luts and not (tmp_path / "image.asc").exists()   # refused before placement
+        build_image(config, "icebreaker", tmp_path)
+    used = synth.utilization(json.loads((tmp_path / "packed.json").read_text()))
+    assert str(refused.value).startswith("the image does not fit the iCE40UP5K-SG48 of the icebreaker: ")
+    assert f"{used['dsp'][0]} DSPs of 8" in str(refused.value) and used["dsp"][0] > 8
+    assert not (tmp_path / "image.asc").exists()   # refused before placement
 
 
 # ---- echoforge flash: the CLI in a subprocess; nothing here runs a loader that could reach a board ----

@@ -19,6 +19,8 @@ from pathlib import Path
 from echoforge import __version__
 from echoforge.targets.emulator.fixed import FormatConfig
 
+from . import microcode
+
 RTL = Path(__file__).parent / "rtl"
 SOURCES = ("ef_ram.v", "ef_crc32.v", "ef_uart_rx.v", "ef_uart_tx.v", "ef_frame_rx.v", "ef_frame_tx.v", "ef_engine.v", "ef_board.v")
 CORE_SOURCES = ("ef_commands.v",)
@@ -200,6 +202,23 @@ def core_include(config: GatewareConfig, regmap: dict) -> str:
     return "\n".join(lines)
 
 
+def core_image(config: GatewareConfig, regmap: dict):
+    """What the executor's program (microcode) needs of the image: formats, sizes, limits, the bank's map."""
+    from echoforge.runtime.commands import KIND_ACCUMULATORS, KIND_CODES, format_bytes
+
+    from .microcode import Image
+
+    rows = regmap["acc"]["rows"]
+    return Image(word_bits=config.formats.word_bits, limit=config.formats.state.limit, kind=KIND_CODES[config.kind],
+                 pmax=regmap["max_oscillators"], acc_rows=tuple(rows[name] for name in KIND_ACCUMULATORS[config.kind]),
+                 address_bits=regmap["address_bits"],
+                 format_bytes=bytes([KIND_CODES[config.kind]]) + format_bytes(config.formats),
+                 max_oscillators=config.oscillators, max_batch=1, max_chunk_steps=config.max_chunk_steps,
+                 buffer_samples=config.capabilities().buffer_samples, max_response=config.max_response_payload,
+                 bases={region: regmap[region]["base"] for region in ("control", "params", "phi", "pi", "acc")},
+                 control={name: entry["address"] for name, entry in regmap["control"]["registers"].items()})
+
+
 def write_sources(config: GatewareConfig, directory: Path, *, simulation: bool = False) -> list[Path]:
     """Copy the board image's Verilog (and with `simulation` its harness and C++ bridge) into
     `directory`, generate the includes and the bank there (its $readmemh files too: run simulators
@@ -219,6 +238,8 @@ def write_sources(config: GatewareConfig, directory: Path, *, simulation: bool =
                                max_steps=config.max_chunk_steps, flip=False,   # BEGIN_ECHO writes −π itself
                                pair_beats=True,                                   # the feeder offers each echo beat twice
                                one_row=True)                                      # the image declares batch 1
-        (directory / "ef_core.vh").write_text(core_include(config, json.loads(design.regmap.read_text())))
+        regmap = json.loads(design.regmap.read_text())
+        (directory / "ef_core.vh").write_text(core_include(config, regmap))
+        (directory / "ef_microcode.vh").write_text(microcode.include(core_image(config, regmap)))
         verilog += list(design.sources)
     return verilog + ([directory / SIM_TOP] if simulation else [])
