@@ -159,6 +159,11 @@ def images(directory: Path) -> str:
         *rows])
 
 
+def line_share(step_seconds: float, gateware: dict, baud: int) -> float:
+    """What part of a step at `baud` the bytes' time on the line is."""
+    return 10 * gateware["bytes"] / baud / step_seconds
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=16)
@@ -215,9 +220,11 @@ def main(argv=None) -> int:
         "",
         f"The board's own work is {work_cycles:,} clocks ({work_cycles / CLOCK_HZ * 1e3:.1f} ms at 12 MHz), of "
         f"which the core's lane-steps are {core_cycles:,} (a row at a time: max(lanes, pipeline depth) a step); "
-        "the rest is the engine's byte-serial work — the range pass over every sample before a chunk runs, "
-        "the feeder, the CRC pass (bit-serial: ~10 clocks a byte) and the COBS scan. The line dominates at either "
-        "baud rate. The image declares batch 1 and 4 kB buffers, so the "
+        "the rest is the byte-serial work — the executor's program (two clocks a word: its checks, the range pass "
+        "over every sample before a chunk runs), the feeder, the CRC pass (bit-serial: ~10 clocks a byte) and the "
+        f"COBS scan. The line takes {line_share(at_baud[3_000_000], gateware, 3_000_000):.0%} of the step at 3 Mbaud, "
+        f"{line_share(at_baud[115_200], gateware, 115_200):.0%} at 115,200 baud. The image declares batch 1 and 4 kB "
+        "buffers, so the "
         "host sends a batch row by row; the software board takes the batch in one group. Boards: "
         f"{gateware['board']}; {software['board']}.",
     ]
