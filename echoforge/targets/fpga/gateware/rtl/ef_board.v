@@ -22,14 +22,7 @@ module ef_board #(
     wire [7:0]       f_type, f_flags;
     wire [15:0]      f_seq, f_opcode;
     wire [31:0]      f_length;
-    wire [127:0]     f_fields;
-    wire             f_tail;
-`ifdef EF_CORE
-`include "ef_core.vh"
-    localparam [23:0] FORMAT_TAIL = FORMAT_BYTES[71:48];   // LOAD_PROGRAM's payload bytes 12..14
-`else
-    localparam [23:0] FORMAT_TAIL = 24'd0;
-`endif
+    wire [31:0]      f_epoch;
     wire [RX_AW-1:0] rd_addr;
     wire [7:0]       rd_data;
     wire             hash_init, hash_feed, hash_busy;
@@ -51,17 +44,17 @@ module ef_board #(
     ef_uart_rx #(.CLKS_PER_BIT(CLKS_PER_BIT)) receiver (
         .clk(clk), .rst(rst), .rx(uart_rx), .data(rx_byte), .valid(rx_valid));
 
-    ef_frame_rx #(.AW(RX_AW), .MAX_REQ(MAX_REQ), .TAIL(FORMAT_TAIL)) frames_in (
+    ef_frame_rx #(.AW(RX_AW), .MAX_REQ(MAX_REQ)) frames_in (
         .clk(clk), .rst(rst), .in_data(rx_byte), .in_valid(rx_valid), .accept(accept),
         .frame(frame), .damaged(damaged), .f_type(f_type), .f_flags(f_flags), .f_seq(f_seq),
-        .f_opcode(f_opcode), .f_length(f_length), .f_fields(f_fields), .f_tail(f_tail), .rd_addr(rd_addr),
+        .f_opcode(f_opcode), .f_length(f_length), .f_epoch(f_epoch), .rd_addr(rd_addr),
         .rd_data(rd_data),
         .hash_init(hash_init), .hash_feed(hash_feed), .hash_data(hash_data), .hash(hash), .hash_busy(hash_busy));
 
     ef_engine #(.TX_AW(TX_AW)) engine (
         .clk(clk), .rst(rst), .entropy(entropy), .byte_seen(rx_valid),
         .frame(frame), .damaged(damaged), .accept(accept), .f_type(f_type), .f_seq(f_seq),
-        .f_opcode(f_opcode), .f_length(f_length), .f_fields(f_fields),
+        .f_opcode(f_opcode), .f_length(f_length), .f_epoch(f_epoch),
         .cmd_start(cmd_start), .cmd_clear(cmd_clear), .cmd_done(cmd_done), .cmd_failed(cmd_failed),
         .cmd_code(cmd_code), .cmd_length(cmd_length), .cmd_we(cmd_we), .cmd_addr(cmd_addr), .cmd_data(cmd_data),
         .tx_start(tx_start), .tx_region(tx_region), .tx_type(tx_type), .tx_flags(tx_flags), .tx_seq(tx_seq),
@@ -71,7 +64,7 @@ module ef_board #(
 `ifdef EF_CORE
     ef_commands #(.RX_AW(RX_AW), .TX_AW(TX_AW)) commands (
         .clk(clk), .rst(rst), .start(cmd_start), .clear(cmd_clear), .opcode(f_opcode), .length(f_length),
-        .fields(f_fields), .formats_tail(f_tail), .done(cmd_done), .failed(cmd_failed), .error_code(cmd_code),
+        .done(cmd_done), .failed(cmd_failed), .error_code(cmd_code),
         .response_length(cmd_length), .rx_addr(rd_addr), .rx_data(rd_data), .hash_init(hash_init),
         .hash_feed(hash_feed), .hash_data(hash_data), .crc(hash), .crc_busy(hash_busy), .tx_we(cmd_we),
         .tx_addr(cmd_addr), .tx_data(cmd_data));

@@ -27,9 +27,7 @@ module ef_commands #(
     input  wire             start,          // execute the request held in ef_frame_rx
     input  wire             clear,          // RESET: no program, registers or phase
     input  wire [15:0]      opcode,
-    input  wire [31:0]      length,         // payload bytes (the epoch included)
-    input  wire [127:0]     fields,         // payload bytes 0..11 (unused: the program reads the buffer)
-    input  wire             formats_tail,   // (unused: the program reads payload bytes 12..14 itself)
+    input  wire [31:0]      length,         // payload bytes (the epoch included; the program reads the rest)
     output reg              done,           // one clock: the response is written (or `failed`)
     output reg              failed,
     output reg  [15:0]      error_code,

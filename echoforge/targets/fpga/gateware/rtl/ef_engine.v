@@ -30,7 +30,7 @@ module ef_engine #(
     input  wire [15:0]      f_seq,
     input  wire [15:0]      f_opcode,
     input  wire [31:0]      f_length,
-    input  wire [127:0]     f_fields,
+    input  wire [31:0]      f_epoch,
     // to ef_commands
     output wire             cmd_start,
     output wire             cmd_clear,
@@ -99,7 +99,7 @@ module ef_engine #(
             default:  fixed = -5'sd1;
         endcase
     end
-    wire [31:0] request_epoch = f_fields[31:0];
+    wire [31:0] request_epoch = f_epoch;
     wire [15:0] f_bytes       = f_length[15:0];   // ef_frame_rx passes no payload beyond its buffer (≤ 2^16 bytes)
     wire [15:0] fixed_length  = 16'd4 + {{11{fixed[4]}}, fixed};
     wire        long_enough   = (|f_bytes[15:4]) || f_bytes[3:0] >= fixed_length[3:0];   // fixed_length ≤ 12

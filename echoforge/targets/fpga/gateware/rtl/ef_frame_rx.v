@@ -1,5 +1,5 @@
 // Frame receiver (docs/protocol.md §2–3): COBS-decodes the bytes between 0x00 delimiters on the fly
-// into the request buffer, runs the CRC over them, keeps the header and the first 16 payload bytes
+// into the request buffer, runs the CRC over them, keeps the header and the epoch (payload bytes 0..3)
 // in registers, and classifies each delimited chunk as §3.4 says:
 //   empty or shorter than 16 bytes ............ line noise: nothing
 //   more than ENC_LIMIT bytes without a 0x00 ... `damaged` at once; the rest is discarded to the next 0x00
@@ -13,8 +13,7 @@
 `default_nettype none
 module ef_frame_rx #(
     parameter integer AW      = 12,     // request buffer: 2^AW bytes
-    parameter integer MAX_REQ = 4081,   // largest request payload, ≤ 2^AW − 15
-    parameter [23:0]  TAIL    = 24'd0   // payload bytes 12..14 expected (f_tail): only that they match is kept
+    parameter integer MAX_REQ = 4081    // largest request payload, ≤ 2^AW − 15
 ) (
     input  wire          clk,
     input  wire          rst,
@@ -28,8 +27,7 @@ module ef_frame_rx #(
     output wire [15:0]   f_seq,
     output wire [15:0]   f_opcode,
     output wire [31:0]   f_length,
-    output wire [127:0]  f_fields,      // payload bytes 0..11, byte i at [8i+7:8i] (12..15 read 0)
-    output reg           f_tail,        // payload bytes 12..14 are TAIL's (LOAD_PROGRAM's formats)
+    output wire [31:0]   f_epoch,       // payload bytes 0..3 (the command executor reads the rest from the buffer)
     input  wire [AW-1:0] rd_addr,       // payload byte rd_addr (offset 0 = the first payload byte)
     output wire [7:0]    rd_data,       // one clock after rd_addr
     input  wire          hash_init,     // the CRC unit, while a frame is held (ef_crc32's ports)
@@ -48,7 +46,7 @@ module ef_frame_rx #(
 
     reg [7:0]  header [0:10];  // (bytes 0, 9 and 10 and type's high bits are only checked: flags below)
     reg        protocol_ok, type_ok, length_small;   // protocol byte 0xE1, type 1..3, length < 2^16
-    reg [7:0]  fields [0:11];
+    reg [7:0]  epoch [0:3];
     reg [1:0]  mode;
     localparam integer EW = $clog2(ENC_LIMIT_COUNT + 1);   // a chunk's bytes: at most ENC_LIMIT
     reg [EW-1:0] encoded;    // bytes of the chunk so far
@@ -58,13 +56,7 @@ module ef_frame_rx #(
     reg        block_full;   // the current block's code is 0xFF: no zero follows it
     wire [31:0] crc;
 
-    genvar g;
-    generate
-        for (g = 0; g < 12; g = g + 1) begin : field_bytes
-            assign f_fields[8 * g + 7:8 * g] = fields[g];
-        end
-        assign f_fields[127:96] = 32'd0;
-    endgenerate
+    assign f_epoch  = {epoch[3], epoch[2], epoch[1], epoch[0]};
     assign f_type   = {6'd0, header[1][1:0]};              // a frame's type is 1..3 (type_ok)
     assign f_flags  = header[2];
     assign f_seq    = {header[4], header[3]};
@@ -128,10 +120,7 @@ module ef_frame_rx #(
                             if (decoded == 18'd1) type_ok <= emit_byte >= 8'd1 && emit_byte <= 8'd3;
                             if (decoded == 18'd9) length_small <= emit_byte == 8'd0;
                             if (decoded == 18'd10) length_small <= length_small && emit_byte == 8'd0;
-                            else if (!above(decoded, 22)) fields[field_index[3:0]] <= emit_byte;  // and the buffer (store)
-                            if (decoded == 18'd23) f_tail <= emit_byte == TAIL[7:0];          // 12..14 as a flag
-                            if (decoded == 18'd24) f_tail <= f_tail && emit_byte == TAIL[15:8];
-                            if (decoded == 18'd25) f_tail <= f_tail && emit_byte == TAIL[23:16];
+                            else if (!above(decoded, 14)) epoch[field_index[1:0]] <= emit_byte;  // and the buffer (store)
                         end
                     end
                 end else begin                                     // no delimiter within ENC_LIMIT bytes
