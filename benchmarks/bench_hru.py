@@ -2,9 +2,10 @@
 
 Config (issue "Foundation and models"): 2 blocks, hidden 16, state 16, batch 8, 6 inputs, 4 classes,
 float32 models. Each configuration runs in its own process so peak memory is its own; the table puts
-RHEL and BPTT side by side from one run.
+RHEL and BPTT side by side from one run, in rounds that run every configuration once each (interleaved:
+a swing in the shared machine's load lands on all of them, and the rounds' spread shows it).
 
-    python benchmarks/bench_hru.py [--lengths 1000 4000 16000 50000] [--write]
+    python benchmarks/bench_hru.py [--lengths 1000 4000 16000 50000] [--rounds 3] [--write]
 """
 
 from __future__ import annotations
@@ -87,30 +88,40 @@ def layer_backward_extra(kind: str, rule: str, length: int) -> int:
     return extra - u.numel() * u.element_size()
 
 
-def run_all(lengths: list[int]) -> list[dict]:
+def measured(kind: str, variant: str, length: int) -> dict:
+    """One configuration in a process of its own."""
+    repeats = 3 if length <= 16000 else 2
+    out = subprocess.run([sys.executable, __file__, "--worker", kind, variant, str(length), str(repeats)],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def run_all(lengths: list[int], rounds: int) -> list[dict]:
+    """Every configuration once a round; a row holds the median over rounds and each round's seconds."""
+    configs = [(kind, variant, length) for length in lengths for kind in ("linear", "nonlinear") for variant in VARIANTS]
+    draws = {config: [] for config in configs}
+    for round_ in range(rounds):
+        for kind, variant, length in configs:
+            draw = measured(kind, variant, length)
+            draws[(kind, variant, length)].append(draw)
+            print(f"  round {round_ + 1}: {kind:9s} {variant:10s} L={length:6d}: {draw['seconds']:.3f} s/step, "
+                  f"peak {draw['peak_bytes'] / 2**20:.0f} MiB", flush=True)
     rows = []
-    for length in lengths:
-        for kind in ("linear", "nonlinear"):
-            for variant in VARIANTS:
-                repeats = 5 if length <= 16000 else 3
-                row = {"kind": kind, "variant": variant, "length": length}
-                out = subprocess.run([sys.executable, __file__, "--worker", kind, variant, str(length),
-                                      str(repeats)], check=True, capture_output=True, text=True)
-                row.update(json.loads(out.stdout))
-                if variant == "rhel":
-                    out = subprocess.run([sys.executable, __file__, "--layer", kind, "rhel", str(length)],
-                                         check=True, capture_output=True, text=True)
-                    row["echo_extra_bytes"] = int(out.stdout)
-                rows.append(row)
-                print(f"  {kind:9s} {variant:9s} L={length:6d}: {row['seconds']:.3f} s/step, "
-                      f"peak {row['peak_bytes'] / 2**20:.0f} MiB", flush=True)
+    for (kind, variant, length), found in draws.items():
+        row = {"kind": kind, "variant": variant, "length": length, "rounds": [d["seconds"] for d in found]}
+        row.update({key: statistics.median(d[key] for d in found) for key in ("seconds", "peak_bytes", "step_bytes")})
+        if variant == "rhel":
+            out = subprocess.run([sys.executable, __file__, "--layer", kind, "rhel", str(length)],
+                                 check=True, capture_output=True, text=True)
+            row["echo_extra_bytes"] = int(out.stdout)
+        rows.append(row)
     return rows
 
 
 def table(rows: list[dict]) -> str:
     by = {(r["kind"], r["variant"], r["length"]): r for r in rows}
     mib = 2 ** 20
-    lines = ["| HRU | length | variant | s/step | × BPTT time | peak MiB | × BPTT peak | step MiB "
+    lines = ["| HRU | length | variant | s/step | × BPTT time (rounds' range) | peak MiB | × BPTT peak | step MiB "
              "| × BPTT step |", "|---|---|---|---|---|---|---|---|---|"]
     for kind in ("linear", "nonlinear"):
         for length in sorted({r["length"] for r in rows}):
@@ -119,10 +130,16 @@ def table(rows: list[dict]) -> str:
                 r = by[(kind, variant, length)]
                 lines.append(
                     f"| {kind} | {length} | {variant} | {r['seconds']:.3f} | "
-                    f"{r['seconds'] / bptt['seconds']:.2f} | {r['peak_bytes'] / mib:.0f} | "
+                    f"{r['seconds'] / bptt['seconds']:.2f} ({round_ratios(r, bptt)}) | {r['peak_bytes'] / mib:.0f} | "
                     f"{r['peak_bytes'] / bptt['peak_bytes']:.2f} | {r['step_bytes'] / mib:.0f} | "
                     f"{r['step_bytes'] / bptt['step_bytes']:.2f} |")
     return "\n".join(lines)
+
+
+def round_ratios(row: dict, bptt: dict) -> str:
+    """The lowest and highest of the rounds' time ratios (each round's against the same round's BPTT)."""
+    ratios = [seconds / base for seconds, base in zip(row["rounds"], bptt["rounds"])]
+    return f"{min(ratios):.2f}–{max(ratios):.2f}"
 
 
 def flatness(rows: list[dict]) -> str:
@@ -144,6 +161,7 @@ def flatness(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[1000, 4000, 16000, 50000])
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the table: their medians)")
     parser.add_argument("--write", action="store_true", help="write the table into docs/results.md")
     parser.add_argument("--worker", nargs=4, metavar=("KIND", "VARIANT", "LENGTH", "REPEATS"),
                         help=argparse.SUPPRESS)
@@ -157,13 +175,15 @@ def main() -> None:
         kind, variant, length, repeats = args.worker
         print(json.dumps(worker(kind, variant, int(length), int(repeats))))
         return
-    rows = run_all(args.lengths)
+    rows = run_all(args.lengths, args.rounds)
     report = "\n\n".join([
         "## HRU gradient step: BPTT vs RHEL (benchmarks/bench_hru.py)",
         "2 blocks, hidden 16, state 16, batch 8, 6 inputs, 4 classes, float32 models, torch on one "
         "thread and the compiled kernels on every CPU (their default); median CPU seconds per gradient "
         "step, all threads (forward + backward; CPU time rather than wall time because the machine is "
-        "shared); peak resident memory of the process "
+        f"shared), the median of {args.rounds} rounds that each run every configuration once, with the range of "
+        "the rounds' ratios to BPTT (the kernels' idle threads count, so the times swing with scheduling); peak "
+        "resident memory of the process "
         "(\"peak\") and the part of it above the idle process after warm-up (\"step\"); each "
         "configuration in its own process. Variants: BPTT and RHEL as built by default (the feed-forward "
         "glue recomputed in backward, chunk by chunk), and each with the glue's activations stored "
