@@ -161,7 +161,6 @@ module ef_commands #(
         default: holds = !(|(flags & i_imm[15:9]));     // FAIL: the flag is clear
     endcase
     wire        flag_test = |(flags & i_imm[15:9]) == i_md[0];               // JF: a flag set (1) or clear (0)
-    wire [31:0] got = ~crc;                                                   // GET: the program hash
     wire        moves_to = st == EXEC && i_op == MC_MOV;
     wire        run_start = st == EXEC && i_op == MC_RUN;
     wire        a_byte_fill = i_imm[3] && A[31];                              // RD's sign extension
@@ -260,7 +259,7 @@ module ef_commands #(
                         MC_TO_P:  size <= A[PW-1:0];
                         default: ;                       // the feeder's (its block)
                     endcase
-                    MC_GET: A <= got;
+                    MC_GET: A <= ~crc;                   // the program hash
                     MC_EM: begin
                         nth <= 3'd0;
                         st  <= EMIT;
