@@ -167,6 +167,8 @@ def main() -> None:
                         help=argparse.SUPPRESS)
     parser.add_argument("--layer", nargs=3, metavar=("KIND", "RULE", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: at least one round")
     if args.layer:
         kind, rule, length = args.layer
         print(layer_backward_extra(kind, rule, int(length)))

@@ -44,19 +44,29 @@ def test_a_compare_and_its_refusal_fuse_unless_a_jump_lands_between():
     program = microcode.Program(free=list(range(8)))
     program.cmp(5)
     program.fail(microcode.BAD_PAYLOAD, "gt")
-    program.cmp(70000)                                      # too wide for CHK: a constant register
+    program.cmp(70000)                                      # too wide for an immediate: a constant register
     program.fail(microcode.OVER_CAPACITY, "eq")
+    program.cmp(4096)                                       # an immediate, but wider than CHK's 10 bits: too
+    program.fail(microcode.RESPONSE_TOO_LARGE, "gt")
     program.cmp(3)
     program.label("between")
     program.fail(microcode.NO_STATE, "ne")
     program.j("between")
     ops = [microcode.OPERATIONS[operation] for operation, _, _ in program.words]
-    assert ops == ["CHK", "CHK", "CMP", "FAIL", "J"]
+    assert ops == ["CHK", "CHK", "CHK", "CMP", "FAIL", "J"]
     words = program.assemble(2)
     index = microcode.ERROR_CODES.index
     assert words[0] == microcode.CODE["CHK"] << 19 | 6 << 16 | index(microcode.BAD_PAYLOAD) << 12 | 5
     assert words[1] & 0xFFFF == index(microcode.OVER_CAPACITY) << 12 | 1 << 10 | program.constants[70000]
-    assert words[4] & 0x1FF == program.labels["between"] == 3
+    assert words[2] & 0xFFFF == index(microcode.RESPONSE_TOO_LARGE) << 12 | 1 << 10 | program.constants[4096]
+    assert words[5] & 0x1FF == program.labels["between"] == 4
+
+
+def test_words_wider_than_the_range_check_are_refused_in_one_line(tmp_path):
+    with pytest.raises(microcode.MicrocodeError) as refused:
+        image_of(tmp_path, 32, "linear", 16)
+    assert str(refused.value) == ("32-bit words: the executor checks samples of at most 24 bits — compile with "
+                                  "--word-bits 24 or fewer for a board image")
 
 
 @pytest.mark.parametrize("build, message", [

@@ -21,7 +21,6 @@ CONDITIONS = {"always": 0, "eq": 1, "ne": 2, "lt": 3, "ge": 4, "le": 5, "gt": 6}
 FLAG_CLEAR = 7                                                                         # FAIL's: a board flag is clear
 CARRY, NO_CARRY = "lt", "ge"                                                           # after ADD
 MOVES = ("X", "Y", "C", "RP", "RL", "P", "K", "FF", "FQ", "FB", "OA", "OB")             # MOV's destinations
-GETS = ("CRC",)                                                                        # GET's sources
 FLAGS = {"LOADED": 0, "STATE_VALID": 1, "ECHO_VALID": 2, "FORWARD": 3, "ECHO": 4, "E": 5}   # E: an echo's command
 PC_BITS = 9                                                                             # 512 words: 3 block RAMs
 IMMEDIATE = 1 << 16
@@ -193,8 +192,9 @@ class Program:
     def mov(self, destination: str) -> None:
         self._word("MOV", 0, MOVES.index(destination))
 
-    def get(self, source: str) -> None:
-        self._word("GET", 0, GETS.index(source))
+    def get_hash(self) -> None:
+        """A ← the program hash (the CRC unit's register, inverted)."""
+        self._word("GET")
 
     def em(self, count: int, where=None) -> None:
         """`count` bytes of A (where None) or of a register to the response."""
@@ -294,13 +294,17 @@ def layout(pmax: int, acc_rows: int) -> dict:
     scratch = 14 * pmax + 4
     words = 1 << (scratch + VARIABLE_WORDS - 1).bit_length()
     if words > 256:
-        raise MicrocodeError(f"{pmax} oscillators: the registers need {words} words, the machine addresses 256")
+        raise MicrocodeError(f"{pmax} oscillators a bank: the executor's registers would need {words} words, it "
+                             "addresses 256 — compile a model of at most 16 oscillators a bank for a board image")
     free = list(range(scratch, words)) + [p * 8 + row for row in range(acc_rows, 8) for p in range(pmax)]
     return {"state": 8 * pmax, "echo": 10 * pmax, "counters": 14 * pmax, "free": free, "words": words}
 
 
 def program(image: Image) -> Program:
     """Every core command, in docs/protocol.md §10's rules and the board simulator's order."""
+    if image.word_bits > 24:   # a sample's range check adds ±limit in the 32-bit accumulator
+        raise MicrocodeError(f"{image.word_bits}-bit words: the executor checks samples of at most 24 bits — "
+                             "compile with --word-bits 24 or fewer for a board image")
     where = layout(image.pmax, len(image.acc_rows))
     p = Program(where["free"])
     wb, wob, pmax = image.wb, image.wob, image.pmax
@@ -464,7 +468,7 @@ def program(image: Image) -> Program:
     p.mov("P")
     p.ld(4)
     p.mov("RL")
-    p.get("CRC")
+    p.get_hash()
     p.em(4)
     p.ret()
 
@@ -849,7 +853,6 @@ def include(image: Image) -> str:
              f"localparam integer MC_RF_AW = {(where['words'] - 1).bit_length()};"]
     lines += [f"localparam [4:0] MC_{name} = 5'd{code};" for name, code in CODE.items()]
     lines += [f"localparam [3:0] MC_TO_{name} = 4'd{index};" for index, name in enumerate(MOVES)]
-    lines += [f"localparam [1:0] MC_GET_{name} = 2'd{index};" for index, name in enumerate(GETS)]
     lines += ["function [15:0] mc_error;", "    input [3:0] index;", "    case (index)"]
     lines += [f"        4'd{index}: mc_error = 16'h{code:04X};" for index, code in enumerate(ERROR_CODES)]
     lines += ["        default: mc_error = 16'h0001;", "    endcase", "endfunction"]
